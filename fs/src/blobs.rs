@@ -1,0 +1,286 @@
+//! The blob side of the store: an iroh-blobs `FsStore` under `blobs/`.
+//!
+//! The store is opened lazily (metadata-only commands never touch it) and is
+//! held by one process at a time: its redb file allows no second opener, so a
+//! process takes `blobs/alknet.lock` first and waits its turn instead of
+//! failing.
+//!
+//! Garbage collection runs through iroh-blobs' own GC task, which is the only
+//! code allowed to delete blobs. Its protect callback refuses to run unless
+//! [`Blobs::collect`] asked for a run, and then protects exactly the hashes the
+//! tree references. Imports hold a read guard of [`Blobs::gate`] from the first
+//! byte until their tree row is committed, and a collection holds the write
+//! guard, so a blob can never be swept between its import and its commit.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iroh_blobs::api::TempTag;
+use iroh_blobs::api::blobs::{AddPathOptions, BlobReader, BlobStatus, ImportMode};
+use iroh_blobs::store::fs::FsStore;
+use iroh_blobs::store::fs::options::Options;
+use iroh_blobs::store::{GcConfig, ProtectOutcome};
+use iroh_blobs::{BlobFormat, Hash};
+use n0_future::StreamExt;
+use tokio::sync::{OnceCell, OwnedRwLockReadGuard, RwLock, oneshot};
+
+use crate::error::{Error, Result};
+use crate::types::BlobHash;
+
+/// How often iroh's GC task asks whether a collection was requested. A request
+/// waits at most two of these; an idle check costs one mutex lock.
+const GC_POLL: Duration = Duration::from_millis(50);
+
+pub(crate) struct Blobs {
+    dir: PathBuf,
+    store: OnceCell<Opened>,
+    /// Read: an import between its first byte and its commit. Write: a GC run.
+    gate: Arc<RwLock<()>>,
+    gc: Arc<Mutex<GcState>>,
+}
+
+struct Opened {
+    store: FsStore,
+    /// Held for the life of the process: the exclusive claim on `blobs/`.
+    _lock: std::fs::File,
+}
+
+#[derive(Default)]
+struct GcState {
+    /// Hashes to protect in the next run; `Some` means a run was requested.
+    request: Option<HashSet<Hash>>,
+    /// Told when the requested run is about to start.
+    starting: Option<oneshot::Sender<()>>,
+    /// Told when the started run has finished (the callback is called again).
+    running: Option<oneshot::Sender<()>>,
+}
+
+/// A blob that is in the store and protected from collection until the tree
+/// row that references it is committed and this guard is dropped.
+pub(crate) struct Imported {
+    pub(crate) hash: BlobHash,
+    pub(crate) size: u64,
+    _tag: TempTag,
+    _gate: OwnedRwLockReadGuard<()>,
+}
+
+impl Blobs {
+    pub(crate) fn new(dir: PathBuf) -> Blobs {
+        Blobs {
+            dir,
+            store: OnceCell::new(),
+            gate: Arc::new(RwLock::new(())),
+            gc: Arc::new(Mutex::new(GcState::default())),
+        }
+    }
+
+    async fn store(&self) -> Result<&FsStore> {
+        let opened = self
+            .store
+            .get_or_try_init(|| async {
+                let dir = self.dir.clone();
+                let lock = tokio::task::spawn_blocking(move || claim(&dir))
+                    .await
+                    .map_err(Error::blobs)??;
+                let mut opts = Options::new(&self.dir);
+                let gc = self.gc.clone();
+                opts.gc = Some(GcConfig {
+                    interval: GC_POLL,
+                    add_protected: Some(Arc::new(move |live| {
+                        let outcome = gc_callback(&gc, live);
+                        Box::pin(async move { outcome })
+                    })),
+                });
+                let store = FsStore::load_with_opts(self.dir.join("blobs.db"), opts)
+                    .await
+                    .map_err(Error::blobs)?;
+                Ok::<_, Error>(Opened { store, _lock: lock })
+            })
+            .await?;
+        Ok(&opened.store)
+    }
+
+    /// Copies the file at `path` into the store, hashing it as it streams.
+    pub(crate) async fn import_file(&self, path: &Path) -> Result<Imported> {
+        let gate = self.gate.clone().read_owned().await;
+        let store = self.store().await?;
+        let tag = store
+            .blobs()
+            .add_path_with_opts(AddPathOptions {
+                path: path.to_owned(),
+                format: BlobFormat::Raw,
+                mode: ImportMode::Copy,
+            })
+            .temp_tag()
+            .await
+            .map_err(|e| Error::Blobs(format!("importing {}: {e}", path.display())))?;
+        let hash = tag.hash();
+        let size = match store.blobs().status(hash).await.map_err(Error::blobs)? {
+            BlobStatus::Complete { size } => size,
+            other => return Err(Error::Blobs(format!("import of {hash} ended {other:?}"))),
+        };
+        // The tree row that references this blob is about to commit: make the
+        // blob store's own metadata durable first, so a commit never points at a
+        // blob that a crash could forget.
+        store.sync_db().await.map_err(Error::blobs)?;
+        Ok(Imported {
+            hash: BlobHash(*hash.as_bytes()),
+            size,
+            _tag: tag,
+            _gate: gate,
+        })
+    }
+
+    /// Reads `len` bytes at `offset` (fewer at the end of the blob).
+    pub(crate) async fn read_range(&self, hash: &BlobHash, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let store = self.store().await?;
+        store
+            .blobs()
+            .export_ranges(Hash::from_bytes(hash.0), offset..offset.saturating_add(len))
+            .concatenate()
+            .await
+            .map_err(|e| Error::Blobs(format!("reading {hash}: {e}")))
+    }
+
+    /// A streaming reader over the whole blob (`AsyncRead + AsyncSeek`).
+    pub(crate) async fn reader(&self, hash: &BlobHash) -> Result<BlobReader> {
+        Ok(self.store().await?.blobs().reader(Hash::from_bytes(hash.0)))
+    }
+
+    /// Writes the blob to a file (streaming).
+    pub(crate) async fn export(&self, hash: &BlobHash, target: &Path) -> Result<u64> {
+        self.store()
+            .await?
+            .blobs()
+            .export(Hash::from_bytes(hash.0), target)
+            .finish()
+            .await
+            .map_err(|e| Error::Blobs(format!("exporting {hash} to {}: {e}", target.display())))
+    }
+
+    /// `Some(size)` if the blob is stored completely.
+    pub(crate) async fn complete_size(&self, hash: &BlobHash) -> Result<Option<u64>> {
+        let status = self
+            .store()
+            .await?
+            .blobs()
+            .status(Hash::from_bytes(hash.0))
+            .await
+            .map_err(Error::blobs)?;
+        Ok(match status {
+            BlobStatus::Complete { size } => Some(size),
+            _ => None,
+        })
+    }
+
+    /// Reads the whole blob and checks that its bytes hash to its name.
+    pub(crate) async fn verify(&self, hash: &BlobHash) -> Result<bool> {
+        use tokio::io::AsyncReadExt;
+        let mut reader = self.reader(hash).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(*hasher.finalize().as_bytes() == hash.0)
+    }
+
+    /// Every hash the blob store holds, complete or partial.
+    pub(crate) async fn list(&self) -> Result<Vec<BlobHash>> {
+        let store = self.store().await?;
+        let mut stream = store.blobs().list().stream().await.map_err(Error::blobs)?;
+        let mut out = Vec::new();
+        while let Some(h) = stream.next().await {
+            out.push(BlobHash(*h.map_err(Error::blobs)?.as_bytes()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every blob not in `live` (nor held by an import in flight).
+    /// The caller holds [`Blobs::gc_guard`] from before computing `live` until
+    /// this returns.
+    pub(crate) async fn collect(&self, live: HashSet<BlobHash>) -> Result<()> {
+        self.store().await?;
+        let (start_tx, start_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        {
+            let mut st = self.gc.lock().expect("gc state poisoned");
+            st.request = Some(live.into_iter().map(|h| Hash::from_bytes(h.0)).collect());
+            st.starting = Some(start_tx);
+            st.running = Some(done_tx);
+        }
+        let wait = async {
+            start_rx.await.ok();
+            done_rx.await.ok();
+        };
+        tokio::time::timeout(Duration::from_secs(600), wait)
+            .await
+            .map_err(|_| Error::Blobs("the blob store's collector did not run within 10 minutes".into()))?;
+        self.store().await?.sync_db().await.map_err(Error::blobs)?;
+        Ok(())
+    }
+
+    /// Blocks new imports until dropped: hold it while computing the live set
+    /// and running [`Blobs::collect`].
+    pub(crate) async fn gc_guard(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.gate.clone().write_owned().await
+    }
+
+    /// Flushes and closes the blob store if this process opened it.
+    pub(crate) async fn close(&self) -> Result<()> {
+        if let Some(opened) = self.store.get() {
+            opened.store.sync_db().await.map_err(Error::blobs)?;
+            opened.store.shutdown().await.map_err(Error::blobs)?;
+        }
+        Ok(())
+    }
+}
+
+/// The protect callback: runs before every GC pass of iroh-blobs.
+fn gc_callback(gc: &Mutex<GcState>, live: &mut HashSet<Hash>) -> ProtectOutcome {
+    let mut st = gc.lock().expect("gc state poisoned");
+    // Being called again means the previous pass (if ours) has finished.
+    if st.starting.is_none() {
+        if let Some(done) = st.running.take() {
+            done.send(()).ok();
+        }
+    }
+    match st.request.take() {
+        Some(request) => {
+            live.extend(request);
+            if let Some(start) = st.starting.take() {
+                start.send(()).ok();
+            }
+            ProtectOutcome::Continue
+        }
+        None => ProtectOutcome::Abort,
+    }
+}
+
+/// Takes the exclusive claim on the blob directory, waiting for another
+/// process to release it.
+fn claim(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join("alknet.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::warn!("waiting for another alknet process that holds {}", dir.display());
+            file.lock().map_err(|e| Error::io(&path, e))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    Ok(file)
+}

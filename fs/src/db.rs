@@ -1,0 +1,204 @@
+//! The SQLite side of the store: schema, one writer, a pool of readers.
+//!
+//! Every connection gets honker's SQL functions (they are registered per
+//! connection). Writes run in `BEGIN IMMEDIATE` transactions so that two
+//! processes never deadlock on a lock upgrade; `SQLITE_BUSY` is waited out here
+//! and never reaches a caller.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// Version of the schema below. History:
+/// - 1: buckets, branches (parent + fork version), versions, nodes (MVCC rows
+///   keyed by parent entry id and name), snapshots, write sessions.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alknet_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS buckets (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    kind       TEXT NOT NULL DEFAULT 'drive',
+    created_ms INTEGER NOT NULL
+);
+-- A branch reads its own rows up to its limit, then its parent's rows up to
+-- fork_version: the fork point is fixed, so later parent writes never show.
+CREATE TABLE IF NOT EXISTS branches (
+    id           INTEGER PRIMARY KEY,
+    bucket_id    INTEGER NOT NULL REFERENCES buckets(id) ON DELETE CASCADE,
+    name         TEXT NOT NULL,
+    parent_id    INTEGER REFERENCES branches(id),
+    fork_version INTEGER,
+    created_ms   INTEGER NOT NULL,
+    UNIQUE (bucket_id, name)
+);
+-- One row per committed mutation. AUTOINCREMENT: a version number is never
+-- reused, even after the newest rows are deleted with their bucket.
+CREATE TABLE IF NOT EXISTS versions (
+    version   INTEGER PRIMARY KEY AUTOINCREMENT,
+    branch_id INTEGER NOT NULL,
+    at_ms     INTEGER NOT NULL,
+    op        TEXT NOT NULL,
+    paths     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS versions_by_branch ON versions (branch_id, version);
+-- The tree, as immutable rows: (branch, parent entry, name) at a version.
+-- kind 0 is a tombstone. A row is never updated; a change inserts a new row.
+CREATE TABLE IF NOT EXISTS nodes (
+    seq       INTEGER PRIMARY KEY,
+    branch_id INTEGER NOT NULL,
+    parent    INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    eid       INTEGER NOT NULL,
+    kind      INTEGER NOT NULL,
+    hash      BLOB,
+    size      INTEGER NOT NULL,
+    mode      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    target    TEXT
+);
+CREATE INDEX IF NOT EXISTS nodes_by_name ON nodes (branch_id, parent, name, version);
+CREATE INDEX IF NOT EXISTS nodes_by_eid ON nodes (branch_id, eid, version);
+CREATE TABLE IF NOT EXISTS snapshots (
+    branch_id INTEGER NOT NULL REFERENCES branches(id) ON DELETE CASCADE,
+    name      TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    PRIMARY KEY (branch_id, name)
+);
+-- Open write sessions: their staging files live in tmp/ and are removed when
+-- the owning process is gone (see Store::open).
+CREATE TABLE IF NOT EXISTS write_sessions (
+    id         INTEGER PRIMARY KEY,
+    staging    TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+";
+
+/// How long a writer waits for another process's transaction before giving up
+/// with an error that names the cause. Writes are short; this only trips when
+/// another process hangs holding the database.
+const WRITE_WAIT: Duration = Duration::from_secs(120);
+
+/// Readers kept open for reuse; more are opened on demand and dropped after.
+const READER_POOL: usize = 8;
+
+pub(crate) struct Db {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Db {
+    pub(crate) fn open(path: &Path) -> Result<Db> {
+        let conn = open_conn(path)?;
+        let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > SCHEMA_VERSION {
+            return Err(Error::Internal(format!(
+                "{} has schema version {current}, newer than this alknet ({SCHEMA_VERSION})",
+                path.display()
+            )));
+        }
+        let db = Db {
+            path: path.to_owned(),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+        };
+        db.write(|tx| {
+            tx.execute_batch(SCHEMA)?;
+            honker_core::bootstrap_honker_schema(tx)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+            Ok(())
+        })?;
+        Ok(db)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a reader connection. Reads see the last committed state and
+    /// never wait for the writer (WAL).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.readers.lock().expect("reader pool poisoned").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().expect("reader pool poisoned");
+        if pool.len() < READER_POOL {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Runs `f` in one write transaction and commits it. `f` may run more than
+    /// once: if another process holds the write lock, the attempt is rolled
+    /// back and retried until [`WRITE_WAIT`] has passed.
+    pub(crate) fn write<T>(&self, mut f: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().expect("writer poisoned");
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let attempt = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            match attempt {
+                Err(Error::Db(e)) if is_busy(&e) && start.elapsed() < WRITE_WAIT => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(Error::Db(e)) if is_busy(&e) => {
+                    return Err(Error::Internal(format!(
+                        "{} stayed locked by another process for {}s",
+                        self.path.display(),
+                        WRITE_WAIT.as_secs()
+                    )));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    honker_core::apply_default_pragmas(&conn)?;
+    honker_core::attach_notify(&conn)?;
+    honker_core::attach_honker_functions(&conn)?;
+    Ok(conn)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

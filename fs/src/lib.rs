@@ -1,0 +1,51 @@
+//! alknet-fs: the storage core of Alknet. It knows no protocol.
+//!
+//! A [`Store`] is one data directory: `alknet.db` (SQLite, WAL) holds the
+//! trees and their history, `blobs/` (an iroh-blobs store) holds file contents
+//! named by their BLAKE3 [`BlobHash`]. A store holds *buckets*; a bucket holds
+//! *branches*; [`Store::tree`] opens the [`Tree`] of one `bucket@branch`, live
+//! or at a past [`Version`]. A tree hands out [`Entry`]s (kind, hash, size,
+//! mode, mtime and an [`EntryId`] that survives rename) and takes mutations,
+//! each one commit with its honker event in the same transaction.
+//!
+//! Reading order: `tree.rs` (how a path resolves through a branch's chain of
+//! ancestors), `mutate.rs` (one commit per mutation), `write.rs` (write
+//! sessions: stage, then publish on close), `blobs.rs` (the blob store, its
+//! lock and GC), `store.rs` (buckets, branches, history, gc, fsck). The
+//! design and its alternatives are argued in `fs/DESIGN.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> alknet_fs::Result<()> {
+//! use alknet_fs::{At, BucketPath, OpenOptions, Store};
+//! let store = Store::open("alknet-data".as_ref())?;
+//! store.create_bucket("photos", "drive")?;
+//! let main = store.tree("photos", "main", &At::Head)?;
+//! let mut w = main.open_write(&BucketPath::parse("/a.txt")?, OpenOptions::replace()).await?;
+//! w.write_at(0, b"hello")?;
+//! w.close().await?;
+//! store.create_branch("photos", "trip", "main", &At::Head)?;
+//! # Ok(()) }
+//! ```
+
+mod blobs;
+mod db;
+mod error;
+mod mutate;
+mod name;
+mod store;
+mod tree;
+mod types;
+mod write;
+
+pub use error::{Error, Result};
+pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
+pub use name::{
+    Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, check_branch_name, check_bucket_name,
+};
+pub use store::{FsckReport, GC_QUEUE, GcReport, Stats, Store, Watch};
+pub use tree::{EVENT_CHANNEL, SetAttr, Tree};
+pub use types::{BlobHash, BranchInfo, BucketInfo, Change, Commit, Entry, EntryId, Kind, SnapshotInfo, Version};
+pub use write::{OpenOptions, WriteSession};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,442 @@
+//! The write side of [`Tree`]: every method here is one commit.
+
+use rusqlite::{Transaction, params};
+
+use crate::blobs::Imported;
+use crate::db::{now_ms, now_ns};
+use crate::error::{Error, Result};
+use crate::name::BucketPath;
+use crate::tree::{EVENT_CHANNEL, SetAttr, Tree};
+use crate::types::{Entry, EntryId, Kind, TOMBSTONE, Version};
+
+/// Mode of a new file when the caller gives none.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+/// Mode of a new directory when the caller gives none.
+pub const DEFAULT_DIR_MODE: u32 = 0o755;
+
+/// Inserts the rows of one commit.
+pub(crate) struct Rows<'a> {
+    pub(crate) tx: &'a Transaction<'a>,
+    branch_id: i64,
+    version: Version,
+}
+
+impl Rows<'_> {
+    /// Writes the new state of `e` (its parent, name and attributes).
+    pub(crate) fn put(&self, e: &Entry) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, hash, size, mode, mtime_ns, target)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                self.branch_id,
+                e.parent.0,
+                e.name,
+                self.version.0 as i64,
+                e.id.0,
+                e.kind.code(),
+                e.hash.map(|h| h.0.to_vec()),
+                e.size as i64,
+                e.mode as i64,
+                e.mtime_ns,
+                e.target,
+            ])?;
+        Ok(())
+    }
+
+    /// Records that `e` is gone from its current place.
+    pub(crate) fn tombstone(&self, e: &Entry) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, size, mode, mtime_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0)",
+            )?
+            .execute(params![
+                self.branch_id,
+                e.parent.0,
+                e.name,
+                self.version.0 as i64,
+                e.id.0,
+                TOMBSTONE
+            ])?;
+        Ok(())
+    }
+
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+}
+
+/// How [`Tree::write_file`] treats parents and an existing file.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Place {
+    pub(crate) create_parents: bool,
+    pub(crate) mode: Option<u32>,
+    pub(crate) mtime_ns: Option<i64>,
+}
+
+impl Tree {
+    /// Runs `f` as one commit: allocates the version, lets `f` insert rows,
+    /// records the commit and notifies watchers, all in one transaction.
+    pub(crate) fn commit<T>(
+        &self,
+        op: &str,
+        paths: &[&BucketPath],
+        mut f: impl FnMut(&Rows<'_>) -> Result<T>,
+    ) -> Result<(Version, T)> {
+        if self.at.is_some() {
+            return Err(Error::ReadOnly(format!(
+                "{}@{}@{}",
+                self.bucket,
+                self.branch,
+                self.at.map(|v| v.0).unwrap_or(0)
+            )));
+        }
+        let paths: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
+        let paths_json = serde_json::to_string(&paths).expect("a list of strings serialises");
+        self.inner.db.write(|tx| {
+            let version: i64 = tx.query_row(
+                "INSERT INTO versions (branch_id, at_ms, op, paths) VALUES (?1, ?2, ?3, ?4) RETURNING version",
+                params![self.branch_id, now_ms(), op, paths_json],
+                |r| r.get(0),
+            )?;
+            let rows = Rows {
+                tx,
+                branch_id: self.branch_id,
+                version: Version(version as u64),
+            };
+            let out = f(&rows)?;
+            let event = serde_json::json!({
+                "version": version, "bucket": self.bucket, "branch": self.branch, "op": op, "paths": paths,
+            });
+            tx.query_row(
+                "SELECT notify(?1, ?2)",
+                params![EVENT_CHANNEL, event.to_string()],
+                |_| Ok(()),
+            )?;
+            Ok((Version(version as u64), out))
+        })
+    }
+
+    /// The parent directory of `path` (which must not be the root) and the name.
+    fn parent_dir<'p>(&self, rows: &Rows<'_>, path: &'p BucketPath, create: bool) -> Result<(Entry, &'p str)> {
+        let (parent_path, name) = path.split_last().ok_or_else(|| Error::Exists("/".into()))?;
+        let parent = if create {
+            self.mkdir_all_in(rows, &parent_path)?
+        } else {
+            self.resolve(rows.tx, &parent_path)?
+        };
+        if !parent.is_dir() {
+            return Err(Error::NotADirectory(parent_path.to_string()));
+        }
+        Ok((parent, name))
+    }
+
+    fn mkdir_all_in(&self, rows: &Rows<'_>, path: &BucketPath) -> Result<Entry> {
+        let mut cur = Entry::root();
+        let mut walked = BucketPath::root();
+        for name in path.components() {
+            walked = walked.join(name);
+            cur = match self.lookup(rows.tx, cur.id, name)? {
+                Some(e) if e.is_dir() => e,
+                Some(_) => return Err(Error::NotADirectory(walked.to_string())),
+                None => {
+                    let e = new_entry(cur.id, name, Kind::Dir, DEFAULT_DIR_MODE, rows.version());
+                    rows.put(&e)?;
+                    e
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Creates a directory; its parent must exist.
+    pub fn mkdir(&self, path: &BucketPath, mode: Option<u32>) -> Result<Entry> {
+        let (_, e) = self.commit("mkdir", &[path], |rows| {
+            let (parent, name) = self.parent_dir(rows, path, false)?;
+            if self.lookup(rows.tx, parent.id, name)?.is_some() {
+                return Err(Error::Exists(path.to_string()));
+            }
+            let e = new_entry(
+                parent.id,
+                name,
+                Kind::Dir,
+                mode.unwrap_or(DEFAULT_DIR_MODE),
+                rows.version(),
+            );
+            rows.put(&e)?;
+            Ok(e)
+        })?;
+        Ok(e)
+    }
+
+    /// Creates a directory and any missing parents; an existing directory is fine.
+    pub fn mkdir_all(&self, path: &BucketPath) -> Result<Entry> {
+        if let Some(e) = self.try_stat(path)?
+            && e.is_dir()
+        {
+            return Ok(e);
+        }
+        Ok(self.commit("mkdir", &[path], |rows| self.mkdir_all_in(rows, path))?.1)
+    }
+
+    /// Creates a symlink at `path` pointing at `target` (stored verbatim).
+    pub fn symlink(&self, path: &BucketPath, target: &str) -> Result<Entry> {
+        Ok(self
+            .commit("symlink", &[path], |rows| {
+                let (parent, name) = self.parent_dir(rows, path, false)?;
+                if self.lookup(rows.tx, parent.id, name)?.is_some() {
+                    return Err(Error::Exists(path.to_string()));
+                }
+                let mut e = new_entry(parent.id, name, Kind::Symlink, 0o777, rows.version());
+                e.size = target.len() as u64;
+                e.target = Some(target.to_owned());
+                rows.put(&e)?;
+                Ok(e)
+            })?
+            .1)
+    }
+
+    /// Removes a file or symlink.
+    pub fn remove(&self, path: &BucketPath) -> Result<()> {
+        self.commit("remove", &[path], |rows| {
+            let e = self.resolve(rows.tx, path)?;
+            if e.is_dir() {
+                return Err(Error::IsADirectory(path.to_string()));
+            }
+            rows.tombstone(&e)
+        })?;
+        Ok(())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, path: &BucketPath) -> Result<()> {
+        if path.is_root() {
+            return Err(Error::InvalidPath {
+                path: "/".into(),
+                reason: "the root cannot be removed",
+            });
+        }
+        self.commit("remove", &[path], |rows| {
+            let e = self.resolve(rows.tx, path)?;
+            if !e.is_dir() {
+                return Err(Error::NotADirectory(path.to_string()));
+            }
+            if self.has_children(rows.tx, e.id)? {
+                return Err(Error::NotEmpty(path.to_string()));
+            }
+            rows.tombstone(&e)
+        })?;
+        Ok(())
+    }
+
+    /// Removes `path` and everything below it; on the root, empties the bucket.
+    /// Every descendant gets its own tombstone so no entry stays reachable by id.
+    pub fn remove_all(&self, path: &BucketPath) -> Result<()> {
+        self.commit("remove", &[path], |rows| {
+            let top = self.resolve(rows.tx, path)?;
+            for (_, e) in self.walk_in(rows.tx, path, &top)? {
+                rows.tombstone(&e)?;
+            }
+            if !path.is_root() {
+                rows.tombstone(&top)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Moves `from` to `to` in O(1): one tombstone and one row, whatever the
+    /// size of the subtree. An existing `to` is replaced if `replace` (a
+    /// directory only by an empty directory), otherwise it is an error.
+    pub fn rename(&self, from: &BucketPath, to: &BucketPath, replace: bool) -> Result<Entry> {
+        if from.is_root() || to.is_root() {
+            return Err(Error::InvalidPath {
+                path: "/".into(),
+                reason: "the root cannot be moved or replaced",
+            });
+        }
+        if to.starts_with(from) && to != from {
+            return Err(Error::RenameIntoSelf {
+                from: from.to_string(),
+                to: to.to_string(),
+            });
+        }
+        Ok(self
+            .commit("rename", &[from, to], |rows| {
+                let src = self.resolve(rows.tx, from)?;
+                if from == to {
+                    return Ok(src);
+                }
+                let (parent, name) = self.parent_dir(rows, to, false)?;
+                if let Some(dst) = self.lookup(rows.tx, parent.id, name)? {
+                    if !replace {
+                        return Err(Error::Exists(to.to_string()));
+                    }
+                    match (src.is_dir(), dst.is_dir()) {
+                        (true, false) => return Err(Error::NotADirectory(to.to_string())),
+                        (false, true) => return Err(Error::IsADirectory(to.to_string())),
+                        (true, true) if self.has_children(rows.tx, dst.id)? => {
+                            return Err(Error::NotEmpty(to.to_string()));
+                        }
+                        _ => {}
+                    }
+                    rows.tombstone(&dst)?;
+                }
+                rows.tombstone(&src)?;
+                let moved = Entry {
+                    parent: parent.id,
+                    name: name.to_owned(),
+                    version: rows.version(),
+                    ..src
+                };
+                rows.put(&moved)?;
+                Ok(moved)
+            })?
+            .1)
+    }
+
+    /// Changes mode and/or mtime.
+    pub fn set_attr(&self, path: &BucketPath, attr: &SetAttr) -> Result<Entry> {
+        Ok(self
+            .commit("setattr", &[path], |rows| {
+                let mut e = self.resolve(rows.tx, path)?;
+                if path.is_root() {
+                    return Err(Error::InvalidPath {
+                        path: "/".into(),
+                        reason: "the root's attributes are fixed",
+                    });
+                }
+                if let Some(mode) = attr.mode {
+                    e.mode = mode & 0o7777;
+                }
+                if let Some(mtime) = attr.mtime_ns {
+                    e.mtime_ns = mtime;
+                }
+                e.version = rows.version();
+                rows.put(&e)?;
+                Ok(e)
+            })?
+            .1)
+    }
+
+    /// Copies a file to `to` without touching its bytes: the new entry shares
+    /// the blob. An existing file at `to` is replaced.
+    pub fn copy_file(&self, from: &BucketPath, to: &BucketPath) -> Result<Entry> {
+        Ok(self
+            .commit("write", &[to], |rows| {
+                let src = self.resolve(rows.tx, from)?;
+                if src.kind != Kind::File {
+                    return Err(Error::IsADirectory(from.to_string()));
+                }
+                let (parent, name) = self.parent_dir(rows, to, false)?;
+                let existing = self.lookup(rows.tx, parent.id, name)?;
+                if existing.as_ref().is_some_and(Entry::is_dir) {
+                    return Err(Error::IsADirectory(to.to_string()));
+                }
+                let e = Entry {
+                    id: existing.map(|e| e.id).unwrap_or_else(EntryId::random),
+                    parent: parent.id,
+                    name: name.to_owned(),
+                    version: rows.version(),
+                    ..src
+                };
+                rows.put(&e)?;
+                Ok(e)
+            })?
+            .1)
+    }
+
+    /// Records a snapshot of the branch as it is now; named if `name` is given.
+    pub fn snapshot(&self, name: Option<&str>) -> Result<Version> {
+        if let Some(n) = name {
+            crate::name::check_branch_name("snapshot name", n)?;
+        }
+        Ok(self
+            .commit("snapshot", &[], |rows| {
+                if let Some(n) = name {
+                    let inserted = rows.tx.execute(
+                        "INSERT OR IGNORE INTO snapshots (branch_id, name, version) VALUES (?1, ?2, ?3)",
+                        params![self.branch_id, n, rows.version().0 as i64],
+                    )?;
+                    if inserted == 0 {
+                        return Err(Error::SnapshotExists(n.to_owned()));
+                    }
+                }
+                Ok(())
+            })?
+            .0)
+    }
+
+    /// Publishes an imported blob at `path`, replacing a file that is there and
+    /// keeping its entry id. Holds `blob` until the row is committed.
+    pub(crate) fn write_file(&self, path: &BucketPath, blob: Imported, place: Place) -> Result<Entry> {
+        let entry = self
+            .commit("write", &[path], |rows| {
+                let (parent, name) = self.parent_dir(rows, path, place.create_parents)?;
+                let existing = self.lookup(rows.tx, parent.id, name)?;
+                if let Some(e) = &existing
+                    && e.kind != Kind::File
+                {
+                    return Err(match e.kind {
+                        Kind::Dir => Error::IsADirectory(path.to_string()),
+                        _ => Error::Exists(path.to_string()),
+                    });
+                }
+                let e = Entry {
+                    id: existing.as_ref().map(|e| e.id).unwrap_or_else(EntryId::random),
+                    parent: parent.id,
+                    name: name.to_owned(),
+                    kind: Kind::File,
+                    hash: Some(blob.hash),
+                    size: blob.size,
+                    mode: place
+                        .mode
+                        .or(existing.as_ref().map(|e| e.mode))
+                        .unwrap_or(DEFAULT_FILE_MODE),
+                    mtime_ns: place.mtime_ns.unwrap_or_else(now_ns),
+                    target: None,
+                    version: rows.version(),
+                };
+                rows.put(&e)?;
+                Ok(e)
+            })?
+            .1;
+        drop(blob);
+        Ok(entry)
+    }
+
+    /// Stores the local file at `local` as `path`, streaming it into the blob
+    /// store; missing parent directories are created.
+    pub async fn put_file(&self, path: &BucketPath, local: &std::path::Path, mode: Option<u32>) -> Result<Entry> {
+        if self.at.is_some() {
+            return Err(Error::ReadOnly(path.to_string()));
+        }
+        let blob = self.inner.blobs.import_file(local).await?;
+        self.write_file(
+            path,
+            blob,
+            Place {
+                create_parents: true,
+                mode,
+                mtime_ns: None,
+            },
+        )
+    }
+}
+
+fn new_entry(parent: EntryId, name: &str, kind: Kind, mode: u32, version: Version) -> Entry {
+    Entry {
+        id: EntryId::random(),
+        parent,
+        name: name.to_owned(),
+        kind,
+        hash: None,
+        size: 0,
+        mode,
+        mtime_ns: now_ns(),
+        target: None,
+        version,
+    }
+}

@@ -1,0 +1,324 @@
+//! Names and paths: what a bucket, branch or snapshot may be called, how a path
+//! inside a bucket is normalised, and the `BUCKET[@BRANCH[@VERSION]][:/PATH]`
+//! address every frontend and the CLI share.
+
+use crate::error::{Error, Result};
+
+/// Longest bucket, branch or snapshot name, in bytes.
+const MAX_NAME: usize = 200;
+/// Longest single path component, in bytes (the POSIX `NAME_MAX` clients expect).
+pub const MAX_COMPONENT: usize = 255;
+/// Longest path, in bytes (the Linux `PATH_MAX`).
+pub const MAX_PATH: usize = 4096;
+
+/// The branch an address means when it names none.
+pub const DEFAULT_BRANCH: &str = "main";
+
+/// Checks a bucket name: lowercase ASCII letters, digits, `.`, `_`, `-`,
+/// starting with a letter or digit. Buckets become path components in SFTP and
+/// repository names in git, so the alphabet is kept narrow.
+pub fn check_bucket_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            what: "bucket name",
+            value: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad("it is longer than 200 bytes");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("it must start with a letter or a digit");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
+        return bad("only a-z, 0-9, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Checks a branch or snapshot name: git's ref rules, narrowed to what an
+/// address can carry (no `@`, `:` or whitespace).
+pub fn check_branch_name(what: &'static str, name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            what,
+            value: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad("it is longer than 200 bytes");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/+".contains(&b)) {
+        return bad("only letters, digits, '.', '_', '-', '+' and '/' are allowed");
+    }
+    if name.starts_with(['-', '/', '.']) || name.ends_with(['/', '.']) {
+        return bad("it must not start with '-', '/' or '.', nor end with '/' or '.'");
+    }
+    if name.contains("..") || name.contains("//") {
+        return bad("it must not contain '..' or '//'");
+    }
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return bad("an all-digit name would read as a version number");
+    }
+    Ok(())
+}
+
+/// A normalised absolute path inside a bucket: `/` or `/a/b`, no `.` or `..`
+/// components, no empty components, each component at most 255 bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BucketPath(String);
+
+impl BucketPath {
+    /// The bucket root.
+    pub fn root() -> Self {
+        BucketPath("/".to_owned())
+    }
+
+    /// Normalises `raw` lexically. A relative path is taken from the root;
+    /// `..` above the root is an error, not clamped: a client that tries to leave
+    /// its bucket is told so.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let bad = |reason| {
+            Err(Error::InvalidPath {
+                path: raw.to_owned(),
+                reason,
+            })
+        };
+        if raw.len() > MAX_PATH {
+            return bad("longer than 4096 bytes");
+        }
+        if raw.contains('\0') {
+            return bad("contains a NUL byte");
+        }
+        let mut parts: Vec<&str> = Vec::new();
+        for part in raw.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if parts.pop().is_none() {
+                        return bad("'..' leaves the bucket root");
+                    }
+                }
+                p if p.len() > MAX_COMPONENT => return bad("a component is longer than 255 bytes"),
+                p => parts.push(p),
+            }
+        }
+        Ok(BucketPath(format!("/{}", parts.join("/"))))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0 == "/"
+    }
+
+    /// The components, root first; empty for the root.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/').filter(|p| !p.is_empty())
+    }
+
+    /// The parent directory and the last component; `None` for the root.
+    pub fn split_last(&self) -> Option<(BucketPath, &str)> {
+        if self.is_root() {
+            return None;
+        }
+        let idx = self.0.rfind('/').expect("a normalised path starts with '/'");
+        let parent = if idx == 0 { "/" } else { &self.0[..idx] };
+        Some((BucketPath(parent.to_owned()), &self.0[idx + 1..]))
+    }
+
+    /// This path with `name` appended.
+    pub fn join(&self, name: &str) -> BucketPath {
+        if self.is_root() {
+            BucketPath(format!("/{name}"))
+        } else {
+            BucketPath(format!("{}/{name}", self.0))
+        }
+    }
+
+    /// True if `self` is `other` or lies below it.
+    pub fn starts_with(&self, other: &BucketPath) -> bool {
+        other.is_root()
+            || self.0 == other.0
+            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+    }
+}
+
+impl std::fmt::Display for BucketPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which point of a branch an address reads: its live head, a version number,
+/// or a named snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum At {
+    Head,
+    Version(u64),
+    Snapshot(String),
+}
+
+/// `BUCKET[@BRANCH[@VERSION|@SNAPSHOT]][:/PATH]`, parsed and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub bucket: String,
+    pub branch: String,
+    pub at: At,
+    pub path: BucketPath,
+}
+
+impl Address {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let (head, path) = match raw.split_once(':') {
+            Some((head, path)) => {
+                if !path.starts_with('/') {
+                    return Err(Error::InvalidAddress {
+                        addr: raw.to_owned(),
+                        reason: "the path after ':' must start with '/'",
+                    });
+                }
+                (head, BucketPath::parse(path)?)
+            }
+            None => (raw, BucketPath::root()),
+        };
+        let mut parts = head.split('@');
+        let bucket = parts.next().unwrap_or_default().to_owned();
+        check_bucket_name(&bucket)?;
+        let branch = match parts.next() {
+            Some(b) => {
+                check_branch_name("branch name", b)?;
+                b.to_owned()
+            }
+            None => DEFAULT_BRANCH.to_owned(),
+        };
+        let at = match parts.next() {
+            None => At::Head,
+            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                At::Version(v.parse().map_err(|_| Error::InvalidAddress {
+                    addr: raw.to_owned(),
+                    reason: "the version number is too large",
+                })?)
+            }
+            Some(s) => {
+                check_branch_name("snapshot name", s)?;
+                At::Snapshot(s.to_owned())
+            }
+        };
+        if parts.next().is_some() {
+            return Err(Error::InvalidAddress {
+                addr: raw.to_owned(),
+                reason: "at most two '@' are allowed (BUCKET@BRANCH@VERSION)",
+            });
+        }
+        Ok(Address {
+            bucket,
+            branch,
+            at,
+            path,
+        })
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.bucket, self.branch)?;
+        match &self.at {
+            At::Head => {}
+            At::Version(v) => write!(f, "@{v}")?,
+            At::Snapshot(s) => write!(f, "@{s}")?,
+        }
+        if !self.path.is_root() {
+            write!(f, ":{}", self.path)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalise_and_refuse_escapes() {
+        let ok = [
+            ("/", "/"),
+            ("", "/"),
+            ("a/b", "/a/b"),
+            ("/a//b/./c/", "/a/b/c"),
+            ("/a/../b", "/b"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(BucketPath::parse(raw).expect(raw).as_str(), want, "{raw}");
+        }
+        for raw in ["/..", "/a/../../b", "../etc/passwd", "a\0b"] {
+            assert!(BucketPath::parse(raw).is_err(), "{raw:?} must be refused");
+        }
+        let long = "x".repeat(256);
+        assert!(BucketPath::parse(&format!("/{long}")).is_err());
+    }
+
+    #[test]
+    fn split_and_join_round_trip() {
+        let p = BucketPath::parse("/a/b/c").expect("valid");
+        let (parent, name) = p.split_last().expect("not root");
+        assert_eq!((parent.as_str(), name), ("/a/b", "c"));
+        assert_eq!(parent.join(name), p);
+        let top = BucketPath::parse("/a").expect("valid");
+        assert_eq!(top.split_last().expect("not root").0, BucketPath::root());
+        assert!(p.starts_with(&top) && !top.starts_with(&p));
+        assert!(!BucketPath::parse("/ab").expect("valid").starts_with(&top));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["photos", "a", "my-repo.git", "x_1"] {
+            check_bucket_name(good).expect(good);
+        }
+        for bad in ["", "Photos", "-x", "a b", "a/b", "a@b", ".hidden"] {
+            assert!(check_bucket_name(bad).is_err(), "{bad:?} must be refused");
+        }
+        for good in ["main", "feature/x", "v1.2", "fix-3"] {
+            check_branch_name("branch name", good).expect(good);
+        }
+        for bad in ["", "a..b", "/a", "a/", "-a", "a:b", "a@b", "123", "a b"] {
+            assert!(
+                check_branch_name("branch name", bad).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn addresses_parse() {
+        let a = Address::parse("photos").expect("valid");
+        assert_eq!(
+            (a.bucket.as_str(), a.branch.as_str(), &a.at),
+            ("photos", "main", &At::Head)
+        );
+        let a = Address::parse("photos@dev@42:/x/../y").expect("valid");
+        assert_eq!(
+            (a.branch.as_str(), &a.at, a.path.as_str()),
+            ("dev", &At::Version(42), "/y")
+        );
+        let a = Address::parse("photos@dev@before-trip:/").expect("valid");
+        assert_eq!(a.at, At::Snapshot("before-trip".into()));
+        assert_eq!(a.to_string(), "photos@dev@before-trip");
+        for bad in ["", "photos:x", "photos@a@b@c", "Photos", "photos:/../x", "photos@:/x"] {
+            assert!(Address::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+}

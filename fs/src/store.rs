@@ -1,0 +1,625 @@
+//! [`Store`]: a data directory's tree database and blob store, and the
+//! operations on buckets and branches.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::blobs::Blobs;
+use crate::db::{Db, now_ms};
+use crate::error::{Error, Result};
+use crate::name::{At, DEFAULT_BRANCH, check_branch_name, check_bucket_name};
+use crate::tree::{EVENT_CHANNEL, Tree, chain_json, head_limit};
+use crate::types::{BlobHash, BranchInfo, BucketInfo, Commit, SnapshotInfo, Version};
+
+/// The honker queue that asks for a garbage collection. Enqueued in the same
+/// transaction as a change that frees content (bucket or branch deletion);
+/// drained by [`Store::gc`].
+pub const GC_QUEUE: &str = "alknet/gc";
+
+/// An open data directory. Cheap to clone; all clones share one writer
+/// connection and one blob store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) db: Db,
+    pub(crate) blobs: Blobs,
+    /// Staging files of write sessions. Same filesystem as `blobs/`.
+    pub(crate) tmp: PathBuf,
+}
+
+/// What [`Store::gc`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct GcReport {
+    /// Distinct blobs referenced by some version of some tree.
+    pub live: usize,
+    /// Blobs in the store before and after.
+    pub before: usize,
+    pub after: usize,
+    /// Stale write sessions whose staging files were removed.
+    pub stale_sessions: usize,
+}
+
+/// What [`Store::fsck`] found. Clean when `problems` is empty.
+#[derive(Clone, Debug, Serialize)]
+pub struct FsckReport {
+    pub blobs_checked: usize,
+    pub bytes_checked: u64,
+    pub problems: Vec<String>,
+}
+
+/// Counts for `alknet stats`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    pub buckets: u64,
+    pub branches: u64,
+    pub versions: u64,
+    pub rows: u64,
+    /// Distinct blobs referenced by the trees, and their total size.
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    /// Everything under the data directory, as stored on disk.
+    pub disk_bytes: u64,
+    pub pending_jobs: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`: `alknet.db`, `blobs/`,
+    /// `tmp/`. Staging files left by dead processes are removed.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let db = Db::open(&dir.join("alknet.db"))?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                db,
+                blobs: Blobs::new(dir.join("blobs")),
+                tmp,
+            }),
+        };
+        store.clean_stale_sessions()?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Flushes and closes the blob store. Call before the process exits.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.blobs.close().await
+    }
+
+    /// Removes the staging files of write sessions whose process is gone.
+    fn clean_stale_sessions(&self) -> Result<usize> {
+        let stale: Vec<(i64, String)> = self.inner.db.read(|c| {
+            let mut stmt = c.prepare("SELECT id, staging, pid FROM write_sessions")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, staging, pid) = row?;
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    out.push((id, staging));
+                }
+            }
+            Ok(out)
+        })?;
+        for (id, staging) in &stale {
+            std::fs::remove_file(staging).ok();
+            self.inner.db.write(|tx| {
+                tx.execute("DELETE FROM write_sessions WHERE id = ?1", [id])?;
+                Ok(())
+            })?;
+        }
+        Ok(stale.len())
+    }
+
+    // ---- buckets ---------------------------------------------------------
+
+    /// Creates a bucket with an empty `main` branch.
+    pub fn create_bucket(&self, name: &str, kind: &str) -> Result<()> {
+        check_bucket_name(name)?;
+        self.inner.db.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO buckets (name, kind, created_ms) VALUES (?1, ?2, ?3)",
+                params![name, kind, now_ms()],
+            )?;
+            if inserted == 0 {
+                return Err(Error::BucketExists(name.to_owned()));
+            }
+            let bucket_id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO branches (bucket_id, name, created_ms) VALUES (?1, ?2, ?3)",
+                params![bucket_id, DEFAULT_BRANCH, now_ms()],
+            )?;
+            record(tx, tx.last_insert_rowid(), name, DEFAULT_BRANCH, "bucket")?;
+            Ok(())
+        })
+    }
+
+    pub fn list_buckets(&self) -> Result<Vec<BucketInfo>> {
+        self.inner.db.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT b.name, b.kind, b.created_ms, (SELECT count(*) FROM branches WHERE bucket_id = b.id)
+                 FROM buckets b ORDER BY b.name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(BucketInfo {
+                    name: r.get(0)?,
+                    kind: r.get(1)?,
+                    created_ms: r.get(2)?,
+                    branches: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// The kind a bucket was created with (`drive`, `repo`).
+    pub fn bucket_kind(&self, name: &str) -> Result<String> {
+        self.inner.db.read(|c| {
+            c.query_row("SELECT kind FROM buckets WHERE name = ?1", [name], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::NoSuchBucket(name.to_owned()))
+        })
+    }
+
+    /// Deletes a bucket with all its branches, history and snapshots. Its
+    /// blobs are reclaimed by the next [`Store::gc`], which this enqueues.
+    pub fn delete_bucket(&self, name: &str) -> Result<()> {
+        check_bucket_name(name)?;
+        self.inner.db.write(|tx| {
+            let id: i64 = tx
+                .query_row("SELECT id FROM buckets WHERE name = ?1", [name], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::NoSuchBucket(name.to_owned()))?;
+            let branches = "(SELECT id FROM branches WHERE bucket_id = ?1)";
+            tx.execute(&format!("DELETE FROM nodes WHERE branch_id IN {branches}"), [id])?;
+            tx.execute(&format!("DELETE FROM versions WHERE branch_id IN {branches}"), [id])?;
+            tx.execute(&format!("DELETE FROM snapshots WHERE branch_id IN {branches}"), [id])?;
+            // Children first: parent_id references must not dangle mid-delete.
+            tx.execute("UPDATE branches SET parent_id = NULL WHERE bucket_id = ?1", [id])?;
+            tx.execute("DELETE FROM branches WHERE bucket_id = ?1", [id])?;
+            tx.execute("DELETE FROM buckets WHERE id = ?1", [id])?;
+            let event = serde_json::json!({"op": "delete-bucket", "bucket": name});
+            tx.query_row(
+                "SELECT notify(?1, ?2)",
+                params![EVENT_CHANNEL, event.to_string()],
+                |_| Ok(()),
+            )?;
+            enqueue_gc(tx, &event)?;
+            Ok(())
+        })
+    }
+
+    // ---- branches --------------------------------------------------------
+
+    fn bucket_id(c: &Connection, bucket: &str) -> Result<i64> {
+        c.query_row("SELECT id FROM buckets WHERE name = ?1", [bucket], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| Error::NoSuchBucket(bucket.to_owned()))
+    }
+
+    fn branch_id(c: &Connection, bucket: &str, branch: &str) -> Result<i64> {
+        let bucket_id = Self::bucket_id(c, bucket)?;
+        c.query_row(
+            "SELECT id FROM branches WHERE bucket_id = ?1 AND name = ?2",
+            params![bucket_id, branch],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| Error::NoSuchBranch {
+            bucket: bucket.to_owned(),
+            branch: branch.to_owned(),
+        })
+    }
+
+    /// The version an `At` means on a branch.
+    fn resolve_at(c: &Connection, bucket: &str, branch: &str, branch_id: i64, at: &At) -> Result<Option<Version>> {
+        let no_such = |v: String| Error::NoSuchVersion {
+            bucket: bucket.to_owned(),
+            branch: branch.to_owned(),
+            version: v,
+        };
+        match at {
+            At::Head => Ok(None),
+            At::Version(v) => {
+                let newest: i64 = c.query_row("SELECT coalesce(max(version), 0) FROM versions", [], |r| r.get(0))?;
+                if *v == 0 || *v > newest as u64 {
+                    return Err(no_such(v.to_string()));
+                }
+                Ok(Some(Version(*v)))
+            }
+            At::Snapshot(name) => {
+                let v: Option<i64> = c
+                    .query_row(
+                        "SELECT version FROM snapshots WHERE branch_id = ?1 AND name = ?2",
+                        params![branch_id, name],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                v.map(|v| Some(Version(v as u64))).ok_or_else(|| no_such(name.clone()))
+            }
+        }
+    }
+
+    /// Forks `new` from `from` at `at` (the head by default) in O(1): one row.
+    /// Later commits on either side do not show on the other.
+    pub fn create_branch(&self, bucket: &str, new: &str, from: &str, at: &At) -> Result<Version> {
+        check_branch_name("branch name", new)?;
+        self.inner.db.write(|tx| {
+            let parent = Self::branch_id(tx, bucket, from)?;
+            let bucket_id = Self::bucket_id(tx, bucket)?;
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM branches WHERE bucket_id = ?1 AND name = ?2)",
+                params![bucket_id, new],
+                |r| r.get(0),
+            )?;
+            if exists {
+                return Err(Error::BranchExists {
+                    bucket: bucket.to_owned(),
+                    branch: new.to_owned(),
+                });
+            }
+            let pinned = Self::resolve_at(tx, bucket, from, parent, at)?;
+            tx.execute(
+                "INSERT INTO branches (bucket_id, name, parent_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![bucket_id, new, parent, now_ms()],
+            )?;
+            let id = tx.last_insert_rowid();
+            // The branch's first version is its creation; everything the parent
+            // committed before it (or up to the pinned version) is inherited.
+            let v = record(tx, id, bucket, new, "branch")?;
+            let fork = pinned.map(|p| p.0 as i64).unwrap_or(v.0 as i64);
+            tx.execute("UPDATE branches SET fork_version = ?1 WHERE id = ?2", params![fork, id])?;
+            Ok(v)
+        })
+    }
+
+    pub fn list_branches(&self, bucket: &str) -> Result<Vec<BranchInfo>> {
+        self.inner.db.read(|c| {
+            let bucket_id = Self::bucket_id(c, bucket)?;
+            let mut stmt = c.prepare(
+                "SELECT b.name, p.name, b.fork_version, (SELECT max(version) FROM versions WHERE branch_id = b.id), b.created_ms
+                 FROM branches b LEFT JOIN branches p ON p.id = b.parent_id
+                 WHERE b.bucket_id = ?1 ORDER BY b.name",
+            )?;
+            let rows = stmt.query_map([bucket_id], |r| {
+                Ok(BranchInfo {
+                    name: r.get(0)?,
+                    parent: r.get(1)?,
+                    fork_version: r.get::<_, Option<i64>>(2)?.map(|v| Version(v as u64)),
+                    head: r.get::<_, Option<i64>>(3)?.map(|v| Version(v as u64)),
+                    created_ms: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Deletes a branch and its history. `main` and branches that others were
+    /// forked from cannot be deleted (their children read through them).
+    pub fn delete_branch(&self, bucket: &str, branch: &str) -> Result<()> {
+        if branch == DEFAULT_BRANCH {
+            return Err(Error::BranchInUse {
+                bucket: bucket.to_owned(),
+                branch: branch.to_owned(),
+                reason: "it is the bucket's main branch; delete the bucket instead".into(),
+            });
+        }
+        self.inner.db.write(|tx| {
+            let id = Self::branch_id(tx, bucket, branch)?;
+            let children: Vec<String> = {
+                let mut stmt = tx.prepare("SELECT name FROM branches WHERE parent_id = ?1 ORDER BY name")?;
+                stmt.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+            };
+            if !children.is_empty() {
+                return Err(Error::BranchInUse {
+                    bucket: bucket.to_owned(),
+                    branch: branch.to_owned(),
+                    reason: format!("branches {} were forked from it", children.join(", ")),
+                });
+            }
+            tx.execute("DELETE FROM nodes WHERE branch_id = ?1", [id])?;
+            tx.execute("DELETE FROM versions WHERE branch_id = ?1", [id])?;
+            tx.execute("DELETE FROM snapshots WHERE branch_id = ?1", [id])?;
+            tx.execute("DELETE FROM branches WHERE id = ?1", [id])?;
+            let event = serde_json::json!({"op": "delete-branch", "bucket": bucket, "branch": branch});
+            tx.query_row(
+                "SELECT notify(?1, ?2)",
+                params![EVENT_CHANNEL, event.to_string()],
+                |_| Ok(()),
+            )?;
+            enqueue_gc(tx, &event)?;
+            Ok(())
+        })
+    }
+
+    /// The tree of `bucket@branch` at its head or at a past point.
+    pub fn tree(&self, bucket: &str, branch: &str, at: &At) -> Result<Tree> {
+        self.inner.db.read(|c| {
+            let branch_id = Self::branch_id(c, bucket, branch)?;
+            let at = Self::resolve_at(c, bucket, branch, branch_id, at)?;
+            let limit = at.map(|v| v.0 as i64).unwrap_or_else(head_limit);
+            Ok(Tree {
+                inner: self.inner.clone(),
+                bucket: bucket.to_owned(),
+                branch: branch.to_owned(),
+                branch_id,
+                chain: chain_json(c, branch_id, limit)?.into(),
+                at,
+            })
+        })
+    }
+
+    pub fn snapshots(&self, bucket: &str, branch: &str) -> Result<Vec<SnapshotInfo>> {
+        self.inner.db.read(|c| {
+            let id = Self::branch_id(c, bucket, branch)?;
+            let mut stmt = c.prepare("SELECT name, version FROM snapshots WHERE branch_id = ?1 ORDER BY version")?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(SnapshotInfo {
+                    name: r.get(0)?,
+                    version: Version(r.get::<_, i64>(1)? as u64),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    // ---- history and events ----------------------------------------------
+
+    /// The commits a tree is made of, newest first: its own, then those of
+    /// the branches it was forked from, up to their fork points.
+    pub fn log(&self, tree: &Tree, limit: usize) -> Result<Vec<Commit>> {
+        self.inner.db.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT v.version, bu.name, br.name, v.at_ms, v.op, v.paths
+                 FROM json_each(?1) AS ch
+                 JOIN versions v ON v.branch_id = ch.value->>0 AND v.version <= ch.value->>1
+                 JOIN branches br ON br.id = v.branch_id JOIN buckets bu ON bu.id = br.bucket_id
+                 ORDER BY v.version DESC LIMIT ?2",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![&*tree.chain, limit], commit_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// The commits on `bucket@branch` after version `from`, oldest first.
+    pub fn commits_since(&self, bucket: &str, branch: &str, from: Version, limit: usize) -> Result<Vec<Commit>> {
+        self.inner.db.read(|c| {
+            let id = Self::branch_id(c, bucket, branch)?;
+            let mut stmt = c.prepare_cached(
+                "SELECT v.version, bu.name, br.name, v.at_ms, v.op, v.paths
+                 FROM versions v JOIN branches br ON br.id = v.branch_id JOIN buckets bu ON bu.id = br.bucket_id
+                 WHERE v.branch_id = ?1 AND v.version > ?2 ORDER BY v.version LIMIT ?3",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![id, from.0 as i64, limit], commit_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// A stream of the commits on `bucket@branch` after `from`, including
+    /// those made by other processes, woken by honker's update watcher.
+    pub fn watch(&self, bucket: &str, branch: &str, from: Version) -> Result<Watch> {
+        self.tree(bucket, branch, &At::Head)?;
+        let watcher = honker_core::SharedUpdateWatcher::new(self.inner.db.path().to_owned());
+        let (_, wake) = watcher.subscribe();
+        Ok(Watch {
+            store: self.clone(),
+            bucket: bucket.to_owned(),
+            branch: branch.to_owned(),
+            last: from,
+            _watcher: watcher,
+            wake,
+        })
+    }
+
+    // ---- maintenance -------------------------------------------------------
+
+    /// Deletes every blob that no version of any tree references and no
+    /// write in flight holds. History is kept: a blob is live as long as some
+    /// version of some branch can still read it.
+    pub async fn gc(&self) -> Result<GcReport> {
+        let stale_sessions = self.clean_stale_sessions()?;
+        let _no_imports = self.inner.blobs.gc_guard().await;
+        let live: HashSet<BlobHash> = self.inner.db.read(|c| {
+            let mut stmt = c.prepare("SELECT DISTINCT hash FROM nodes WHERE hash IS NOT NULL")?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = HashSet::new();
+            for h in rows {
+                let h = h?;
+                out.insert(BlobHash(
+                    h.try_into()
+                        .map_err(|_| Error::Internal("a stored hash is not 32 bytes".into()))?,
+                ));
+            }
+            Ok(out)
+        })?;
+        let before = self.inner.blobs.list().await?.len();
+        let live_count = live.len();
+        self.inner.blobs.collect(live).await?;
+        let after = self.inner.blobs.list().await?.len();
+        self.inner.db.write(|tx| {
+            let claimed: String = tx.query_row("SELECT honker_claim_batch(?1, 'gc', 1000, 60)", [GC_QUEUE], |r| {
+                r.get(0)
+            })?;
+            let ids: Vec<i64> = serde_json::from_str::<Vec<serde_json::Value>>(&claimed)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|j| j["id"].as_i64())
+                .collect();
+            for id in ids {
+                tx.query_row("SELECT honker_ack(?1, 'gc')", [id], |_| Ok(()))?;
+            }
+            Ok(())
+        })?;
+        Ok(GcReport {
+            live: live_count,
+            before,
+            after,
+            stale_sessions,
+        })
+    }
+
+    /// Checks the database and every referenced blob: present, complete, the
+    /// right size, and its bytes hashing to its name.
+    pub async fn fsck(&self) -> Result<FsckReport> {
+        let mut problems = Vec::new();
+        let (integrity, refs): (String, Vec<(Vec<u8>, i64, String, String, String)>) = self.inner.db.read(|c| {
+            let integrity: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            let mut stmt = c.prepare(
+                "SELECT n.hash, n.size, bu.name, br.name, n.name FROM nodes n
+                 JOIN branches br ON br.id = n.branch_id JOIN buckets bu ON bu.id = br.bucket_id
+                 WHERE n.hash IS NOT NULL GROUP BY n.hash",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+            Ok((integrity, rows.collect::<rusqlite::Result<_>>()?))
+        })?;
+        if integrity != "ok" {
+            problems.push(format!("database: {integrity}"));
+        }
+        let mut bytes_checked = 0;
+        for (hash, size, bucket, branch, name) in &refs {
+            let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()).map(BlobHash) else {
+                problems.push(format!("{bucket}@{branch}: entry {name:?} has a malformed hash"));
+                continue;
+            };
+            let whose = format!("blob {hash} (file {name:?} in {bucket}@{branch})");
+            match self.inner.blobs.complete_size(&hash).await? {
+                None => problems.push(format!("{whose} is missing or incomplete")),
+                Some(s) if s != *size as u64 => problems.push(format!("{whose} has {s} bytes, the tree says {size}")),
+                Some(_) => match self.inner.blobs.verify(&hash).await {
+                    Ok(true) => bytes_checked += *size as u64,
+                    Ok(false) => problems.push(format!("{whose} is corrupt: its bytes do not hash to its name")),
+                    Err(e) => problems.push(format!("{whose} cannot be read: {e}")),
+                },
+            }
+        }
+        Ok(FsckReport {
+            blobs_checked: refs.len(),
+            bytes_checked,
+            problems,
+        })
+    }
+
+    pub async fn stats(&self) -> Result<Stats> {
+        let mut stats = self.inner.db.read(|c| {
+            let count = |sql: &str| -> Result<u64> { Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+            Ok(Stats {
+                buckets: count("SELECT count(*) FROM buckets")?,
+                branches: count("SELECT count(*) FROM branches")?,
+                versions: count("SELECT count(*) FROM versions")?,
+                rows: count("SELECT count(*) FROM nodes")?,
+                blobs: count("SELECT count(DISTINCT hash) FROM nodes WHERE hash IS NOT NULL")?,
+                blob_bytes: count(
+                    "SELECT coalesce(sum(size), 0) FROM (SELECT max(size) AS size FROM nodes WHERE hash IS NOT NULL GROUP BY hash)",
+                )?,
+                disk_bytes: 0,
+                pending_jobs: count("SELECT count(*) FROM _honker_live")?,
+            })
+        })?;
+        stats.disk_bytes = disk_usage(&self.inner.dir);
+        Ok(stats)
+    }
+}
+
+/// Inserts a commit record without tree rows (bucket and branch creation).
+fn record(tx: &Connection, branch_id: i64, bucket: &str, branch: &str, op: &str) -> Result<Version> {
+    let v: i64 = tx.query_row(
+        "INSERT INTO versions (branch_id, at_ms, op, paths) VALUES (?1, ?2, ?3, '[]') RETURNING version",
+        params![branch_id, now_ms(), op],
+        |r| r.get(0),
+    )?;
+    let event = serde_json::json!({"version": v, "bucket": bucket, "branch": branch, "op": op, "paths": []});
+    tx.query_row(
+        "SELECT notify(?1, ?2)",
+        params![EVENT_CHANNEL, event.to_string()],
+        |_| Ok(()),
+    )?;
+    Ok(Version(v as u64))
+}
+
+fn enqueue_gc(tx: &Connection, why: &serde_json::Value) -> Result<()> {
+    tx.query_row(
+        "SELECT honker_enqueue(?1, ?2, NULL, NULL, 0, 3, NULL)",
+        params![GC_QUEUE, why.to_string()],
+        |_| Ok(()),
+    )?;
+    Ok(())
+}
+
+fn commit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Commit> {
+    let paths: String = r.get(5)?;
+    Ok(Commit {
+        version: Version(r.get::<_, i64>(0)? as u64),
+        bucket: r.get(1)?,
+        branch: r.get(2)?,
+        at_ms: r.get(3)?,
+        op: r.get(4)?,
+        paths: serde_json::from_str(&paths).unwrap_or_default(),
+    })
+}
+
+/// Bytes allocated on disk under `dir` (sparse files count what they use).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += md.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// See [`Store::watch`].
+pub struct Watch {
+    store: Store,
+    bucket: String,
+    branch: String,
+    last: Version,
+    /// Polls `PRAGMA data_version` on its own thread; dropping it stops that.
+    _watcher: honker_core::SharedUpdateWatcher,
+    wake: std::sync::mpsc::Receiver<()>,
+}
+
+impl Watch {
+    /// The next commits after the last one returned, waiting up to `timeout`
+    /// for one to happen. Empty if none came.
+    pub fn next(&mut self, timeout: Duration) -> Result<Vec<Commit>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let commits = self.store.commits_since(&self.bucket, &self.branch, self.last, 1000)?;
+            if let Some(c) = commits.last() {
+                self.last = c.version;
+                return Ok(commits);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            // A wake means "something committed"; spurious ones just loop.
+            let _ = self.wake.recv_timeout(left.min(Duration::from_secs(1)));
+        }
+    }
+}

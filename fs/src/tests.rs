@@ -1,0 +1,537 @@
+//! Unit tests of the storage core on a real SQLite file and a real blob store.
+
+use std::time::Duration;
+
+use crate::{At, BucketPath, Change, Error, Kind, OpenOptions, SetAttr, Store, Tree, Version};
+
+fn p(s: &str) -> BucketPath {
+    BucketPath::parse(s).expect("test paths are valid")
+}
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path()).expect("open store");
+    store.create_bucket("b", "drive").expect("create bucket");
+    (dir, store)
+}
+
+fn head(store: &Store, branch: &str) -> Tree {
+    store.tree("b", branch, &At::Head).expect("open tree")
+}
+
+async fn put(t: &Tree, path: &str, data: &[u8]) {
+    let mut w = t
+        .open_write(&p(path), OpenOptions::replace())
+        .await
+        .expect("open for write");
+    w.write_at(0, data).expect("write");
+    w.close().await.expect("close");
+}
+
+async fn get(t: &Tree, path: &str) -> Vec<u8> {
+    t.read(&p(path), 0, u64::MAX).await.expect("read")
+}
+
+fn missing(t: &Tree, path: &str) -> bool {
+    matches!(t.stat(&p(path)), Err(Error::NotFound(_)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_is_a_snapshot_in_both_directions() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    put(&main, "/a", b"one").await;
+    store.create_branch("b", "dev", "main", &At::Head).expect("fork");
+    let dev = head(&store, "dev");
+    assert_eq!(
+        get(&dev, "/a").await,
+        b"one",
+        "the fork sees the parent's state at the fork"
+    );
+
+    put(&main, "/a", b"two").await;
+    put(&main, "/new-on-main", b"x").await;
+    assert_eq!(
+        get(&dev, "/a").await,
+        b"one",
+        "a parent write after the fork must not show on the child"
+    );
+    assert!(missing(&dev, "/new-on-main"));
+
+    put(&dev, "/a", b"three").await;
+    put(&dev, "/new-on-dev", b"y").await;
+    assert_eq!(
+        get(&main, "/a").await,
+        b"two",
+        "a child write must not show on the parent"
+    );
+    assert!(missing(&main, "/new-on-dev"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_of_a_fork_and_from_a_past_version() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    put(&main, "/f", b"v1").await;
+    let v1 = main.stat(&p("/f")).expect("stat").version;
+    put(&main, "/f", b"v2").await;
+    store
+        .create_branch("b", "old", "main", &At::Version(v1.0))
+        .expect("fork at v1");
+    assert_eq!(get(&head(&store, "old"), "/f").await, b"v1");
+    store
+        .create_branch("b", "deep", "old", &At::Head)
+        .expect("fork of a fork");
+    assert_eq!(get(&head(&store, "deep"), "/f").await, b"v1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_at_a_past_version_after_later_writes() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    put(&main, "/f", b"first").await;
+    let snap = main.snapshot(Some("before")).expect("snapshot");
+    put(&main, "/f", b"second").await;
+    main.remove(&p("/f")).expect("remove");
+    assert!(missing(&main, "/f"));
+
+    let past = store.tree("b", "main", &At::Version(snap.0)).expect("tree at version");
+    assert_eq!(get(&past, "/f").await, b"first");
+    let named = store
+        .tree("b", "main", &At::Snapshot("before".into()))
+        .expect("tree at snapshot");
+    assert_eq!(get(&named, "/f").await, b"first");
+    assert!(
+        matches!(past.mkdir(&p("/x"), None), Err(Error::ReadOnly(_))),
+        "a past version is read-only"
+    );
+    assert!(matches!(
+        store.tree("b", "main", &At::Version(999_999)),
+        Err(Error::NoSuchVersion { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tombstone_on_child_hides_parent_file() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    main.mkdir(&p("/d"), None).expect("mkdir");
+    put(&main, "/d/f", b"data").await;
+    store.create_branch("b", "dev", "main", &At::Head).expect("fork");
+    let dev = head(&store, "dev");
+    dev.remove(&p("/d/f")).expect("remove on child");
+    assert!(missing(&dev, "/d/f"));
+    assert!(dev.read_dir(&p("/d"), None, 100).expect("readdir").is_empty());
+    assert_eq!(get(&main, "/d/f").await, b"data", "the parent keeps its file");
+    dev.rmdir(&p("/d")).expect("the child's directory is now empty");
+    assert!(main.stat(&p("/d")).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rename_keeps_the_entry_id_and_moves_subtrees() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    main.mkdir(&p("/d"), None).expect("mkdir");
+    main.mkdir(&p("/d/sub"), None).expect("mkdir");
+    put(&main, "/d/sub/f", b"deep").await;
+    let file_id = main.stat(&p("/d/sub/f")).expect("stat").id;
+    let dir_id = main.stat(&p("/d")).expect("stat").id;
+
+    let before = store.stats().await.expect("stats").rows;
+    main.rename(&p("/d"), &p("/e"), false).expect("rename dir");
+    let after = store.stats().await.expect("stats").rows;
+    assert_eq!(
+        after - before,
+        2,
+        "a directory rename writes one tombstone and one row, whatever is below it"
+    );
+    assert_eq!(main.stat(&p("/e")).expect("stat").id, dir_id);
+    assert_eq!(main.stat(&p("/e/sub/f")).expect("stat").id, file_id);
+    assert_eq!(get(&main, "/e/sub/f").await, b"deep");
+    assert!(missing(&main, "/d"));
+
+    main.rename(&p("/e/sub/f"), &p("/g"), false).expect("rename file");
+    assert_eq!(main.stat(&p("/g")).expect("stat").id, file_id);
+    assert_eq!(main.path_of(file_id).expect("path_of"), Some(p("/g")));
+
+    assert!(matches!(
+        main.rename(&p("/e"), &p("/e/sub/x"), false),
+        Err(Error::RenameIntoSelf { .. })
+    ));
+    put(&main, "/h", b"other").await;
+    assert!(matches!(main.rename(&p("/g"), &p("/h"), false), Err(Error::Exists(_))));
+    main.rename(&p("/g"), &p("/h"), true).expect("replace");
+    assert_eq!(get(&main, "/h").await, b"deep");
+    assert_eq!(main.stat(&p("/h")).expect("stat").id, file_id);
+    assert!(matches!(
+        main.rename(&p("/h"), &p("/e"), true),
+        Err(Error::IsADirectory(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_order_chunks_assemble() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = main.open_write(&p("/f"), OpenOptions::replace()).await.expect("open");
+    let chunk = 32 * 1024;
+    let mut offsets: Vec<usize> = (0..data.len()).step_by(chunk).collect();
+    offsets.reverse();
+    offsets.swap(1, 3);
+    for off in offsets {
+        let end = (off + chunk).min(data.len());
+        w.write_at(off as u64, &data[off..end]).expect("write chunk");
+    }
+    let e = w.close().await.expect("close");
+    assert_eq!(e.size, data.len() as u64);
+    assert_eq!(
+        e.hash,
+        Some(crate::BlobHash::of(&data)),
+        "the stored hash is plain BLAKE3 of the bytes"
+    );
+    assert_eq!(get(&main, "/f").await, data);
+    assert_eq!(
+        main.read(&p("/f"), 100_000, 10).await.expect("range"),
+        &data[100_000..100_010]
+    );
+    assert!(main.read(&p("/f"), 400_000, 10).await.expect("past the end").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_see_the_old_content_until_close() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    put(&main, "/f", b"old").await;
+    let mut w = main.open_write(&p("/f"), OpenOptions::modify()).await.expect("open");
+    let mut staged = [0u8; 3];
+    assert_eq!(
+        w.read_at(0, &mut staged).expect("read staged"),
+        3,
+        "modify starts from the current content"
+    );
+    assert_eq!(&staged, b"old");
+    w.write_at(0, b"NEW content").expect("write");
+    assert_eq!(get(&main, "/f").await, b"old", "an open write is invisible to readers");
+    w.close().await.expect("close");
+    assert_eq!(get(&main, "/f").await, b"NEW content");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abort_leaves_no_trace() {
+    let (d, store) = store();
+    let main = head(&store, "main");
+    put(&main, "/f", b"kept").await;
+    let log_before = store.log(&main, 100).expect("log").len();
+    let mut w = main.open_write(&p("/f"), OpenOptions::replace()).await.expect("open");
+    w.write_at(0, b"discarded").expect("write");
+    w.abort();
+    let mut w = main.open_write(&p("/g"), OpenOptions::replace()).await.expect("open");
+    w.write_at(0, b"dropped").expect("write");
+    drop(w);
+    assert_eq!(get(&main, "/f").await, b"kept");
+    assert!(missing(&main, "/g"), "a dropped session publishes nothing");
+    assert_eq!(
+        store.log(&main, 100).expect("log").len(),
+        log_before,
+        "no version was committed"
+    );
+    let staged: Vec<_> = std::fs::read_dir(d.path().join("tmp")).expect("tmp dir").collect();
+    assert!(staged.is_empty(), "staging files are removed: {staged:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_writers_on_one_path_last_close_wins_whole() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    let a = vec![b'a'; 100_000];
+    let b = vec![b'b'; 50_000];
+    let mut wa = main.open_write(&p("/f"), OpenOptions::replace()).await.expect("open a");
+    let mut wb = main.open_write(&p("/f"), OpenOptions::replace()).await.expect("open b");
+    wa.write_at(0, &a).expect("write a");
+    wb.write_at(0, &b).expect("write b");
+    wb.close().await.expect("close b");
+    assert_eq!(get(&main, "/f").await, b);
+    wa.close().await.expect("close a");
+    assert_eq!(
+        get(&main, "/f").await,
+        a,
+        "each close publishes one whole file; the last one wins"
+    );
+    let id = main.stat(&p("/f")).expect("stat").id;
+    assert_eq!(
+        store
+            .log(&main, 10)
+            .expect("log")
+            .iter()
+            .filter(|c| c.op == "write")
+            .count(),
+        2
+    );
+    assert_eq!(main.stat(&p("/f")).expect("stat").id, id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_keeps_referenced_and_reclaims_the_rest_on_disk() {
+    let (d, store) = store();
+    let main = head(&store, "main");
+    // Above iroh-blobs' 16 KiB inline limit, so each blob is a file on disk.
+    let kept = vec![1u8; 100_000];
+    let gone = vec![2u8; 100_000];
+    put(&main, "/kept", &kept).await;
+    store.create_bucket("tmp", "drive").expect("bucket");
+    put(&store.tree("tmp", "main", &At::Head).expect("tree"), "/gone", &gone).await;
+    let data_file = |h: crate::BlobHash| d.path().join("blobs/data").join(format!("{h}.data"));
+    let (kh, gh) = (crate::BlobHash::of(&kept), crate::BlobHash::of(&gone));
+    assert!(data_file(kh).exists() && data_file(gh).exists());
+
+    store.delete_bucket("tmp").expect("delete bucket");
+    assert_eq!(
+        store.stats().await.expect("stats").pending_jobs,
+        1,
+        "the delete queued a gc job"
+    );
+    let report = store.gc().await.expect("gc");
+    assert_eq!(report.live, 1);
+    assert!(data_file(kh).exists(), "a referenced blob stays on disk");
+    assert!(!data_file(gh).exists(), "an unreferenced blob's bytes are deleted");
+    assert_eq!(get(&main, "/kept").await, kept);
+    assert_eq!(
+        store.stats().await.expect("stats").pending_jobs,
+        0,
+        "gc drained its queue"
+    );
+    assert!(store.fsck().await.expect("fsck").problems.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_keeps_overwritten_content_alive() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    put(&main, "/f", &[7u8; 50_000]).await;
+    let v = main.snapshot(None).expect("snapshot");
+    put(&main, "/f", &[8u8; 50_000]).await;
+    store.gc().await.expect("gc");
+    let past = store.tree("b", "main", &At::Version(v.0)).expect("past");
+    assert_eq!(get(&past, "/f").await, vec![7u8; 50_000]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readdir_pages_merge_branch_levels() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    for i in 0..25 {
+        main.mkdir(&p(&format!("/d{i:02}")), None).expect("mkdir");
+    }
+    store.create_branch("b", "dev", "main", &At::Head).expect("fork");
+    let dev = head(&store, "dev");
+    dev.rmdir(&p("/d03")).expect("rmdir");
+    dev.mkdir(&p("/d03x"), None).expect("mkdir");
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = dev.read_dir(&BucketPath::root(), after.as_deref(), 7).expect("page");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        after = page.last().map(|e| e.name.clone());
+        names.extend(page.into_iter().map(|e| e.name));
+    }
+    let mut want: Vec<String> = (0..25).filter(|i| *i != 3).map(|i| format!("d{i:02}")).collect();
+    want.push("d03x".into());
+    want.sort();
+    assert_eq!(names, want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_reports_adds_removes_changes_and_renames() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    put(&main, "/keep", b"k").await;
+    put(&main, "/change", b"1").await;
+    put(&main, "/drop", b"d").await;
+    put(&main, "/move", b"m").await;
+    store.create_branch("b", "dev", "main", &At::Head).expect("fork");
+    let dev = head(&store, "dev");
+    put(&dev, "/change", b"2").await;
+    dev.remove(&p("/drop")).expect("remove");
+    dev.rename(&p("/move"), &p("/moved"), false).expect("rename");
+    put(&dev, "/add", b"a").await;
+    let changes = main.diff(&dev).expect("diff");
+    assert_eq!(
+        changes,
+        vec![
+            Change::Added {
+                path: "/add".into(),
+                kind: Kind::File
+            },
+            Change::Modified {
+                path: "/change".into(),
+                kind: Kind::File
+            },
+            Change::Removed {
+                path: "/drop".into(),
+                kind: Kind::File
+            },
+            Change::Renamed {
+                from: "/move".into(),
+                to: "/moved".into(),
+                kind: Kind::File,
+                modified: false
+            },
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_resumes_from_a_version() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    main.mkdir(&p("/a"), None).expect("mkdir");
+    let from = main.stat(&p("/a")).expect("stat").version;
+    main.mkdir(&p("/b"), None).expect("mkdir");
+    let mut watch = store.watch("b", "main", from).expect("watch");
+    let first = watch.next(Duration::from_secs(5)).expect("next");
+    assert_eq!(
+        first.iter().map(|c| c.paths.clone()).collect::<Vec<_>>(),
+        vec![vec!["/b".to_string()]]
+    );
+    let writer = {
+        let main = main.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            main.mkdir(&p("/c"), None).expect("mkdir");
+        })
+    };
+    let next = watch.next(Duration::from_secs(10)).expect("next");
+    writer.join().expect("writer thread");
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        (next[0].op.as_str(), next[0].paths.clone()),
+        ("mkdir", vec!["/c".to_string()])
+    );
+    assert!(next[0].version > first[0].version);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn posix_errors_are_typed() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    main.mkdir(&p("/d"), None).expect("mkdir");
+    put(&main, "/d/f", b"x").await;
+    assert!(matches!(main.mkdir(&p("/d"), None), Err(Error::Exists(_))));
+    assert!(matches!(main.mkdir(&p("/nope/x"), None), Err(Error::NotFound(_))));
+    assert!(matches!(main.mkdir(&p("/d/f/x"), None), Err(Error::NotADirectory(_))));
+    assert!(matches!(main.rmdir(&p("/d")), Err(Error::NotEmpty(_))));
+    assert!(matches!(main.remove(&p("/d")), Err(Error::IsADirectory(_))));
+    assert!(matches!(
+        main.open_write(&p("/d"), OpenOptions::replace()).await,
+        Err(Error::IsADirectory(_))
+    ));
+    assert!(matches!(
+        main.open_write(&p("/d/f"), OpenOptions::replace().exclusive(true))
+            .await,
+        Err(Error::Exists(_))
+    ));
+    assert!(matches!(
+        main.open_write(&p("/none"), OpenOptions::modify()).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.tree("b", "nope", &At::Head),
+        Err(Error::NoSuchBranch { .. })
+    ));
+    assert!(matches!(
+        store.tree("nope", "main", &At::Head),
+        Err(Error::NoSuchBucket(_))
+    ));
+    assert!(matches!(store.create_bucket("b", "drive"), Err(Error::BucketExists(_))));
+    assert!(matches!(
+        store.create_bucket("Bad Name", "drive"),
+        Err(Error::InvalidName { .. })
+    ));
+    store.create_branch("b", "dev", "main", &At::Head).expect("fork");
+    assert!(matches!(
+        store.delete_branch("b", "main"),
+        Err(Error::BranchInUse { .. })
+    ));
+    store.create_branch("b", "dev2", "dev", &At::Head).expect("fork");
+    assert!(matches!(
+        store.delete_branch("b", "dev"),
+        Err(Error::BranchInUse { .. })
+    ));
+    store.delete_branch("b", "dev2").expect("a leaf branch can go");
+    main.remove_all(&p("/d")).expect("rm -r");
+    assert!(missing(&main, "/d") && missing(&main, "/d/f"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_attrs_copy_and_truncate() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    put(&main, "/f", b"0123456789").await;
+    let l = main.symlink(&p("/l"), "f").expect("symlink");
+    assert_eq!((l.kind, l.target.as_deref(), l.size), (Kind::Symlink, Some("f"), 1));
+    let e = main.set_attr(&p("/f"), &SetAttr::mode(0o600)).expect("chmod");
+    assert_eq!(e.mode, 0o600);
+    let e = main
+        .set_attr(&p("/f"), &SetAttr::mtime_ns(1_000_000_000))
+        .expect("utimes");
+    assert_eq!((e.mode, e.mtime_ns), (0o600, 1_000_000_000));
+    let c = main.copy_file(&p("/f"), &p("/c")).expect("copy");
+    assert_ne!(c.id, e.id);
+    assert_eq!(c.hash, e.hash, "a copy shares the blob");
+    let t = main.truncate(&p("/f"), 4).await.expect("truncate");
+    assert_eq!((t.size, t.mode), (4, 0o600), "truncate keeps the mode");
+    assert_eq!(get(&main, "/f").await, b"0123");
+    assert_eq!(get(&main, "/c").await, b"0123456789");
+    let e = main
+        .put_reader(&p("/x/y/z"), &mut &b"streamed"[..], Some(0o640))
+        .await
+        .expect("put_reader");
+    assert_eq!((e.size, e.mode), (8, 0o640));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_finds_a_corrupt_blob() {
+    let (d, store) = store();
+    let main = head(&store, "main");
+    let data = vec![9u8; 100_000];
+    put(&main, "/f", &data).await;
+    put(&main, "/ok", &[1u8; 100_000]).await;
+    assert!(store.fsck().await.expect("fsck").problems.is_empty());
+    let file = d
+        .path()
+        .join("blobs/data")
+        .join(format!("{}.data", crate::BlobHash::of(&data)));
+    let mut bytes = std::fs::read(&file).expect("blob file");
+    bytes[5000] ^= 0xff;
+    std::fs::write(&file, bytes).expect("corrupt it");
+    let report = store.fsck().await.expect("fsck");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("corrupt") && report.problems[0].contains("\"f\""),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(
+        get(&main, "/ok").await,
+        vec![1u8; 100_000],
+        "other files are undisturbed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_only_grow() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    let a = main.mkdir(&p("/a"), None).expect("mkdir").version;
+    let b = main.mkdir(&p("/b"), None).expect("mkdir").version;
+    assert!(b > a && a > Version(0));
+    let log = store.log(&main, 10).expect("log");
+    assert!(
+        log.windows(2).all(|w| w[0].version > w[1].version),
+        "log is newest first"
+    );
+}

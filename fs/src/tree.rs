@@ -1,0 +1,386 @@
+//! [`Tree`]: the file tree of one `bucket@branch`, live or at a past version.
+//!
+//! Reads resolve a path one component at a time, each step one query over the
+//! branch's *chain*: the branch itself up to its read limit, then its parent
+//! up to the fork version, and so on to the root branch. The nearest level that
+//! has a row for `(parent entry, name)` wins; a tombstone there hides the name.
+//!
+//! Every mutation is one [`commit`](Tree::commit): it allocates a version,
+//! inserts new rows (rows are never updated), and `notify()`s in the same
+//! transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::error::{Error, Result};
+use crate::name::BucketPath;
+use crate::store::Inner;
+use crate::types::{BlobHash, Change, Entry, EntryId, Kind, TOMBSTONE, Version};
+
+/// Read limit of a live branch: every version.
+const HEAD: i64 = i64::MAX;
+
+/// The honker channel every commit notifies on.
+pub const EVENT_CHANNEL: &str = "alknet/fs";
+
+/// A view of one branch of one bucket. Cheap to clone. A tree at the head
+/// sees commits made after it was opened; a tree at a version never changes
+/// and refuses writes.
+#[derive(Clone)]
+pub struct Tree {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) bucket: String,
+    pub(crate) branch: String,
+    pub(crate) branch_id: i64,
+    /// `[[branch_id, limit], …]`, nearest first, as JSON for `json_each`.
+    pub(crate) chain: Arc<str>,
+    pub(crate) at: Option<Version>,
+}
+
+/// Attribute changes for [`Tree::set_attr`]; `None` keeps the value.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub mtime_ns: Option<i64>,
+}
+
+impl SetAttr {
+    pub fn mode(mode: u32) -> Self {
+        SetAttr {
+            mode: Some(mode),
+            ..Default::default()
+        }
+    }
+
+    pub fn mtime_ns(mtime_ns: i64) -> Self {
+        SetAttr {
+            mtime_ns: Some(mtime_ns),
+            ..Default::default()
+        }
+    }
+}
+
+const COLUMNS: &str = "n.eid, n.parent, n.name, n.kind, n.hash, n.size, n.mode, n.mtime_ns, n.target, n.version";
+
+/// Builds an [`Entry`] from a row of [`COLUMNS`]; `None` for a tombstone.
+fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Entry>> {
+    let Some(kind) = Kind::from_code(row.get(3)?) else {
+        return Ok(None);
+    };
+    let hash: Option<Vec<u8>> = row.get(4)?;
+    Ok(Some(Entry {
+        id: EntryId(row.get(0)?),
+        parent: EntryId(row.get(1)?),
+        name: row.get(2)?,
+        kind,
+        hash: hash.and_then(|h| <[u8; 32]>::try_from(h).ok()).map(BlobHash),
+        size: row.get::<_, i64>(5)? as u64,
+        mode: row.get::<_, i64>(6)? as u32,
+        mtime_ns: row.get(7)?,
+        target: row.get(8)?,
+        version: Version(row.get::<_, i64>(9)? as u64),
+    }))
+}
+
+impl Tree {
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    /// The version this tree is pinned at, or `None` for the live head.
+    pub fn at(&self) -> Option<Version> {
+        self.at
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.at.is_some()
+    }
+
+    // ---- reads -----------------------------------------------------------
+
+    /// The entry at `path` (symlinks are not followed).
+    pub fn stat(&self, path: &BucketPath) -> Result<Entry> {
+        self.inner.db.read(|c| self.resolve(c, path))
+    }
+
+    /// Like [`Tree::stat`], but a missing path is `Ok(None)`.
+    pub fn try_stat(&self, path: &BucketPath) -> Result<Option<Entry>> {
+        match self.stat(path) {
+            Ok(e) => Ok(Some(e)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The entry with this id, wherever it now lives.
+    pub fn entry(&self, id: EntryId) -> Result<Option<Entry>> {
+        if id == EntryId::ROOT {
+            return Ok(Some(Entry::root()));
+        }
+        self.inner.db.read(|c| self.by_id(c, id))
+    }
+
+    /// The current path of an entry, walking parent ids to the root.
+    pub fn path_of(&self, id: EntryId) -> Result<Option<BucketPath>> {
+        self.inner.db.read(|c| {
+            let mut names = Vec::new();
+            let mut cur = id;
+            while cur != EntryId::ROOT {
+                match self.by_id(c, cur)? {
+                    Some(e) => {
+                        names.push(e.name);
+                        cur = e.parent;
+                    }
+                    None => return Ok(None),
+                }
+                if names.len() > crate::name::MAX_PATH {
+                    return Err(Error::Internal(format!("entry {id:?} has a parent cycle")));
+                }
+            }
+            names.reverse();
+            Ok(Some(BucketPath::parse(&names.join("/"))?))
+        })
+    }
+
+    /// One page of a directory, sorted by name: at most `limit` entries whose
+    /// names sort after `after`. Pass the last name of a page to get the next.
+    pub fn read_dir(&self, path: &BucketPath, after: Option<&str>, limit: usize) -> Result<Vec<Entry>> {
+        self.inner.db.read(|c| {
+            let dir = self.resolve(c, path)?;
+            if !dir.is_dir() {
+                return Err(Error::NotADirectory(path.to_string()));
+            }
+            self.children(c, dir.id, after, limit)
+        })
+    }
+
+    /// Every entry below `path` (not `path` itself), parents before children.
+    pub fn walk(&self, path: &BucketPath) -> Result<Vec<(BucketPath, Entry)>> {
+        self.inner.db.read(|c| {
+            let top = self.resolve(c, path)?;
+            self.walk_in(c, path, &top)
+        })
+    }
+
+    pub(crate) fn walk_in(&self, c: &Connection, path: &BucketPath, top: &Entry) -> Result<Vec<(BucketPath, Entry)>> {
+        let mut out = Vec::new();
+        if !top.is_dir() {
+            return Ok(out);
+        }
+        let mut stack = vec![(path.clone(), top.id)];
+        while let Some((dir_path, dir_id)) = stack.pop() {
+            for e in self.children(c, dir_id, None, usize::MAX)? {
+                let p = dir_path.join(&e.name);
+                if e.is_dir() {
+                    stack.push((p.clone(), e.id));
+                }
+                out.push((p, e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads up to `len` bytes of the file at `path` from `offset`.
+    pub async fn read(&self, path: &BucketPath, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let entry = self.stat(path)?;
+        self.read_entry(&entry, offset, len).await
+    }
+
+    /// Reads up to `len` bytes of a file entry from `offset`.
+    pub async fn read_entry(&self, entry: &Entry, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let hash = self.file_hash(entry)?;
+        if offset >= entry.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let len = len.min(entry.size - offset);
+        self.inner.blobs.read_range(&hash, offset, len).await
+    }
+
+    /// A streaming reader over a whole file (`AsyncRead + AsyncSeek`).
+    pub async fn reader(
+        &self,
+        entry: &Entry,
+    ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncSeek + Unpin + use<>> {
+        let hash = self.file_hash(entry)?;
+        self.inner.blobs.reader(&hash).await
+    }
+
+    fn file_hash(&self, entry: &Entry) -> Result<BlobHash> {
+        match (entry.kind, entry.hash) {
+            (Kind::File, Some(h)) => Ok(h),
+            (Kind::Dir, _) => Err(Error::IsADirectory(entry.name.clone())),
+            _ => Err(Error::NotFound(entry.name.clone())),
+        }
+    }
+
+    /// What changed from `self` to `other` (another branch, or another version).
+    /// Entries are matched by id, so a move shows as one rename.
+    pub fn diff(&self, other: &Tree) -> Result<Vec<Change>> {
+        let index = |t: &Tree| -> Result<HashMap<EntryId, (BucketPath, Entry)>> {
+            Ok(t.walk(&BucketPath::root())?
+                .into_iter()
+                .map(|(p, e)| (e.id, (p, e)))
+                .collect())
+        };
+        let (a, b) = (index(self)?, index(other)?);
+        let mut out = BTreeMap::new();
+        for (id, (pa, ea)) in &a {
+            match b.get(id) {
+                None => {
+                    out.insert(
+                        pa.to_string(),
+                        Change::Removed {
+                            path: pa.to_string(),
+                            kind: ea.kind,
+                        },
+                    );
+                }
+                Some((pb, eb)) => {
+                    let modified = ea.kind != eb.kind
+                        || ea.hash != eb.hash
+                        || ea.mode != eb.mode
+                        || ea.target != eb.target
+                        || (ea.kind != Kind::Dir && ea.mtime_ns != eb.mtime_ns);
+                    if pa != pb {
+                        out.insert(
+                            pb.to_string(),
+                            Change::Renamed {
+                                from: pa.to_string(),
+                                to: pb.to_string(),
+                                kind: eb.kind,
+                                modified,
+                            },
+                        );
+                    } else if modified {
+                        out.insert(
+                            pb.to_string(),
+                            Change::Modified {
+                                path: pb.to_string(),
+                                kind: eb.kind,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        for (id, (pb, eb)) in &b {
+            if !a.contains_key(id) {
+                out.insert(
+                    pb.to_string(),
+                    Change::Added {
+                        path: pb.to_string(),
+                        kind: eb.kind,
+                    },
+                );
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    // ---- lookups on a given connection (also used inside write transactions)
+
+    pub(crate) fn resolve(&self, c: &Connection, path: &BucketPath) -> Result<Entry> {
+        let mut cur = Entry::root();
+        let mut walked = BucketPath::root();
+        for name in path.components() {
+            if !cur.is_dir() {
+                return Err(Error::NotADirectory(walked.to_string()));
+            }
+            walked = walked.join(name);
+            cur = self
+                .lookup(c, cur.id, name)?
+                .ok_or_else(|| Error::NotFound(path.to_string()))?;
+        }
+        Ok(cur)
+    }
+
+    pub(crate) fn lookup(&self, c: &Connection, parent: EntryId, name: &str) -> Result<Option<Entry>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM json_each(?1) AS c
+             JOIN nodes AS n ON n.branch_id = c.value->>0 AND n.parent = ?2 AND n.name = ?3
+                            AND n.version <= c.value->>1
+             ORDER BY c.key, n.version DESC, n.seq DESC LIMIT 1"
+        );
+        let row = c
+            .prepare_cached(&sql)?
+            .query_row(params![&*self.chain, parent.0, name], entry_from_row)
+            .optional()?;
+        Ok(row.flatten())
+    }
+
+    pub(crate) fn by_id(&self, c: &Connection, id: EntryId) -> Result<Option<Entry>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM json_each(?1) AS c
+             JOIN nodes AS n ON n.branch_id = c.value->>0 AND n.eid = ?2 AND n.version <= c.value->>1
+             ORDER BY c.key, n.version DESC, n.seq DESC LIMIT 1"
+        );
+        let row = c
+            .prepare_cached(&sql)?
+            .query_row(params![&*self.chain, id.0], entry_from_row)
+            .optional()?;
+        Ok(row.flatten())
+    }
+
+    pub(crate) fn children(
+        &self,
+        c: &Connection,
+        dir: EntryId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let sql = format!(
+            "WITH cand AS (
+               SELECT {COLUMNS}, n.seq AS seq, c.key AS lvl FROM json_each(?1) AS c
+               JOIN nodes AS n ON n.branch_id = c.value->>0 AND n.parent = ?2 AND n.name > ?3
+                              AND n.version <= c.value->>1
+             ), ranked AS (
+               SELECT *, row_number() OVER (PARTITION BY name ORDER BY lvl, version DESC, seq DESC) AS rn
+               FROM cand
+             )
+             SELECT eid, parent, name, kind, hash, size, mode, mtime_ns, target, version
+             FROM ranked AS n WHERE rn = 1 AND kind <> {TOMBSTONE} ORDER BY name LIMIT ?4"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = c.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![&*self.chain, dir.0, after.unwrap_or(""), limit], entry_from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Some(e) = row? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn has_children(&self, c: &Connection, dir: EntryId) -> Result<bool> {
+        Ok(!self.children(c, dir, None, 1)?.is_empty())
+    }
+}
+
+/// The chain of a branch: itself up to `limit`, then each ancestor up to the
+/// (tightening) fork version.
+pub(crate) fn chain_json(c: &Connection, branch_id: i64, limit: i64) -> Result<String> {
+    let mut levels = Vec::new();
+    let mut cur = Some((branch_id, limit));
+    while let Some((id, lim)) = cur {
+        levels.push(format!("[{id},{lim}]"));
+        let (parent, fork): (Option<i64>, Option<i64>) = c.query_row(
+            "SELECT parent_id, fork_version FROM branches WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        cur = parent.map(|p| (p, fork.unwrap_or(HEAD).min(lim)));
+    }
+    Ok(format!("[{}]", levels.join(",")))
+}
+
+pub(crate) fn head_limit() -> i64 {
+    HEAD
+}

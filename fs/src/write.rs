@@ -1,0 +1,268 @@
+//! Write sessions: "branch on write, merge on close".
+//!
+//! An open file is private staging: a sparse file under `tmp/` that takes
+//! writes at any offset, in any order, and is registered in `write_sessions`
+//! so a crashed process's leftovers are found and removed. Nothing is visible
+//! to readers until [`WriteSession::close`] streams the staging file into the
+//! blob store and commits the new entry in one transaction. Abort, drop or a
+//! crash leaves the old file exactly as it was.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use rusqlite::params;
+
+use crate::db::now_ms;
+use crate::error::{Error, Result};
+use crate::mutate::Place;
+use crate::name::BucketPath;
+use crate::tree::Tree;
+use crate::types::{Entry, Kind};
+
+/// How [`Tree::open_write`] opens a file.
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// Create the file if it is missing (its parent must exist).
+    pub create: bool,
+    /// Fail if the file exists.
+    pub exclusive: bool,
+    /// Start from empty content instead of the current content.
+    pub truncate: bool,
+    /// Mode of a new file.
+    pub mode: Option<u32>,
+}
+
+impl OpenOptions {
+    /// Create or replace: `O_WRONLY|O_CREAT|O_TRUNC`.
+    pub fn replace() -> Self {
+        OpenOptions {
+            create: true,
+            truncate: true,
+            ..Default::default()
+        }
+    }
+
+    /// Modify an existing file in place: `O_RDWR`.
+    pub fn modify() -> Self {
+        OpenOptions::default()
+    }
+
+    pub fn create(mut self, yes: bool) -> Self {
+        self.create = yes;
+        self
+    }
+
+    pub fn exclusive(mut self, yes: bool) -> Self {
+        self.exclusive = yes;
+        self
+    }
+
+    pub fn truncate(mut self, yes: bool) -> Self {
+        self.truncate = yes;
+        self
+    }
+
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+}
+
+/// An open file being written. See the module docs.
+pub struct WriteSession {
+    tree: Tree,
+    path: BucketPath,
+    staging: PathBuf,
+    file: File,
+    id: i64,
+    mode: Option<u32>,
+    mtime_ns: Option<i64>,
+    /// Set by close or abort; until then, drop cleans up.
+    finished: bool,
+}
+
+impl Tree {
+    /// Opens `path` for writing. With `truncate` unset, the session starts
+    /// from the file's current content.
+    pub async fn open_write(&self, path: &BucketPath, opts: OpenOptions) -> Result<WriteSession> {
+        if self.at.is_some() {
+            return Err(Error::ReadOnly(path.to_string()));
+        }
+        let (parent_path, _) = path.split_last().ok_or_else(|| Error::IsADirectory("/".into()))?;
+        let existing = self.try_stat(path)?;
+        match &existing {
+            Some(e) if e.kind == Kind::Dir => return Err(Error::IsADirectory(path.to_string())),
+            Some(e) if e.kind != Kind::File => return Err(Error::Exists(path.to_string())),
+            Some(_) if opts.exclusive => return Err(Error::Exists(path.to_string())),
+            Some(_) => {}
+            None if !opts.create => return Err(Error::NotFound(path.to_string())),
+            None => {
+                let parent = self.stat(&parent_path)?;
+                if !parent.is_dir() {
+                    return Err(Error::NotADirectory(parent_path.to_string()));
+                }
+            }
+        }
+        let staging = self.inner.tmp.join(format!("write-{:016x}", rand::random::<u64>()));
+        let id: i64 = self.inner.db.write(|tx| {
+            Ok(tx.query_row(
+                "INSERT INTO write_sessions (staging, pid, created_ms) VALUES (?1, ?2, ?3) RETURNING id",
+                params![staging.to_string_lossy(), std::process::id(), now_ms()],
+                |r| r.get(0),
+            )?)
+        })?;
+        let mut session = WriteSession {
+            tree: self.clone(),
+            path: path.clone(),
+            file: File::create(&staging).map_err(|e| Error::io(&staging, e))?,
+            staging,
+            id,
+            mode: opts.mode,
+            mtime_ns: None,
+            finished: false,
+        };
+        if let Some(e) = existing.filter(|e| !opts.truncate && e.size > 0) {
+            let hash = e
+                .hash
+                .ok_or_else(|| Error::Internal(format!("file {path} has no hash")))?;
+            self.inner.blobs.export(&hash, &session.staging).await?;
+            session.file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&session.staging)
+                .map_err(|e| Error::io(&session.staging, e))?;
+        }
+        Ok(session)
+    }
+
+    /// Sets a file's length, keeping the bytes before it (one commit).
+    pub async fn truncate(&self, path: &BucketPath, len: u64) -> Result<Entry> {
+        let mut s = self.open_write(path, OpenOptions::modify()).await?;
+        s.set_len(len)?;
+        s.close().await
+    }
+
+    /// Stores everything `reader` yields as `path` (created with its parents,
+    /// or replaced), streaming through a staging file.
+    pub async fn put_reader(
+        &self,
+        path: &BucketPath,
+        reader: &mut (impl tokio::io::AsyncRead + Unpin),
+        mode: Option<u32>,
+    ) -> Result<Entry> {
+        use tokio::io::AsyncReadExt;
+        if let Some((parent, _)) = path.split_last() {
+            self.mkdir_all(&parent)?;
+        }
+        let mut s = self.open_write(path, OpenOptions::replace()).await?;
+        s.mode = mode;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            s.write_at(offset, &buf[..n])?;
+            offset += n as u64;
+        }
+        s.close().await
+    }
+}
+
+impl WriteSession {
+    pub fn path(&self) -> &BucketPath {
+        &self.path
+    }
+
+    /// Writes `data` at `offset`; offsets may come in any order and leave holes
+    /// (holes read as zeros).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| Error::io(&self.staging, e))
+    }
+
+    /// Reads back staged bytes (a client reading its own unflushed writes).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&self.staging, e)),
+            }
+        }
+        Ok(done)
+    }
+
+    pub fn set_len(&mut self, len: u64) -> Result<()> {
+        self.file.set_len(len).map_err(|e| Error::io(&self.staging, e))
+    }
+
+    pub fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata().map_err(|e| Error::io(&self.staging, e))?.len())
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Mode and mtime to publish at close (a `setattr` on an open file).
+    pub fn set_attr(&mut self, mode: Option<u32>, mtime_ns: Option<i64>) {
+        self.mode = mode.or(self.mode);
+        self.mtime_ns = mtime_ns.or(self.mtime_ns);
+    }
+
+    /// Makes the staged bytes durable. The file is still unpublished.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.staging, e))
+    }
+
+    /// Publishes the staged content as one new version of the file. If the
+    /// file's directory was removed meanwhile, this fails and nothing changes.
+    pub async fn close(mut self) -> Result<Entry> {
+        let blob = self.tree.inner.blobs.import_file(&self.staging).await?;
+        let place = Place {
+            create_parents: false,
+            mode: self.mode,
+            mtime_ns: self.mtime_ns,
+        };
+        let result = self.tree.write_file(&self.path, blob, place);
+        self.cleanup();
+        result
+    }
+
+    /// Drops the staged content; the file stays as it was.
+    pub fn abort(mut self) {
+        self.cleanup();
+    }
+
+    fn cleanup(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if let Err(e) = std::fs::remove_file(&self.staging)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove staging file {}: {e}", self.staging.display());
+        }
+        let id = self.id;
+        if let Err(e) = self.tree.inner.db.write(|tx| {
+            tx.execute("DELETE FROM write_sessions WHERE id = ?1", [id])?;
+            Ok(())
+        }) {
+            tracing::warn!("could not forget write session {id}: {e}");
+        }
+    }
+}
+
+impl Drop for WriteSession {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
