@@ -1,1 +1,211 @@
-fn main() {}
+//! The `alknet` command: argument parsing, logging and exit codes. The work
+//! is done by `commands.rs` on the `alknet-fs` API.
+
+mod commands;
+mod keys;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Files and git repositories in one content-addressed, branch-aware store.
+///
+/// Addresses are BUCKET[@BRANCH[@VERSION|@SNAPSHOT]][:/PATH]; the branch
+/// defaults to main and the path to the bucket root.
+#[derive(Parser)]
+#[command(name = "alknet", version, max_term_width = 100)]
+struct Cli {
+    /// The data directory.
+    #[arg(long, global = true, env = "ALKNET_DATA", default_value = "alknet-data")]
+    data: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory and the node's keys (safe to run again).
+    Init,
+    /// Create, list or delete buckets.
+    #[command(subcommand)]
+    Bucket(BucketCmd),
+    /// Create, list or delete branches of a bucket.
+    #[command(subcommand)]
+    Branch(BranchCmd),
+    /// Store a local file (or stdin with `-`) at an address.
+    Put {
+        /// Local file, or `-` for standard input.
+        local: String,
+        /// Where to store it; an existing directory receives the file by name.
+        addr: String,
+        /// Permission bits of the stored file, in octal (default 644).
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<u32>,
+    },
+    /// Fetch a file to a local path (`-o -` for standard output).
+    Get {
+        addr: String,
+        /// Output file; default: the file's name in the current directory.
+        #[arg(short, long)]
+        output: Option<String>,
+        #[command(flatten)]
+        at: AtArg,
+    },
+    /// Write a file to standard output.
+    Cat {
+        addr: String,
+        #[command(flatten)]
+        at: AtArg,
+    },
+    /// List a directory (or show one file).
+    Ls {
+        addr: String,
+        /// Long listing: mode, size, time, name.
+        #[arg(short, long)]
+        long: bool,
+        /// List every entry below, recursively.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        #[command(flatten)]
+        at: AtArg,
+    },
+    /// Show one entry's attributes.
+    Stat {
+        addr: String,
+        #[command(flatten)]
+        at: AtArg,
+    },
+    /// Create a directory.
+    Mkdir {
+        addr: String,
+        /// Create missing parents; an existing directory is not an error.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Remove a file, symlink or (with -r) a directory tree.
+    Rm {
+        addr: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Move or rename within one bucket@branch (replaces an existing file).
+    Mv { from: String, to: String },
+    /// Copy a file within one bucket@branch without copying its bytes.
+    Cp { from: String, to: String },
+    /// Create a symlink at ADDR pointing at TARGET.
+    Ln {
+        /// Must be given: only symbolic links are stored.
+        #[arg(short, long, required = true)]
+        symbolic: bool,
+        target: String,
+        addr: String,
+    },
+    /// Record a snapshot of a branch, optionally named; prints its version.
+    Snapshot { addr: String, name: Option<String> },
+    /// List a branch's snapshots.
+    Snapshots { addr: String },
+    /// Show the history of a branch (or of a path on it), newest first.
+    Log {
+        addr: String,
+        /// Show at most this many commits.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show what changed from one address to another (branches or versions).
+    Diff { from: String, to: String },
+    /// Print commits on a branch as JSON lines as they happen.
+    Watch {
+        /// BUCKET[@BRANCH]
+        addr: String,
+        /// Start after this version (default: now).
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Reclaim blobs that no version of any tree references.
+    Gc,
+    /// Check the database and every referenced blob's bytes.
+    Fsck,
+    /// Show counts and sizes.
+    Stats,
+}
+
+#[derive(Args)]
+struct AtArg {
+    /// Read at this version or snapshot instead of the address's.
+    #[arg(long = "at", value_name = "VERSION")]
+    at: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum BucketCmd {
+    /// Create a bucket with an empty main branch.
+    Create { name: String },
+    /// List buckets.
+    List,
+    /// Delete a bucket, its branches and its history.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum BranchCmd {
+    /// Fork a branch (instant; later changes on either side stay apart).
+    Create {
+        bucket: String,
+        new: String,
+        /// BRANCH[@VERSION|@SNAPSHOT] to fork from.
+        #[arg(long, default_value = "main")]
+        from: String,
+    },
+    /// List the branches of a bucket.
+    List { bucket: String },
+    /// Delete a branch that no other branch was forked from.
+    Delete { bucket: String, name: String },
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 644"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("alknet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alknet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `alknet cat big | head` ends with EPIPE: that is the reader's choice, not
+/// an error to report.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iroh_blobs::api::TempTag;
-use iroh_blobs::api::blobs::{AddPathOptions, BlobReader, BlobStatus, ImportMode};
+use iroh_blobs::api::blobs::{AddPathOptions, AddProgressItem, BlobReader, BlobStatus, ImportMode};
 use iroh_blobs::store::fs::FsStore;
 use iroh_blobs::store::fs::options::Options;
 use iroh_blobs::store::{GcConfig, ProtectOutcome};
@@ -103,19 +103,35 @@ impl Blobs {
     }
 
     /// Copies the file at `path` into the store, hashing it as it streams.
-    pub(crate) async fn import_file(&self, path: &Path) -> Result<Imported> {
+    /// `progress(done, total)` is called now and then; the import copies the
+    /// bytes, then hashes them, so `total` is twice the file size.
+    pub(crate) async fn import_file(&self, path: &Path, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<Imported> {
+        let path = &std::path::absolute(path).map_err(|e| Error::io(path, e))?;
         let gate = self.gate.clone().read_owned().await;
         let store = self.store().await?;
-        let tag = store
+        let fail = |e: &dyn std::fmt::Display| Error::Blobs(format!("importing {}: {e}", path.display()));
+        let mut events = store
             .blobs()
             .add_path_with_opts(AddPathOptions {
                 path: path.to_owned(),
                 format: BlobFormat::Raw,
                 mode: ImportMode::Copy,
             })
-            .temp_tag()
-            .await
-            .map_err(|e| Error::Blobs(format!("importing {}: {e}", path.display())))?;
+            .stream()
+            .await;
+        let mut size = 0;
+        let mut tag = None;
+        while let Some(event) = events.next().await {
+            match event {
+                AddProgressItem::Size(s) => size = s,
+                AddProgressItem::CopyProgress(n) => progress(n, 2 * size),
+                AddProgressItem::CopyDone => progress(size, 2 * size),
+                AddProgressItem::OutboardProgress(n) => progress(size + n, 2 * size),
+                AddProgressItem::Done(t) => tag = Some(t),
+                AddProgressItem::Error(e) => return Err(fail(&e)),
+            }
+        }
+        let tag = tag.ok_or_else(|| fail(&"the import ended without a result"))?;
         let hash = tag.hash();
         let size = match store.blobs().status(hash).await.map_err(Error::blobs)? {
             BlobStatus::Complete { size } => size,

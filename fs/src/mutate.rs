@@ -408,12 +408,19 @@ impl Tree {
     }
 
     /// Stores the local file at `local` as `path`, streaming it into the blob
-    /// store; missing parent directories are created.
-    pub async fn put_file(&self, path: &BucketPath, local: &std::path::Path, mode: Option<u32>) -> Result<Entry> {
+    /// store; missing parent directories are created. `progress(done, total)`
+    /// is called as the import goes.
+    pub async fn put_file(
+        &self,
+        path: &BucketPath,
+        local: &std::path::Path,
+        mode: Option<u32>,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Entry> {
         if self.at.is_some() {
             return Err(Error::ReadOnly(path.to_string()));
         }
-        let blob = self.inner.blobs.import_file(local).await?;
+        let blob = self.inner.blobs.import_file(local, progress).await?;
         self.write_file(
             path,
             blob,

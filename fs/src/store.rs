@@ -75,6 +75,7 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`: `alknet.db`, `blobs/`,
     /// `tmp/`. Staging files left by dead processes are removed.
     pub fn open(dir: &Path) -> Result<Store> {
+        let dir = &std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let db = Db::open(&dir.join("alknet.db"))?;

@@ -225,7 +225,7 @@ impl WriteSession {
     /// Publishes the staged content as one new version of the file. If the
     /// file's directory was removed meanwhile, this fails and nothing changes.
     pub async fn close(mut self) -> Result<Entry> {
-        let blob = self.tree.inner.blobs.import_file(&self.staging).await?;
+        let blob = self.tree.inner.blobs.import_file(&self.staging, &|_, _| {}).await?;
         let place = Place {
             create_parents: false,
             mode: self.mode,

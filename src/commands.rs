@@ -1,0 +1,608 @@
+//! One function per command, each a few calls on the `alknet-fs` API.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use alknet_fs::{Address, At, BucketPath, Entry, Error as FsError, Kind, Store, Tree, Version};
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::{BranchCmd, BucketCmd, Cli, Command};
+
+/// Transfers smaller than this get no progress bar.
+const PROGRESS_MIN: u64 = 16 << 20;
+
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    let json = cli.json;
+    if let Command::Init = cli.command {
+        return init(&cli.data, json);
+    }
+    if !cli.data.join("alknet.db").exists() {
+        bail!(
+            "no data directory at {} (run `alknet init`, or pass --data / set ALKNET_DATA)",
+            cli.data.display()
+        );
+    }
+    let store = Store::open(&cli.data).with_context(|| format!("opening {}", cli.data.display()))?;
+    let out = dispatch(&store, cli.command, json).await;
+    let closed = store.close().await;
+    let code = out?;
+    closed?;
+    Ok(code)
+}
+
+async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCode> {
+    match command {
+        Command::Init => unreachable!("handled before the store is opened"),
+        Command::Bucket(BucketCmd::Create { name }) => {
+            store.create_bucket(&name, "drive")?;
+            say(json, &serde_json::json!({"created": name}), || {
+                format!("created bucket {name}")
+            })?;
+        }
+        Command::Bucket(BucketCmd::List) => {
+            let buckets = store.list_buckets()?;
+            print_list(json, &buckets, |b| {
+                format!("{}\t{}\t{} branches", b.name, b.kind, b.branches)
+            })?;
+        }
+        Command::Bucket(BucketCmd::Delete { name }) => {
+            store.delete_bucket(&name)?;
+            say(json, &serde_json::json!({"deleted": name}), || {
+                format!("deleted bucket {name} (run `alknet gc` to reclaim its space)")
+            })?;
+        }
+        Command::Branch(BranchCmd::Create { bucket, new, from }) => {
+            let src = Address::parse(&format!("{bucket}@{from}"))?;
+            let v = store.create_branch(&bucket, &new, &src.branch, &src.at)?;
+            say(
+                json,
+                &serde_json::json!({"created": new, "from": from, "version": v}),
+                || format!("created branch {bucket}@{new} from {from}"),
+            )?;
+        }
+        Command::Branch(BranchCmd::List { bucket }) => {
+            let branches = store.list_branches(&bucket)?;
+            print_list(json, &branches, |b| match (&b.parent, b.fork_version) {
+                (Some(p), Some(v)) => format!("{}\tfrom {p}@{v}", b.name),
+                _ => b.name.clone(),
+            })?;
+        }
+        Command::Branch(BranchCmd::Delete { bucket, name }) => {
+            store.delete_branch(&bucket, &name)?;
+            say(json, &serde_json::json!({"deleted": name}), || {
+                format!("deleted branch {bucket}@{name}")
+            })?;
+        }
+        Command::Put { local, addr, mode } => put(store, &local, &addr, mode, json).await?,
+        Command::Get { addr, output, at } => get(store, &addr, output.as_deref(), at.at.as_deref(), json).await?,
+        Command::Cat { addr, at } => {
+            let (tree, path) = open(store, &addr, at.at.as_deref())?;
+            let entry = tree.stat(&path)?;
+            copy_to_stdout(&tree, &entry).await?;
+        }
+        Command::Ls {
+            addr,
+            long,
+            recursive,
+            at,
+        } => ls(store, &addr, long, recursive, at.at.as_deref(), json)?,
+        Command::Stat { addr, at } => {
+            let (tree, path) = open(store, &addr, at.at.as_deref())?;
+            let e = tree.stat(&path)?;
+            say(json, &e, || {
+                format!(
+                    "path: {path}\nkind: {:?}\nsize: {}\nmode: {:o}\nmtime: {}\nid: {}\nversion: {}\nhash: {}{}",
+                    e.kind,
+                    e.size,
+                    e.mode,
+                    format_time(e.mtime_ns / 1_000_000),
+                    e.id.0,
+                    e.version,
+                    e.hash.map(|h| h.to_hex()).unwrap_or_else(|| "-".into()),
+                    e.target.as_ref().map(|t| format!("\ntarget: {t}")).unwrap_or_default(),
+                )
+            })?;
+        }
+        Command::Mkdir { addr, parents } => {
+            let (tree, path) = open_head(store, &addr)?;
+            let e = if parents {
+                tree.mkdir_all(&path)?
+            } else {
+                tree.mkdir(&path, None)?
+            };
+            say(json, &e, || format!("created {path}"))?;
+        }
+        Command::Rm { addr, recursive } => {
+            let (tree, path) = open_head(store, &addr)?;
+            match tree.stat(&path)? {
+                e if e.is_dir() && !recursive => bail!("{path}: is a directory (use rm -r)"),
+                e if e.is_dir() => tree.remove_all(&path)?,
+                _ => tree.remove(&path)?,
+            }
+            say(json, &serde_json::json!({"removed": path.as_str()}), || {
+                format!("removed {path}")
+            })?;
+        }
+        Command::Mv { from, to } => {
+            let (tree, from, to) = same_tree(store, &from, &to)?;
+            let e = tree.rename(&from, &to, true)?;
+            say(json, &e, || {
+                format!(
+                    "moved {from} to {}",
+                    tree.path_of(e.id).ok().flatten().unwrap_or(to.clone())
+                )
+            })?;
+        }
+        Command::Cp { from, to } => {
+            let (tree, from, to) = same_tree(store, &from, &to)?;
+            let e = tree.copy_file(&from, &to)?;
+            say(json, &e, || {
+                format!(
+                    "copied {from} to {}",
+                    tree.path_of(e.id).ok().flatten().unwrap_or(to.clone())
+                )
+            })?;
+        }
+        Command::Ln {
+            symbolic: _,
+            target,
+            addr,
+        } => {
+            let (tree, path) = open_head(store, &addr)?;
+            let e = tree.symlink(&path, &target)?;
+            say(json, &e, || format!("{path} -> {target}"))?;
+        }
+        Command::Snapshot { addr, name } => {
+            let (tree, _) = open_head(store, &addr)?;
+            let v = tree.snapshot(name.as_deref())?;
+            say(json, &serde_json::json!({"version": v, "name": name}), || {
+                let a = format!(
+                    "{}@{}@{}",
+                    tree.bucket(),
+                    tree.branch(),
+                    name.as_deref().unwrap_or(&v.to_string())
+                );
+                format!("snapshot {a} (version {v})")
+            })?;
+        }
+        Command::Snapshots { addr } => {
+            let a = Address::parse(&addr)?;
+            let snaps = store.snapshots(&a.bucket, &a.branch)?;
+            print_list(json, &snaps, |s| format!("{}\t{}", s.version, s.name))?;
+        }
+        Command::Log { addr, limit } => {
+            let (tree, path) = open(store, &addr, None)?;
+            let mut commits = store.log(&tree, if path.is_root() { limit } else { usize::MAX })?;
+            if !path.is_root() {
+                commits.retain(|c| {
+                    c.paths
+                        .iter()
+                        .any(|p| BucketPath::parse(p).is_ok_and(|p| p.starts_with(&path) || path.starts_with(&p)))
+                });
+                commits.truncate(limit);
+            }
+            print_list(json, &commits, |c| {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    c.version,
+                    format_time(c.at_ms),
+                    c.branch,
+                    c.op,
+                    c.paths.join(" ")
+                )
+            })?;
+        }
+        Command::Diff { from, to } => {
+            let (a, scope) = open(store, &from, None)?;
+            let (b, _) = open(store, &to, None)?;
+            let mut changes = a.diff(&b)?;
+            changes.retain(|c| {
+                let path = match c {
+                    alknet_fs::Change::Added { path, .. }
+                    | alknet_fs::Change::Removed { path, .. }
+                    | alknet_fs::Change::Modified { path, .. } => path,
+                    alknet_fs::Change::Renamed { to, .. } => to,
+                };
+                BucketPath::parse(path).is_ok_and(|p| p.starts_with(&scope))
+            });
+            print_list(json, &changes, |c| match c {
+                alknet_fs::Change::Added { path, .. } => format!("A\t{path}"),
+                alknet_fs::Change::Removed { path, .. } => format!("D\t{path}"),
+                alknet_fs::Change::Modified { path, .. } => format!("M\t{path}"),
+                alknet_fs::Change::Renamed { from, to, modified, .. } => {
+                    format!("R{}\t{from} -> {to}", if *modified { "M" } else { "" })
+                }
+            })?;
+        }
+        Command::Watch { addr, from } => watch(store, &addr, from)?,
+        Command::Gc => {
+            let r = store.gc().await?;
+            say(json, &r, || {
+                format!(
+                    "{} blobs live; {} of {} reclaimed; {} stale write sessions cleared",
+                    r.live,
+                    r.before - r.after,
+                    r.before,
+                    r.stale_sessions
+                )
+            })?;
+        }
+        Command::Fsck => {
+            let r = store.fsck().await?;
+            say(json, &r, || {
+                let mut s = format!("checked {} blobs ({} bytes)", r.blobs_checked, r.bytes_checked);
+                for p in &r.problems {
+                    s.push_str(&format!("\nproblem: {p}"));
+                }
+                if r.problems.is_empty() {
+                    s.push_str("; no problems");
+                }
+                s
+            })?;
+            if !r.problems.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Stats => {
+            let s = store.stats().await?;
+            say(json, &s, || {
+                format!(
+                    "buckets: {}\nbranches: {}\nversions: {}\ntree rows: {}\nblobs: {} ({} bytes)\ndisk: {} bytes\npending jobs: {}",
+                    s.buckets, s.branches, s.versions, s.rows, s.blobs, s.blob_bytes, s.disk_bytes, s.pending_jobs
+                )
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(data: &Path, json: bool) -> Result<ExitCode> {
+    let existed = data.join("alknet.db").exists();
+    Store::open(data).with_context(|| format!("creating the store in {}", data.display()))?;
+    let keys = crate::keys::ensure(&data.join("keys"))?;
+    let verb = if existed && !keys.created {
+        "already initialized"
+    } else {
+        "initialized"
+    };
+    say(
+        json,
+        &serde_json::json!({"data": data, "node_id": keys.node_id, "ssh_host_key": keys.ssh_fingerprint_line}),
+        || {
+            format!(
+                "{verb} {}\nnode id: {}\nssh host key: {}",
+                data.display(),
+                keys.node_id,
+                keys.ssh_fingerprint_line
+            )
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the tree an address names; `at` (from `--at`) overrides its version.
+fn open(store: &Store, addr: &str, at: Option<&str>) -> Result<(Tree, BucketPath)> {
+    let a = Address::parse(addr)?;
+    let at = match at {
+        None => a.at.clone(),
+        Some(v) => Address::parse(&format!("{}@{}@{v}", a.bucket, a.branch))?.at,
+    };
+    Ok((store.tree(&a.bucket, &a.branch, &at)?, a.path))
+}
+
+/// Opens a tree for writing: the address must not name a version.
+fn open_head(store: &Store, addr: &str) -> Result<(Tree, BucketPath)> {
+    let a = Address::parse(addr)?;
+    if a.at != At::Head {
+        bail!("{a}: a past version is read-only");
+    }
+    Ok((store.tree(&a.bucket, &a.branch, &At::Head)?, a.path))
+}
+
+/// Resolves two addresses that must name the same bucket@branch. A `to` that
+/// is an existing directory receives the source by name, like `mv` and `cp`.
+fn same_tree(store: &Store, from: &str, to: &str) -> Result<(Tree, BucketPath, BucketPath)> {
+    let (tree, from_path) = open_head(store, from)?;
+    let (other, mut to_path) = open_head(store, to)?;
+    if (tree.bucket(), tree.branch()) != (other.bucket(), other.branch()) {
+        bail!("{from} and {to} are on different branches or buckets; both must name the same bucket@branch");
+    }
+    if let (Some(dir), Some((_, name))) = (tree.try_stat(&to_path)?, from_path.split_last())
+        && dir.is_dir()
+    {
+        to_path = to_path.join(name);
+    }
+    Ok((tree, from_path, to_path))
+}
+
+async fn put(store: &Store, local: &str, addr: &str, mode: Option<u32>, json: bool) -> Result<()> {
+    let (tree, mut path) = open_head(store, addr)?;
+    let into_dir = path.is_root() || addr.ends_with('/') || tree.try_stat(&path)?.is_some_and(|e| e.is_dir());
+    if into_dir {
+        if local == "-" {
+            bail!("{addr}: is a directory; give a file path to store standard input");
+        }
+        let name = Path::new(local)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{local}: has no usable file name"))?;
+        path = BucketPath::parse(&format!("{path}/{name}"))?;
+    }
+    let entry = if local == "-" {
+        tree.put_reader(&path, &mut tokio::io::stdin(), mode).await?
+    } else {
+        let local_path = Path::new(local);
+        let md = std::fs::metadata(local_path).with_context(|| format!("{local}: cannot read"))?;
+        if md.is_dir() {
+            bail!("{local}: is a directory (put stores one file)");
+        }
+        let bar = progress_bar(md.len(), "storing");
+        let on_progress = |done: u64, total: u64| {
+            if let Some(b) = &bar {
+                b.set_length(total.max(1));
+                b.set_position(done);
+            }
+        };
+        let e = tree.put_file(&path, local_path, mode, &on_progress).await?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        e
+    };
+    say(json, &entry, || {
+        format!(
+            "stored {}@{}:{path} ({} bytes)",
+            tree.bucket(),
+            tree.branch(),
+            entry.size
+        )
+    })
+}
+
+async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, json: bool) -> Result<()> {
+    let (tree, path) = open(store, addr, at)?;
+    let entry = tree.stat(&path)?;
+    if entry.kind != Kind::File {
+        bail!("{path}: not a regular file");
+    }
+    let output = match output {
+        Some(o) => o.to_owned(),
+        None => entry.name.clone(),
+    };
+    if output == "-" {
+        return copy_to_stdout(&tree, &entry).await;
+    }
+    // Write beside the target and rename, so a failed get never leaves half a file.
+    let target = Path::new(&output);
+    let tmp = target.with_file_name(format!(
+        ".{}.alknet-partial",
+        target.file_name().and_then(|n| n.to_str()).unwrap_or("get")
+    ));
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let mut reader = tree.reader(&entry).await?;
+        copy_with_progress(&mut reader, &mut file, entry.size).await?;
+        file.sync_all().await?;
+        tokio::fs::rename(&tmp, target)
+            .await
+            .with_context(|| format!("{output}: cannot write"))?;
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        tokio::fs::remove_file(&tmp).await.ok();
+    }
+    result?;
+    say(json, &entry, || format!("wrote {output} ({} bytes)", entry.size))
+}
+
+async fn copy_to_stdout(tree: &Tree, entry: &Entry) -> Result<()> {
+    if entry.kind != Kind::File {
+        bail!("{}: not a regular file", entry.name);
+    }
+    let mut reader = tree.reader(entry).await?;
+    let mut stdout = tokio::io::stdout();
+    copy_with_progress(&mut reader, &mut stdout, entry.size).await?;
+    stdout.flush().await?;
+    Ok(())
+}
+
+async fn copy_with_progress(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    size: u64,
+) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let bar = progress_bar(size, "reading");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        writer.write_all(&buf[..n]).await?;
+        done += n as u64;
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if done != size {
+        return Err(FsError::Blobs(format!("read {done} bytes, expected {size}")).into());
+    }
+    Ok(())
+}
+
+fn progress_bar(size: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if size < PROGRESS_MIN || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .expect("the template is valid"),
+    );
+    bar.set_message(what.to_owned());
+    Some(bar)
+}
+
+fn ls(store: &Store, addr: &str, long: bool, recursive: bool, at: Option<&str>, json: bool) -> Result<()> {
+    let (tree, path) = open(store, addr, at)?;
+    let top = tree.stat(&path)?;
+    let rows: Vec<(String, Entry)> = if !top.is_dir() {
+        vec![(top.name.clone(), top)]
+    } else if recursive {
+        tree.walk(&path)?
+            .into_iter()
+            .map(|(p, e)| {
+                let rel = p
+                    .as_str()
+                    .strip_prefix(path.as_str())
+                    .unwrap_or(p.as_str())
+                    .trim_start_matches('/');
+                (rel.to_owned(), e)
+            })
+            .collect()
+    } else {
+        let mut rows = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = tree.read_dir(&path, after.as_deref(), 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.name.clone());
+            rows.extend(page.into_iter().map(|e| (e.name.clone(), e)));
+        }
+        rows
+    };
+    if json {
+        let entries: Vec<_> = rows
+            .iter()
+            .map(|(p, e)| serde_json::json!({"path": p, "entry": e}))
+            .collect();
+        return print_json(&entries);
+    }
+    let mut out = std::io::stdout().lock();
+    for (name, e) in &rows {
+        if long {
+            let target = e.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+            writeln!(
+                out,
+                "{} {:>12} {} {name}{target}",
+                mode_string(e),
+                e.size,
+                format_time(e.mtime_ns / 1_000_000)
+            )?;
+        } else {
+            writeln!(out, "{name}")?;
+        }
+    }
+    Ok(())
+}
+
+fn watch(store: &Store, addr: &str, from: Option<u64>) -> Result<()> {
+    let a = Address::parse(addr)?;
+    let from = match from {
+        Some(v) => Version(v),
+        None => {
+            let tree = store.tree(&a.bucket, &a.branch, &At::Head)?;
+            store.log(&tree, 1)?.first().map(|c| c.version).unwrap_or(Version(0))
+        }
+    };
+    let mut watch = store.watch(&a.bucket, &a.branch, from)?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        for commit in watch.next(Duration::from_secs(3600))? {
+            serde_json::to_writer(&mut out, &commit)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
+}
+
+fn mode_string(e: &Entry) -> String {
+    let kind = match e.kind {
+        Kind::Dir => 'd',
+        Kind::Symlink => 'l',
+        Kind::File => '-',
+    };
+    let mut s = String::from(kind);
+    for shift in [6, 3, 0] {
+        let bits = (e.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for milliseconds since the epoch (UTC).
+fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn say<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", text())?;
+        Ok(())
+    }
+}
+
+fn print_list<T: Serialize>(json: bool, items: &[T], line: impl Fn(&T) -> String) -> Result<()> {
+    if json {
+        return print_json(&items);
+    }
+    let mut out = std::io::stdout().lock();
+    for item in items {
+        writeln!(out, "{}", line(item))?;
+    }
+    Ok(())
+}
+
+fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+
+    #[test]
+    fn times_format_as_utc() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_time(1_795_328_394_000), "2026-11-22T06:19:54Z");
+    }
+}
