@@ -262,10 +262,10 @@ impl Blobs {
 fn gc_callback(gc: &Mutex<GcState>, live: &mut HashSet<Hash>) -> ProtectOutcome {
     let mut st = gc.lock().expect("gc state poisoned");
     // Being called again means the previous pass (if ours) has finished.
-    if st.starting.is_none() {
-        if let Some(done) = st.running.take() {
-            done.send(()).ok();
-        }
+    if st.starting.is_none()
+        && let Some(done) = st.running.take()
+    {
+        done.send(()).ok();
     }
     match st.request.take() {
         Some(request) => {

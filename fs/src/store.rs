@@ -479,7 +479,7 @@ impl Store {
     /// right size, and its bytes hashing to its name.
     pub async fn fsck(&self) -> Result<FsckReport> {
         let mut problems = Vec::new();
-        let (integrity, refs): (String, Vec<(Vec<u8>, i64, String, String, String)>) = self.inner.db.read(|c| {
+        let (integrity, refs): (String, Vec<BlobRef>) = self.inner.db.read(|c| {
             let integrity: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
             let mut stmt = c.prepare(
                 "SELECT n.hash, n.size, bu.name, br.name, n.name FROM nodes n
@@ -536,6 +536,10 @@ impl Store {
         Ok(stats)
     }
 }
+
+/// One referenced blob as fsck sees it: hash, size, and one place that uses it
+/// (bucket, branch, entry name).
+type BlobRef = (Vec<u8>, i64, String, String, String);
 
 /// Inserts a commit record without tree rows (bucket and branch creation).
 fn record(tx: &Connection, branch_id: i64, bucket: &str, branch: &str, op: &str) -> Result<Version> {

@@ -1,1 +1,10 @@
+//! End-to-end tests: the real `alknet` binary, driven as a user drives it.
+//!
+//! One test binary for the whole workspace (each one links the full stack).
+//! Every test gets its own data directory; see `util.rs`.
 
+mod bad_input;
+mod cli;
+mod concurrency;
+mod crash;
+mod util;

@@ -1,0 +1,203 @@
+//! The CLI's everyday flows, checked through its own output.
+
+use crate::util::{Node, pattern};
+
+#[test]
+fn init_is_idempotent_and_keeps_keys() {
+    let node = Node::new();
+    let key = node.data.join("keys/node.key");
+    let host = node.data.join("keys/ssh_host_ed25519_key");
+    let (k1, h1) = (
+        std::fs::read(&key).expect("node key"),
+        std::fs::read(&host).expect("host key"),
+    );
+    let again = node.ok(&["init"]);
+    assert!(again.starts_with("already initialized"), "{again}");
+    assert_eq!(
+        std::fs::read(&key).expect("node key"),
+        k1,
+        "init must not replace the node key"
+    );
+    assert_eq!(
+        std::fs::read(&host).expect("host key"),
+        h1,
+        "init must not replace the host key"
+    );
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&host)
+        .output();
+    if let Ok(out) = out {
+        assert!(
+            out.status.success(),
+            "ssh-keygen reads the host key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = std::fs::read_to_string(node.data.join("keys/ssh_host_ed25519_key.pub")).expect("pub key");
+        assert!(
+            public.starts_with(String::from_utf8_lossy(&out.stdout).trim()),
+            "the .pub file matches the key"
+        );
+    }
+}
+
+#[test]
+fn files_round_trip_byte_for_byte() {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "docs"]);
+    let sizes = [
+        0usize,
+        1,
+        16 * 1024 - 1,
+        16 * 1024,
+        16 * 1024 + 1,
+        1 << 20,
+        3 * (1 << 20) + 7,
+    ];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let data = pattern(size, i as u8);
+        let local = node.write_local(&format!("in{i}"), &data);
+        node.ok(&["put", local.to_str().expect("utf-8"), &format!("docs:/sizes/f{i}")]);
+        assert_eq!(
+            node.bytes(&["cat", &format!("docs:/sizes/f{i}")]),
+            data,
+            "size {size} via cat"
+        );
+        node.ok(&["get", &format!("docs:/sizes/f{i}"), "-o", &format!("out{i}")]);
+        assert_eq!(
+            std::fs::read(node.work.join(format!("out{i}"))).expect("got file"),
+            data,
+            "size {size} via get"
+        );
+        let stat = node.json(&["stat", &format!("docs:/sizes/f{i}")]);
+        assert_eq!(stat["size"], size);
+        assert_eq!(stat["hash"], blake3::hash(&data).to_hex().as_str());
+    }
+    let streamed = pattern(2 << 20, 42);
+    node.ok_stdin(&["put", "-", "docs:/stdin.bin"], &streamed);
+    assert_eq!(node.bytes(&["get", "docs:/stdin.bin", "-o", "-"]), streamed);
+    assert!(node.ok(&["fsck"]).contains("no problems"));
+}
+
+#[test]
+fn branches_fork_and_stay_apart() {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "b"]);
+    node.ok_stdin(&["put", "-", "b:/f"], b"one");
+    node.ok(&["branch", "create", "b", "dev"]);
+    node.ok_stdin(&["put", "-", "b:/f"], b"two");
+    node.ok_stdin(&["put", "-", "b@dev:/g"], b"dev only");
+    assert_eq!(node.bytes(&["cat", "b@dev:/f"]), b"one");
+    assert_eq!(node.bytes(&["cat", "b:/f"]), b"two");
+    node.fails(&["cat", "b:/g"]);
+    let diff = node.ok(&["diff", "b", "b@dev"]);
+    assert_eq!(diff, "M\t/f\nA\t/g\n", "changes are listed by path");
+    let branches = node.json(&["branch", "list", "b"]);
+    assert_eq!(branches.as_array().map(Vec::len), Some(2));
+    node.ok(&["branch", "create", "b", "old", "--from", "main@1"]);
+    node.fails(&["cat", "b@old:/f"]);
+    node.ok(&["branch", "delete", "b", "old"]);
+    node.fails(&["branch", "delete", "b", "main"]);
+}
+
+#[test]
+fn versions_snapshots_log_and_past_reads() {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "b"]);
+    node.ok_stdin(&["put", "-", "b:/notes.txt"], b"draft");
+    let snap = node.json(&["snapshot", "b", "first-draft"]);
+    let v = snap["version"].as_u64().expect("version");
+    node.ok_stdin(&["put", "-", "b:/notes.txt"], b"final");
+    node.ok(&["rm", "b:/notes.txt"]);
+    assert_eq!(node.bytes(&["cat", "b@main@first-draft:/notes.txt"]), b"draft");
+    assert_eq!(node.bytes(&["cat", &format!("b@main@{v}:/notes.txt")]), b"draft");
+    assert_eq!(
+        node.bytes(&["get", "b:/notes.txt", "--at", "first-draft", "-o", "-"]),
+        b"draft"
+    );
+    node.fails(&["put", "-", "b@main@first-draft:/x"]);
+    let log = node.json(&["log", "b:/notes.txt"]);
+    let ops: Vec<&str> = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["op"].as_str().expect("op"))
+        .collect();
+    assert_eq!(ops, ["remove", "write", "write"]);
+    assert!(node.ok(&["snapshots", "b"]).contains("first-draft"));
+}
+
+#[test]
+fn tree_operations() {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "b"]);
+    node.ok(&["mkdir", "-p", "b:/a/b/c"]);
+    node.ok_stdin(&["put", "-", "b:/a/b/c/f"], b"x");
+    let id = node.json(&["stat", "b:/a/b/c/f"])["id"].clone();
+    node.ok(&["mv", "b:/a", "b:/z"]);
+    assert_eq!(
+        node.json(&["stat", "b:/z/b/c/f"])["id"],
+        id,
+        "a move keeps the entry id"
+    );
+    node.ok(&["cp", "b:/z/b/c/f", "b:/copy"]);
+    node.ok(&["ln", "-s", "z/b/c/f", "b:/link"]);
+    let ls = node.ok(&["ls", "-l", "b"]);
+    assert!(ls.contains("lrwxrwxrwx") && ls.contains("link -> z/b/c/f"), "{ls}");
+    assert_eq!(node.ok(&["ls", "-R", "b:/z"]), "b\nb/c\nb/c/f\n");
+    node.fails(&["rm", "b:/z"]);
+    node.ok(&["rm", "-r", "b:/z"]);
+    assert_eq!(node.ok(&["ls", "b"]), "copy\nlink\n");
+    let stats = node.json(&["stats"]);
+    assert_eq!(stats["buckets"], 1);
+}
+
+#[test]
+fn watch_prints_json_lines_and_resumes() {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "b"]);
+    let v = node.json(&["mkdir", "b:/one"])["version"].as_u64().expect("version");
+    node.ok(&["mkdir", "b:/two"]);
+    let mut child = node
+        .cmd(&["watch", "b", "--from", &v.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    node.ok(&["mkdir", "b:/three"]);
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let line = lines.next().expect("a line").expect("read");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        seen.push(event["paths"][0].as_str().expect("path").to_owned());
+    }
+    child.kill().ok();
+    child.wait().ok();
+    assert_eq!(
+        seen,
+        ["/two", "/three"],
+        "resumes after --from, then follows live commits"
+    );
+}
+
+#[test]
+fn gc_reclaims_a_deleted_bucket_on_disk() {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "keep"]);
+    node.ok(&["bucket", "create", "drop"]);
+    let (kept, gone) = (pattern(200_000, 1), pattern(200_000, 2));
+    node.ok_stdin(&["put", "-", "keep:/k"], &kept);
+    node.ok_stdin(&["put", "-", "drop:/g"], &gone);
+    assert!(node.blob_file(&gone).exists());
+    node.ok(&["bucket", "delete", "drop"]);
+    let report = node.json(&["gc"]);
+    assert_eq!(report["live"], 1);
+    assert!(
+        !node.blob_file(&gone).exists(),
+        "the deleted bucket's bytes are gone from disk"
+    );
+    assert!(node.blob_file(&kept).exists());
+    assert_eq!(node.bytes(&["cat", "keep:/k"]), kept);
+}
