@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use alknet_fs::{Address, At, BucketPath, Entry, Error as FsError, Kind, Store, Tree, Version};
+use alknet_fs::{Address, At, BucketPath, Entry, Kind, Store, Tree, Version};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -77,7 +77,13 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                 format!("deleted branch {bucket}@{name}")
             })?;
         }
-        Command::Put { local, addr, mode } => put(store, &local, &addr, mode, json).await?,
+        Command::Put {
+            local,
+            addr,
+            recursive: true,
+            ..
+        } => put_dir(store, &local, &addr, json).await?,
+        Command::Put { local, addr, mode, .. } => put(store, &local, &addr, mode, json).await?,
         Command::Get { addr, output, at } => get(store, &addr, output.as_deref(), at.at.as_deref(), json).await?,
         Command::Cat { addr, at } => {
             let (tree, path) = open(store, &addr, at.at.as_deref())?;
@@ -363,6 +369,82 @@ async fn put(store: &Store, local: &str, addr: &str, mode: Option<u32>, json: bo
     })
 }
 
+/// `put -r DIR ADDR`: like `cp -r`, into `ADDR/DIR` if ADDR is a directory,
+/// else as ADDR. Regular files only; symlinks and special files are skipped
+/// with a warning.
+async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<()> {
+    let (tree, path) = open_head(store, addr)?;
+    let src = Path::new(local);
+    if !std::fs::metadata(src)
+        .with_context(|| format!("{local}: cannot read"))?
+        .is_dir()
+    {
+        bail!("{local}: not a directory (put -r stores a directory)");
+    }
+    let root = match tree.try_stat(&path)? {
+        Some(e) if e.is_dir() => {
+            let name = std::path::absolute(src)?
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_owned)
+                .with_context(|| format!("{local}: has no usable name"))?;
+            path.join(&name)
+        }
+        Some(_) => bail!("{path}: exists and is not a directory"),
+        None => path,
+    };
+    let mut files = Vec::new();
+    let mut stack = vec![(src.to_path_buf(), root.clone())];
+    while let Some((dir, at)) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                eprintln!("alknet: skipping {}: the name is not UTF-8", entry.path().display());
+                continue;
+            };
+            let ty = entry.file_type()?;
+            let dest = BucketPath::parse(&format!("{at}/{name}"))?;
+            if ty.is_dir() {
+                stack.push((entry.path(), dest));
+            } else if ty.is_file() {
+                files.push((dest, entry.path()));
+            } else {
+                eprintln!("alknet: skipping {}: not a regular file", entry.path().display());
+            }
+        }
+    }
+    files.sort();
+    let bar = bar_with(
+        files.len() > 1000,
+        files.len() as u64,
+        "storing",
+        "{msg} {bar:40} {pos}/{len} files {eta}",
+    );
+    let on_progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total.max(1));
+            b.set_position(done);
+        }
+    };
+    let version = tree.put_files(&root, &files, &on_progress).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    say(
+        json,
+        &serde_json::json!({"path": root.as_str(), "files": files.len(), "version": version}),
+        || {
+            format!(
+                "stored {} files under {}@{}:{root} (version {version})",
+                files.len(),
+                tree.bucket(),
+                tree.branch()
+            )
+        },
+    )
+}
+
 async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, json: bool) -> Result<()> {
     let (tree, path) = open(store, addr, at)?;
     let entry = tree.stat(&path)?;
@@ -383,12 +465,17 @@ async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, 
         target.file_name().and_then(|n| n.to_str()).unwrap_or("get")
     ));
     let result = async {
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        let mut reader = tree.reader(&entry).await?;
-        copy_with_progress(&mut reader, &mut file, entry.size).await?;
-        file.sync_all().await?;
+        let bar = progress_bar(entry.size, "fetching");
+        if let Some(b) = &bar {
+            b.set_position(0);
+        }
+        let written = tree.export(&entry, &tmp).await?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        if written != entry.size {
+            bail!("{path}: wrote {written} bytes, expected {}", entry.size);
+        }
         tokio::fs::rename(&tmp, target)
             .await
             .with_context(|| format!("{output}: cannot write"))?;
@@ -406,52 +493,39 @@ async fn copy_to_stdout(tree: &Tree, entry: &Entry) -> Result<()> {
     if entry.kind != Kind::File {
         bail!("{}: not a regular file", entry.name);
     }
-    let mut reader = tree.reader(entry).await?;
-    let mut stdout = tokio::io::stdout();
-    copy_with_progress(&mut reader, &mut stdout, entry.size).await?;
-    stdout.flush().await?;
-    Ok(())
-}
-
-async fn copy_with_progress(
-    reader: &mut (impl tokio::io::AsyncRead + Unpin),
-    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
-    size: u64,
-) -> Result<()> {
-    use tokio::io::AsyncReadExt;
-    let bar = progress_bar(size, "reading");
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        writer.write_all(&buf[..n]).await?;
-        done += n as u64;
+    let bar = progress_bar(entry.size, "reading");
+    let on_progress = |done: u64| {
         if let Some(b) = &bar {
             b.set_position(done);
         }
-    }
+    };
+    let mut stdout = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
+    tree.copy_to(entry, &mut stdout, &on_progress).await?;
+    stdout.flush().await?;
     if let Some(b) = bar {
         b.finish_and_clear();
-    }
-    if done != size {
-        return Err(FsError::Blobs(format!("read {done} bytes, expected {size}")).into());
     }
     Ok(())
 }
 
+/// A bar on stderr for a transfer of `size` bytes, if it is a terminal and
+/// the transfer is big enough to wait for.
 fn progress_bar(size: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    bar_with(
+        size >= PROGRESS_MIN,
+        size,
+        what,
+        "{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+}
+
+fn bar_with(wanted: bool, len: u64, what: &str, template: &str) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
-    if size < PROGRESS_MIN || !std::io::stderr().is_terminal() {
+    if !wanted || !std::io::stderr().is_terminal() {
         return None;
     }
-    let bar = indicatif::ProgressBar::new(size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .expect("the template is valid"),
-    );
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("the template is valid"));
     bar.set_message(what.to_owned());
     Some(bar)
 }

@@ -36,15 +36,18 @@ enum Command {
     /// Create, list or delete branches of a bucket.
     #[command(subcommand)]
     Branch(BranchCmd),
-    /// Store a local file (or stdin with `-`) at an address.
+    /// Store a local file (or stdin with `-`, or a directory with -r) at an address.
     Put {
-        /// Local file, or `-` for standard input.
+        /// Local file, `-` for standard input, or a directory with -r.
         local: String,
         /// Where to store it; an existing directory receives the file by name.
         addr: String,
         /// Permission bits of the stored file, in octal (default 644).
         #[arg(long, value_parser = parse_mode)]
         mode: Option<u32>,
+        /// Store a directory's files, all in one commit.
+        #[arg(short, long)]
+        recursive: bool,
     },
     /// Fetch a file to a local path (`-o -` for standard output).
     Get {

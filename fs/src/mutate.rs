@@ -14,6 +14,9 @@ pub const DEFAULT_FILE_MODE: u32 = 0o644;
 /// Mode of a new directory when the caller gives none.
 pub const DEFAULT_DIR_MODE: u32 = 0o755;
 
+/// Imports [`Tree::put_files`] keeps in flight at once.
+const IMPORTS_IN_FLIGHT: usize = 16;
+
 /// Inserts the rows of one commit.
 pub(crate) struct Rows<'a> {
     pub(crate) tx: &'a Transaction<'a>,
@@ -371,40 +374,83 @@ impl Tree {
 
     /// Publishes an imported blob at `path`, replacing a file that is there and
     /// keeping its entry id. Holds `blob` until the row is committed.
-    pub(crate) fn write_file(&self, path: &BucketPath, blob: Imported, place: Place) -> Result<Entry> {
-        let entry = self
-            .commit("write", &[path], |rows| {
-                let (parent, name) = self.parent_dir(rows, path, place.create_parents)?;
-                let existing = self.lookup(rows.tx, parent.id, name)?;
-                if let Some(e) = &existing
-                    && e.kind != Kind::File
-                {
-                    return Err(match e.kind {
-                        Kind::Dir => Error::IsADirectory(path.to_string()),
-                        _ => Error::Exists(path.to_string()),
-                    });
-                }
-                let e = Entry {
-                    id: existing.as_ref().map(|e| e.id).unwrap_or_else(EntryId::random),
-                    parent: parent.id,
-                    name: name.to_owned(),
-                    kind: Kind::File,
-                    hash: Some(blob.hash),
-                    size: blob.size,
-                    mode: place
-                        .mode
-                        .or(existing.as_ref().map(|e| e.mode))
-                        .unwrap_or(DEFAULT_FILE_MODE),
-                    mtime_ns: place.mtime_ns.unwrap_or_else(now_ns),
-                    target: None,
-                    version: rows.version(),
-                };
-                rows.put(&e)?;
-                Ok(e)
-            })?
-            .1;
+    pub(crate) async fn write_file(&self, path: &BucketPath, blob: Imported, place: Place) -> Result<Entry> {
+        self.inner.blobs.sync().await?;
+        let (_, entry) = self.commit("write", &[path], |rows| self.place_file(rows, path, &blob, place))?;
         drop(blob);
         Ok(entry)
+    }
+
+    /// The row of one file write, inside a commit.
+    fn place_file(&self, rows: &Rows<'_>, path: &BucketPath, blob: &Imported, place: Place) -> Result<Entry> {
+        let (parent, name) = self.parent_dir(rows, path, place.create_parents)?;
+        let existing = self.lookup(rows.tx, parent.id, name)?;
+        if let Some(e) = &existing
+            && e.kind != Kind::File
+        {
+            return Err(match e.kind {
+                Kind::Dir => Error::IsADirectory(path.to_string()),
+                _ => Error::Exists(path.to_string()),
+            });
+        }
+        let e = Entry {
+            id: existing.as_ref().map(|e| e.id).unwrap_or_else(EntryId::random),
+            parent: parent.id,
+            name: name.to_owned(),
+            kind: Kind::File,
+            hash: Some(blob.hash),
+            size: blob.size,
+            mode: place
+                .mode
+                .or(existing.as_ref().map(|e| e.mode))
+                .unwrap_or(DEFAULT_FILE_MODE),
+            mtime_ns: place.mtime_ns.unwrap_or_else(now_ns),
+            target: None,
+            version: rows.version(),
+        };
+        rows.put(&e)?;
+        Ok(e)
+    }
+
+    /// Stores many local files in one commit (all or none become visible):
+    /// `(destination, local file)` pairs, parents created as needed.
+    /// `progress(files_done, files_total)` is called after each import.
+    /// The commit records only `root` as its path.
+    pub async fn put_files(
+        &self,
+        root: &BucketPath,
+        files: &[(BucketPath, std::path::PathBuf)],
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Version> {
+        if self.at.is_some() {
+            return Err(Error::ReadOnly(root.to_string()));
+        }
+        use n0_future::{BufferedStreamExt, StreamExt};
+        // The blob store's actor hashes and stores on its own threads: keep
+        // several imports in flight so small files do not wait on round trips.
+        let mut imports = n0_future::stream::iter(files)
+            .map(|(_, local)| self.inner.blobs.import_file(local, &|_, _| {}))
+            .buffered_ordered(IMPORTS_IN_FLIGHT);
+        let mut blobs = Vec::with_capacity(files.len());
+        while let Some(blob) = imports.next().await {
+            blobs.push(blob?);
+            progress(blobs.len() as u64, files.len() as u64);
+        }
+        drop(imports);
+        self.inner.blobs.sync().await?;
+        let place = Place {
+            create_parents: true,
+            ..Place::default()
+        };
+        let (version, ()) = self.commit("write", &[root], |rows| {
+            self.mkdir_all_in(rows, root)?;
+            for ((path, _), blob) in files.iter().zip(&blobs) {
+                self.place_file(rows, path, blob, place)?;
+            }
+            Ok(())
+        })?;
+        drop(blobs);
+        Ok(version)
     }
 
     /// Stores the local file at `local` as `path`, streaming it into the blob
@@ -430,6 +476,7 @@ impl Tree {
                 mtime_ns: None,
             },
         )
+        .await
     }
 }
 

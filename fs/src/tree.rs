@@ -203,13 +203,29 @@ impl Tree {
         self.inner.blobs.read_range(&hash, offset, len).await
     }
 
-    /// A streaming reader over a whole file (`AsyncRead + AsyncSeek`).
-    pub async fn reader(
+    /// Streams a whole file into `out`; `progress(bytes_done)` as it goes.
+    pub async fn copy_to(
         &self,
         entry: &Entry,
-    ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncSeek + Unpin + use<>> {
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
         let hash = self.file_hash(entry)?;
-        self.inner.blobs.reader(&hash).await
+        let n = self.inner.blobs.copy_to(&hash, out, progress).await?;
+        if n != entry.size {
+            return Err(Error::Blobs(format!(
+                "{}: read {n} bytes, the tree says {}",
+                entry.name, entry.size
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Writes a whole file to a local path (replacing it), streaming.
+    pub async fn export(&self, entry: &Entry, target: &std::path::Path) -> Result<u64> {
+        let hash = self.file_hash(entry)?;
+        let target = std::path::absolute(target).map_err(|e| Error::io(target, e))?;
+        self.inner.blobs.export(&hash, &target).await
     }
 
     fn file_hash(&self, entry: &Entry) -> Result<BlobHash> {

@@ -231,7 +231,7 @@ impl WriteSession {
             mode: self.mode,
             mtime_ns: self.mtime_ns,
         };
-        let result = self.tree.write_file(&self.path, blob, place);
+        let result = self.tree.write_file(&self.path, blob, place).await;
         self.cleanup();
         result
     }
