@@ -158,6 +158,11 @@ impl Blobs {
         self.store().await?.sync_db().await.map_err(Error::blobs)
     }
 
+    /// Opens a blob for repeated range reads: its data file once, if it has one.
+    pub(crate) async fn open(&self, hash: &BlobHash) -> Result<Option<std::fs::File>> {
+        self.data_file(hash).await
+    }
+
     /// Reads `len` bytes at `offset` (fewer at the end of the blob).
     pub(crate) async fn read_range(&self, hash: &BlobHash, offset: u64, len: u64) -> Result<Vec<u8>> {
         if let Some(file) = self.data_file(hash).await? {
@@ -366,7 +371,7 @@ impl tokio::io::AsyncWrite for HashWriter {
 }
 
 /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
-fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; len];
     let mut done = 0;

@@ -113,6 +113,9 @@ impl Db {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
         };
+        if current == SCHEMA_VERSION {
+            return Ok(db);
+        }
         db.write(|tx| {
             tx.execute_batch(SCHEMA)?;
             honker_core::bootstrap_honker_schema(tx)?;

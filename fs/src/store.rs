@@ -56,6 +56,17 @@ pub struct FsckReport {
     pub problems: Vec<String>,
 }
 
+/// Filesystem space under the data directory, as `statvfs` reports it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Space {
+    pub block_size: u64,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+    pub files_free: u64,
+}
+
 /// Counts for `alknet stats`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Stats {
@@ -164,15 +175,6 @@ impl Store {
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
-    }
-
-    /// The kind a bucket was created with (`drive`, `repo`).
-    pub fn bucket_kind(&self, name: &str) -> Result<String> {
-        self.inner.db.read(|c| {
-            c.query_row("SELECT kind FROM buckets WHERE name = ?1", [name], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| Error::NoSuchBucket(name.to_owned()))
         })
     }
 
@@ -513,6 +515,19 @@ impl Store {
             blobs_checked: refs.len(),
             bytes_checked,
             problems,
+        })
+    }
+
+    /// Space on the filesystem that holds the data directory (for `df`).
+    pub fn space(&self) -> Result<Space> {
+        let v = rustix::fs::statvfs(&self.inner.dir).map_err(|e| Error::io(&self.inner.dir, e.into()))?;
+        Ok(Space {
+            block_size: v.f_frsize,
+            blocks: v.f_blocks,
+            blocks_free: v.f_bfree,
+            blocks_available: v.f_bavail,
+            files: v.f_files,
+            files_free: v.f_ffree,
         })
     }
 

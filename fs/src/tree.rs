@@ -203,6 +203,15 @@ impl Tree {
         self.inner.blobs.read_range(&hash, offset, len).await
     }
 
+    /// Opens a file entry for repeated reads at offsets (what SFTP and FUSE
+    /// do). The entry's content is fixed: later commits do not change what
+    /// this reader returns.
+    pub async fn open_read(&self, entry: &Entry) -> Result<FileReader> {
+        let hash = self.file_hash(entry)?;
+        let file = self.inner.blobs.open(&hash).await?;
+        Ok(FileReader { tree: self.clone(), hash, size: entry.size, file })
+    }
+
     /// Streams a whole file into `out`; `progress(bytes_done)` as it goes.
     pub async fn copy_to(
         &self,
@@ -377,6 +386,35 @@ impl Tree {
 
     pub(crate) fn has_children(&self, c: &Connection, dir: EntryId) -> Result<bool> {
         Ok(!self.children(c, dir, None, 1)?.is_empty())
+    }
+}
+
+/// An open file for reads at any offset. See [`Tree::open_read`].
+pub struct FileReader {
+    tree: Tree,
+    hash: BlobHash,
+    size: u64,
+    /// The blob's data file, when it has one (not inlined in the store).
+    file: Option<std::fs::File>,
+}
+
+impl FileReader {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Up to `len` bytes from `offset`; empty at or past the end.
+    pub async fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if offset >= self.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let len = len.min(self.size - offset);
+        match &self.file {
+            // A page-cache read of a bounded size: cheaper inline than a hop to
+            // the blocking pool.
+            Some(f) if len <= 1 << 20 => Ok(crate::blobs::read_at(f, offset, len as usize)?),
+            _ => self.tree.inner.blobs.read_range(&self.hash, offset, len).await,
+        }
     }
 }
 
