@@ -10,15 +10,20 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::{BranchCmd, BucketCmd, Cli, Command};
+use crate::{BranchCmd, BucketCmd, Cli, Command, UserCmd};
 
 /// Transfers smaller than this get no progress bar.
 const PROGRESS_MIN: u64 = 16 << 20;
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
-    if let Command::Init = cli.command {
-        return init(&cli.data, json);
+    match cli.command {
+        Command::Init { admin_key, admin_name } => return init(&cli.data, admin_key.as_deref(), &admin_name, json),
+        Command::Proxy { node } => {
+            alknet_protocols::proxy(&node).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     if !cli.data.join("alknet.db").exists() {
         bail!(
@@ -36,7 +41,54 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCode> {
     match command {
-        Command::Init => unreachable!("handled before the store is opened"),
+        Command::Init { .. } | Command::Proxy { .. } => unreachable!("handled before the store is opened"),
+        Command::Serve { ssh, quic, no_quic } => return crate::server::run(store, ssh, quic, no_quic).await,
+        Command::User(UserCmd::Add { name, key, admin }) => {
+            let access = access(store)?;
+            let text = std::fs::read_to_string(&key).with_context(|| format!("{}: cannot read", key.display()))?;
+            access.add_user(&name, &alknet_protocols::parse_key(&text)?, admin)?;
+            say(json, &serde_json::json!({"added": name, "admin": admin}), || {
+                format!("added user {name}")
+            })?;
+        }
+        Command::User(UserCmd::List) => {
+            let users = access(store)?.list_users()?;
+            print_list(json, &users, |u| {
+                let grants: Vec<String> = u
+                    .grants
+                    .iter()
+                    .map(|(b, l)| format!("{b}:{l:?}").to_lowercase())
+                    .collect();
+                format!(
+                    "{}{}\t{} keys\t{}",
+                    u.name,
+                    if u.admin { " (admin)" } else { "" },
+                    u.keys.len(),
+                    grants.join(" ")
+                )
+            })?;
+        }
+        Command::User(UserCmd::Remove { name }) => {
+            access(store)?.remove_user(&name)?;
+            say(json, &serde_json::json!({"removed": name}), || {
+                format!("removed user {name}")
+            })?;
+        }
+        Command::Grant { user, bucket, level } => {
+            alknet_fs::check_bucket_name(&bucket)?;
+            access(store)?.grant(&user, &bucket, level.parse()?)?;
+            say(
+                json,
+                &serde_json::json!({"user": user, "bucket": bucket, "level": level}),
+                || format!("{user} has {level} access to {bucket}"),
+            )?;
+        }
+        Command::Revoke { user, bucket } => {
+            access(store)?.revoke(&user, &bucket)?;
+            say(json, &serde_json::json!({"user": user, "bucket": bucket}), || {
+                format!("revoked {user} on {bucket}")
+            })?;
+        }
         Command::Bucket(BucketCmd::Create { name }) => {
             store.create_bucket(&name, "drive")?;
             say(json, &serde_json::json!({"created": name}), || {
@@ -266,21 +318,47 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn init(data: &Path, json: bool) -> Result<ExitCode> {
+fn access(store: &Store) -> Result<alknet_protocols::Access> {
+    Ok(alknet_protocols::Access::open(&store.dir().join("alknet.db"))?)
+}
+
+fn init(data: &Path, admin_key: Option<&Path>, admin_name: &str, json: bool) -> Result<ExitCode> {
     let existed = data.join("alknet.db").exists();
-    Store::open(data).with_context(|| format!("creating the store in {}", data.display()))?;
+    let store = Store::open(data).with_context(|| format!("creating the store in {}", data.display()))?;
     let keys = crate::keys::ensure(&data.join("keys"))?;
-    let verb = if existed && !keys.created {
-        "already initialized"
-    } else {
-        "initialized"
-    };
+    let wrote_config = crate::config::Config::write_default(data)?;
+    let access = access(&store)?;
+    // The first admin: only while there are no users, so a rerun changes nothing.
+    let mut admin = None;
+    if access.user_count()? == 0 {
+        let key_file = match admin_key {
+            Some(f) => Some(f.to_path_buf()),
+            None => operator_key(),
+        };
+        if let Some(f) = key_file {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("{}: cannot read", f.display()))?;
+            access.add_user(admin_name, &alknet_protocols::parse_key(&text)?, true)?;
+            admin = Some(format!("{admin_name} (key {})", f.display()));
+        }
+    }
+    let fresh = !existed || keys.created || wrote_config || admin.is_some();
+    let verb = if fresh { "initialized" } else { "already initialized" };
+    let no_users = access.user_count()? == 0;
     say(
         json,
-        &serde_json::json!({"data": data, "node_id": keys.node_id, "ssh_host_key": keys.ssh_fingerprint_line}),
+        &serde_json::json!({
+            "data": data, "node_id": keys.node_id, "ssh_host_key": keys.ssh_fingerprint_line, "admin": admin,
+        }),
         || {
+            let admin = match &admin {
+                Some(a) => format!("\nadmin: {a}"),
+                None if no_users => {
+                    "\nno users yet: alknet user add NAME --key ~/.ssh/id_ed25519.pub --admin".to_owned()
+                }
+                None => String::new(),
+            };
             format!(
-                "{verb} {}\nnode id: {}\nssh host key: {}",
+                "{verb} {}\nnode id: {}\nssh host key: {}{admin}",
                 data.display(),
                 keys.node_id,
                 keys.ssh_fingerprint_line
@@ -288,6 +366,15 @@ fn init(data: &Path, json: bool) -> Result<ExitCode> {
         },
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The operator's own public key, if they have one.
+fn operator_key() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
+        .iter()
+        .map(|f| Path::new(&home).join(".ssh").join(f))
+        .find(|p| p.exists())
 }
 
 /// Opens the tree an address names; `at` (from `--at`) overrides its version.

@@ -58,6 +58,11 @@ pub(crate) fn ensure(dir: &Path) -> Result<Keys> {
     })
 }
 
+/// The node's iroh identity.
+pub(crate) fn node_secret(path: &Path) -> Result<iroh_base::SecretKey> {
+    read_node_key(path)
+}
+
 fn read_node_key(path: &Path) -> Result<iroh_base::SecretKey> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let bytes = unhex(text.trim()).with_context(|| format!("{} is not 64 hex digits", path.display()))?;

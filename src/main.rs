@@ -2,7 +2,9 @@
 //! is done by `commands.rs` on the `alknet-fs` API.
 
 mod commands;
+mod config;
 mod keys;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,8 +30,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the data directory and the node's keys (safe to run again).
-    Init,
+    /// Create the data directory, keys, settings and first admin (safe to run again).
+    Init {
+        /// Public key of the first admin (default: ~/.ssh/id_ed25519.pub, id_ecdsa.pub or id_rsa.pub).
+        #[arg(long, value_name = "FILE")]
+        admin_key: Option<PathBuf>,
+        /// Name of the first admin.
+        #[arg(long, default_value = "admin")]
+        admin_name: String,
+    },
+    /// Serve the store: SSH (SFTP) over TCP and over QUIC.
+    Serve {
+        /// SSH listen address (default: ssh.listen in alknet.toml).
+        #[arg(long, value_name = "ADDR")]
+        ssh: Option<std::net::SocketAddr>,
+        /// QUIC listen address (default: quic.listen in alknet.toml).
+        #[arg(long, value_name = "ADDR")]
+        quic: Option<std::net::SocketAddr>,
+        /// Do not start the QUIC endpoint.
+        #[arg(long, conflicts_with = "quic")]
+        no_quic: bool,
+    },
+    /// Join stdin/stdout to a node's SSH over QUIC (for ssh/sftp ProxyCommand).
+    Proxy {
+        /// NODE_ID@HOST:PORT, as `alknet serve` prints it.
+        node: String,
+    },
+    /// Add, list or remove users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Give a user read, write or admin access to a bucket.
+    Grant {
+        user: String,
+        bucket: String,
+        level: String,
+    },
+    /// Take a user's access to a bucket away.
+    Revoke { user: String, bucket: String },
     /// Create, list or delete buckets.
     #[command(subcommand)]
     Bucket(BucketCmd),
@@ -151,6 +188,24 @@ enum BucketCmd {
     List,
     /// Delete a bucket, its branches and its history.
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user who logs in with the given public key.
+    Add {
+        name: String,
+        /// An OpenSSH public key file (`~/.ssh/id_ed25519.pub`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Full access to every bucket, and bucket creation over SFTP.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users, their keys and grants.
+    List,
+    /// Remove a user and their grants.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]

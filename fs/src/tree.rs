@@ -48,6 +48,10 @@ pub struct SetAttr {
 }
 
 impl SetAttr {
+    pub fn new(mode: Option<u32>, mtime_ns: Option<i64>) -> Self {
+        SetAttr { mode, mtime_ns }
+    }
+
     pub fn mode(mode: u32) -> Self {
         SetAttr {
             mode: Some(mode),
@@ -209,7 +213,12 @@ impl Tree {
     pub async fn open_read(&self, entry: &Entry) -> Result<FileReader> {
         let hash = self.file_hash(entry)?;
         let file = self.inner.blobs.open(&hash).await?;
-        Ok(FileReader { tree: self.clone(), hash, size: entry.size, file })
+        Ok(FileReader {
+            tree: self.clone(),
+            hash,
+            size: entry.size,
+            file,
+        })
     }
 
     /// Streams a whole file into `out`; `progress(bytes_done)` as it goes.

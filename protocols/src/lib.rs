@@ -1,5 +1,18 @@
 //! alknet-protocols: the endpoint and its frontends.
 //!
-//! Not built yet. This crate will hold the QUIC endpoint and ALPN routing, the
-//! TCP listeners, identity and access (users, keys, grants), the SSH server,
-//! SFTP and HTTP — each a thin adapter over `alknet-fs` and `alknet-forge`.
+//! [`Access`] holds users, their SSH keys and per-bucket grants. An
+//! [`SshServer`] authenticates keys against it and serves the `sftp`
+//! subsystem (`sftp.rs`, an adapter from SFTP requests to `alknet-fs` calls).
+//! [`serve`] runs that server on a TCP listener and on a QUIC endpoint under
+//! the ALPN `alknet/ssh`; [`proxy`] is the client side of that bridge.
+//!
+//! Read `sftp.rs` first: it shows how a protocol maps onto the store.
+
+mod access;
+mod endpoint;
+mod sftp;
+mod ssh;
+
+pub use access::{Access, Error as AccessError, Level, User, parse_key};
+pub use endpoint::{ALPN_SSH, Error as EndpointError, bind_quic, node_addrs, parse_node_addr, proxy, serve};
+pub use ssh::SshServer;

@@ -1,0 +1,148 @@
+//! The network side: the TCP listener and the QUIC endpoint, both carrying
+//! the same SSH server, and the client bridge (`alknet proxy`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use iroh::endpoint::{Connection, PortmapperConfig, presets};
+use iroh::protocol::{AcceptError, ProtocolHandler, Router};
+use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey};
+use tokio::net::TcpListener;
+
+use crate::ssh::SshServer;
+
+/// ALPN of SSH over one QUIC bi-stream.
+pub const ALPN_SSH: &[u8] = b"alknet/ssh";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot bind the QUIC endpoint on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("invalid node address {0:?}: expected NODE_ID@HOST:PORT")]
+    BadNodeAddr(String),
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds a QUIC endpoint with relays and discovery off: peers reach it by
+/// direct address (`NODE_ID@HOST:PORT`).
+pub async fn bind_quic(secret: SecretKey, addr: SocketAddr) -> Result<Endpoint, Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::Bind {
+        addr,
+        reason: e.to_string(),
+    };
+    Endpoint::builder(presets::Minimal)
+        .secret_key(secret)
+        .relay_mode(RelayMode::Disabled)
+        .clear_address_lookup()
+        .portmapper_config(PortmapperConfig::Disabled)
+        .clear_ip_transports()
+        .bind_addr(addr)
+        .map_err(|e| bad(&e))?
+        .bind()
+        .await
+        .map_err(|e| bad(&e))
+}
+
+/// The address a peer uses to reach `ep`: `NODE_ID@HOST:PORT` per socket.
+pub fn node_addrs(ep: &Endpoint) -> Vec<String> {
+    ep.bound_sockets().iter().map(|s| format!("{}@{s}", ep.id())).collect()
+}
+
+#[derive(Debug, Clone)]
+struct SshOverQuic(SshServer);
+
+impl ProtocolHandler for SshOverQuic {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = format!("quic:{}", conn.remote_id().fmt_short());
+        let (send, recv) = conn.accept_bi().await?;
+        self.0.run_connection(tokio::io::join(recv, send), peer).await;
+        conn.close(0u32.into(), b"bye");
+        Ok(())
+    }
+}
+
+/// Serves SSH on every listener given until `shutdown` resolves. Connections
+/// in flight are dropped with the runtime; their open writes abort (the old
+/// files stay) and nothing committed is lost.
+pub async fn serve(
+    server: SshServer,
+    tcp: Option<TcpListener>,
+    quic: Option<Endpoint>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let router = quic.map(|ep| {
+        Router::builder(ep)
+            .accept(ALPN_SSH, SshOverQuic(server.clone()))
+            .spawn()
+    });
+    let accept = async {
+        let Some(tcp) = tcp else {
+            return std::future::pending::<Result<(), Error>>().await;
+        };
+        loop {
+            let (socket, peer) = tcp.accept().await?;
+            socket.set_nodelay(true).ok();
+            let server = server.clone();
+            tokio::spawn(async move { server.run_connection(socket, peer.to_string()).await });
+        }
+    };
+    let result = tokio::select! {
+        r = accept => r,
+        () = shutdown => Ok(()),
+    };
+    if let Some(router) = router {
+        router.shutdown().await.ok();
+    }
+    result
+}
+
+/// Parses `NODE_ID@HOST:PORT`.
+pub fn parse_node_addr(s: &str) -> Result<EndpointAddr, Error> {
+    let bad = || Error::BadNodeAddr(s.to_owned());
+    let (id, sock) = s.split_once('@').ok_or_else(bad)?;
+    let id: iroh::EndpointId = id.parse().map_err(|_| bad())?;
+    let sock: SocketAddr = sock.parse().map_err(|_| bad())?;
+    Ok(EndpointAddr::new(id).with_ip_addr(sock))
+}
+
+/// Joins stdin and stdout to an `alknet/ssh` stream on the node at `addr`,
+/// so OpenSSH can use `ProxyCommand='alknet proxy NODE_ID@HOST:PORT'`.
+pub async fn proxy(addr: &str) -> Result<(), Error> {
+    let target = parse_node_addr(addr)?;
+    let local: SocketAddr = if target.ip_addrs().any(|a| a.is_ipv6()) {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("a literal socket address");
+    let ep = bind_quic(SecretKey::generate(), local).await?;
+    let fail = |e: &dyn std::fmt::Display| Error::Connect {
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    };
+    let conn = ep.connect(target, ALPN_SSH).await.map_err(|e| fail(&e))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
+    let up = async {
+        tokio::io::copy(&mut tokio::io::stdin(), &mut send).await?;
+        send.finish().ok();
+        Ok::<_, std::io::Error>(())
+    };
+    let down = async {
+        let mut stdout = tokio::io::stdout();
+        tokio::io::copy(&mut recv, &mut stdout).await?;
+        tokio::io::AsyncWriteExt::flush(&mut stdout).await
+    };
+    // The session is over when the server's side ends.
+    tokio::select! {
+        r = down => r?,
+        r = async { up.await?; std::future::pending::<std::io::Result<()>>().await } => r?,
+    }
+    conn.close(0u32.into(), b"bye");
+    ep.close().await;
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! The SSH server: public-key authentication against [`Access`], no shell,
+//! the `sftp` subsystem. The same server runs over TCP and over a QUIC
+//! bi-stream ([`crate::endpoint`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alknet_fs::Store;
+use russh::keys::PrivateKey;
+use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::access::Access;
+use crate::sftp;
+
+/// One SSH service shared by every connection. Cheap to clone.
+#[derive(Clone)]
+pub struct SshServer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    access: Arc<Access>,
+    config: Arc<russh::server::Config>,
+    owner: (u32, u32),
+}
+
+impl std::fmt::Debug for SshServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SshServer")
+    }
+}
+
+impl SshServer {
+    pub fn new(store: Store, access: Arc<Access>, host_key: PrivateKey) -> SshServer {
+        let config = russh::server::Config {
+            keys: vec![host_key],
+            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+            auth_rejection_time: Duration::from_millis(300),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            inactivity_timeout: Some(Duration::from_secs(3600)),
+            keepalive_interval: Some(Duration::from_secs(60)),
+            nodelay: true,
+            // Large windows keep a single SFTP stream busy on fast links.
+            window_size: 16 * 1024 * 1024,
+            ..Default::default()
+        };
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(store.dir())
+                .map(|m| (m.uid(), m.gid()))
+                .unwrap_or((0, 0))
+        };
+        SshServer {
+            shared: Arc::new(Shared {
+                store,
+                access,
+                config: Arc::new(config),
+                owner,
+            }),
+        }
+    }
+
+    /// Runs one SSH connection to its end. `peer` names it in the logs.
+    pub async fn run_connection<S>(&self, stream: S, peer: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = Conn {
+            shared: self.shared.clone(),
+            peer: peer.clone(),
+            user: None,
+            channels: HashMap::new(),
+        };
+        match russh::server::run_stream(self.shared.config.clone(), stream, conn).await {
+            Ok(session) => {
+                if let Err(e) = session.await {
+                    tracing::debug!(%peer, "ssh connection ended: {e}");
+                }
+            }
+            Err(e) => tracing::debug!(%peer, "ssh handshake failed: {e}"),
+        }
+    }
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    peer: String,
+    /// Set once a key has authenticated.
+    user: Option<String>,
+    /// Session channels opened but not yet given a subsystem.
+    channels: HashMap<ChannelId, Channel<Msg>>,
+}
+
+impl Conn {
+    fn lookup(&self, key: &russh::keys::PublicKey) -> Option<String> {
+        match self.shared.access.user_for_key(key) {
+            Ok(user) => user,
+            Err(e) => {
+                tracing::error!(peer = %self.peer, "key lookup failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(&mut self, _user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        Ok(if self.lookup(offer.public_key).is_some() {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(&mut self, ssh_user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        match self.lookup(key.public_key) {
+            Some(user) => {
+                tracing::debug!(peer = %self.peer, %ssh_user, %user, "authenticated");
+                self.user = Some(user);
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::info!(peer = %self.peer, %ssh_user, "refused an unknown key");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn subsystem_request(&mut self, id: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+        let (Some(user), "sftp") = (self.user.clone(), name) else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        let Some(channel) = self.channels.remove(&id) else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        session.channel_success(id)?;
+        let ctx = sftp::Context {
+            store: self.shared.store.clone(),
+            access: self.shared.access.clone(),
+            user: user.clone(),
+            owner: self.shared.owner,
+        };
+        let peer = self.peer.clone();
+        tokio::spawn(async move {
+            match sftp::serve(channel.into_stream(), ctx).await {
+                Ok(buckets) => {
+                    tracing::info!(%peer, %user, buckets = %buckets.join(","), outcome = "ok", "sftp session")
+                }
+                Err(e) => tracing::warn!(%peer, %user, outcome = %e, "sftp session ended by the server"),
+            }
+        });
+        Ok(())
+    }
+
+    async fn exec_request(&mut self, id: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        tracing::info!(peer = %self.peer, command = %String::from_utf8_lossy(data), "refused exec: no shell");
+        session.channel_failure(id)?;
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, id: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_failure(id)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! `alknet.toml`: the node's settings, written with defaults by `init`.
+//! Every setting can be overridden by a flag of `alknet serve`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+pub(crate) const FILE: &str = "alknet.toml";
+
+pub(crate) const DEFAULT: &str = r#"# Alknet node settings. Each one can be overridden by a flag of `alknet serve`.
+
+[ssh]
+# Where the SSH server (SFTP) listens for stock clients (flag: --ssh).
+listen = "127.0.0.1:2222"
+
+[quic]
+# Where the QUIC endpoint listens (flag: --quic). Clients reach it as
+# NODE_ID@HOST:PORT through `alknet proxy`; relays and discovery are off.
+listen = "127.0.0.1:2223"
+"#;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) ssh: Listen,
+    pub(crate) quic: Listen,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Listen {
+    pub(crate) listen: SocketAddr,
+}
+
+impl Config {
+    /// Reads `alknet.toml` from the data directory; a missing file means the
+    /// defaults. A bad file is an error naming the key.
+    pub(crate) fn load(data: &Path) -> Result<Config> {
+        let path = data.join(FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DEFAULT.to_owned(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))
+    }
+
+    /// Writes the defaults unless a file is already there.
+    pub(crate) fn write_default(data: &Path) -> Result<bool> {
+        let path = data.join(FILE);
+        if path.exists() {
+            return Ok(false);
+        }
+        std::fs::write(&path, DEFAULT).with_context(|| format!("writing {}", path.display()))?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_bad_keys_are_named() {
+        let c: Config = toml::from_str(DEFAULT).expect("the defaults parse");
+        assert_eq!(c.ssh.listen.port(), 2222);
+        let err = toml::from_str::<Config>("[ssh]\nlisen = \"x\"\n[quic]\nlisten = \"127.0.0.1:1\"\n")
+            .expect_err("a typo is refused");
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let err = toml::from_str::<Config>("[ssh]\nlisten = \"nope\"\n[quic]\nlisten = \"127.0.0.1:1\"\n")
+            .expect_err("a bad address is refused");
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+}

@@ -1,0 +1,69 @@
+//! `alknet serve`: binds the listeners the settings and flags ask for,
+//! prints where they are, and runs until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use alknet_fs::Store;
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+
+pub(crate) async fn run(
+    store: &Store,
+    ssh: Option<SocketAddr>,
+    quic: Option<SocketAddr>,
+    no_quic: bool,
+) -> Result<ExitCode> {
+    let config = Config::load(store.dir())?;
+    let ssh_addr = ssh.unwrap_or(config.ssh.listen);
+    let quic_addr = (!no_quic).then(|| quic.unwrap_or(config.quic.listen));
+
+    let keys = store.dir().join("keys");
+    let host_key = alknet_protocols_host_key(&keys.join("ssh_host_ed25519_key"))?;
+    let node_key = crate::keys::node_secret(&keys.join("node.key"))?;
+    let access = Arc::new(alknet_protocols::Access::open(&store.dir().join("alknet.db"))?);
+    if access.user_count()? == 0 {
+        tracing::warn!("there are no users yet: nobody can log in (alknet user add NAME --key FILE --admin)");
+    }
+    let server = alknet_protocols::SshServer::new(store.clone(), access, host_key);
+
+    let tcp = tokio::net::TcpListener::bind(ssh_addr)
+        .await
+        .with_context(|| format!("cannot listen on {ssh_addr} (ssh)"))?;
+    let endpoint = match quic_addr {
+        Some(addr) => Some(alknet_protocols::bind_quic(node_key, addr).await?),
+        None => None,
+    };
+    println!("alknet serving {}", store.dir().display());
+    println!("ssh: {}", tcp.local_addr()?);
+    if let Some(ep) = &endpoint {
+        for a in alknet_protocols::node_addrs(ep) {
+            println!("quic: {a}");
+        }
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+
+    alknet_protocols::serve(server, Some(tcp), endpoint, shutdown_signal()).await?;
+    tracing::info!("shut down");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn alknet_protocols_host_key(path: &std::path::Path) -> Result<russh_keys::PrivateKey> {
+    russh_keys::load_secret_key(path, None).with_context(|| format!("loading the SSH host key {}", path.display()))
+}
+
+use russh::keys as russh_keys;
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
