@@ -381,6 +381,52 @@ impl Tree {
         Ok(entry)
     }
 
+    /// Publishes an imported blob as the new content of entry `id`, wherever
+    /// it lives now; `NotFound` if it was removed.
+    pub(crate) async fn write_entry(&self, id: EntryId, blob: Imported, place: Place) -> Result<Entry> {
+        self.inner.blobs.sync().await?;
+        let path = self
+            .path_of(id)?
+            .ok_or_else(|| Error::NotFound(format!("entry {}", id.0)))?;
+        let (_, entry) = self.commit("write", &[&path], |rows| {
+            let mut e = self
+                .by_id(rows.tx, id)?
+                .ok_or_else(|| Error::NotFound(path.to_string()))?;
+            e.hash = Some(blob.hash);
+            e.size = blob.size;
+            e.mode = place.mode.unwrap_or(e.mode);
+            e.mtime_ns = place.mtime_ns.unwrap_or_else(now_ns);
+            e.version = rows.version();
+            rows.put(&e)?;
+            Ok(e)
+        })?;
+        drop(blob);
+        Ok(entry)
+    }
+
+    /// Commits a new empty file at `path` (parent must exist, name must be free).
+    pub(crate) fn create_empty(&self, path: &BucketPath, mode: Option<u32>) -> Result<Entry> {
+        let empty = crate::types::BlobHash::of(b"");
+        Ok(self
+            .commit("write", &[path], |rows| {
+                let (parent, name) = self.parent_dir(rows, path, false)?;
+                if self.lookup(rows.tx, parent.id, name)?.is_some() {
+                    return Err(Error::Exists(path.to_string()));
+                }
+                let mut e = new_entry(
+                    parent.id,
+                    name,
+                    Kind::File,
+                    mode.unwrap_or(DEFAULT_FILE_MODE),
+                    rows.version(),
+                );
+                e.hash = Some(empty);
+                rows.put(&e)?;
+                Ok(e)
+            })?
+            .1)
+    }
+
     /// The row of one file write, inside a commit.
     fn place_file(&self, rows: &Rows<'_>, path: &BucketPath, blob: &Imported, place: Place) -> Result<Entry> {
         let (parent, name) = self.parent_dir(rows, path, place.create_parents)?;

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::mutate::Place;
 use crate::name::BucketPath;
 use crate::tree::Tree;
-use crate::types::{Entry, Kind};
+use crate::types::{Entry, EntryId, Kind};
 
 /// How [`Tree::open_write`] opens a file.
 #[derive(Clone, Copy, Debug, Default)]
@@ -32,6 +32,10 @@ pub struct OpenOptions {
     pub truncate: bool,
     /// Mode of a new file.
     pub mode: Option<u32>,
+    /// Commit a new, empty file at open, as POSIX `open(O_CREAT)` does, so
+    /// other requests see it before close (SFTP and FUSE clients stat what
+    /// they just created). Without it a new file appears only at close.
+    pub create_visible: bool,
 }
 
 impl OpenOptions {
@@ -68,12 +72,21 @@ impl OpenOptions {
         self.mode = Some(mode);
         self
     }
+
+    pub fn create_visible(mut self, yes: bool) -> Self {
+        self.create_visible = yes;
+        self
+    }
 }
 
 /// An open file being written. See the module docs.
 pub struct WriteSession {
     tree: Tree,
+    /// The path given at open (for messages and for a file not yet created).
     path: BucketPath,
+    /// The entry being written, once it exists: close publishes to wherever
+    /// it lives then, so a rename while open is followed like an inode.
+    entry: Option<EntryId>,
     staging: PathBuf,
     file: File,
     id: i64,
@@ -91,7 +104,7 @@ impl Tree {
             return Err(Error::ReadOnly(path.to_string()));
         }
         let (parent_path, _) = path.split_last().ok_or_else(|| Error::IsADirectory("/".into()))?;
-        let existing = self.try_stat(path)?;
+        let mut existing = self.try_stat(path)?;
         match &existing {
             Some(e) if e.kind == Kind::Dir => return Err(Error::IsADirectory(path.to_string())),
             Some(e) if e.kind != Kind::File => return Err(Error::Exists(path.to_string())),
@@ -102,6 +115,9 @@ impl Tree {
                 let parent = self.stat(&parent_path)?;
                 if !parent.is_dir() {
                     return Err(Error::NotADirectory(parent_path.to_string()));
+                }
+                if opts.create_visible {
+                    existing = Some(self.create_empty(path, opts.mode)?);
                 }
             }
         }
@@ -116,6 +132,7 @@ impl Tree {
         let mut session = WriteSession {
             tree: self.clone(),
             path: path.clone(),
+            entry: existing.as_ref().map(|e| e.id),
             file: File::create(&staging).map_err(|e| Error::io(&staging, e))?,
             staging,
             id,
@@ -223,7 +240,8 @@ impl WriteSession {
     }
 
     /// Publishes the staged content as one new version of the file. If the
-    /// file's directory was removed meanwhile, this fails and nothing changes.
+    /// file (or, for a file created at close, its directory) was removed
+    /// meanwhile, this fails with `NotFound` and nothing changes.
     pub async fn close(mut self) -> Result<Entry> {
         let blob = self.tree.inner.blobs.import_file(&self.staging, &|_, _| {}).await?;
         let place = Place {
@@ -231,7 +249,10 @@ impl WriteSession {
             mode: self.mode,
             mtime_ns: self.mtime_ns,
         };
-        let result = self.tree.write_file(&self.path, blob, place).await;
+        let result = match self.entry {
+            Some(id) => self.tree.write_entry(id, blob, place).await,
+            None => self.tree.write_file(&self.path, blob, place).await,
+        };
         self.cleanup();
         result
     }

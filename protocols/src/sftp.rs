@@ -320,6 +320,7 @@ impl Session {
         let handle = if writes {
             let mut opts = OpenOptions::modify()
                 .create(flags.contains(OpenFlags::CREATE))
+                .create_visible(true)
                 .exclusive(flags.contains(OpenFlags::EXCLUDE))
                 .truncate(flags.contains(OpenFlags::TRUNCATE));
             if let Some(mode) = attrs.permissions {
@@ -354,10 +355,11 @@ impl Session {
     async fn close(&mut self, id: u32, handle: &str) -> Reply {
         match self.handles.remove(handle) {
             None => Err(Fail::new(StatusCode::Failure, "no such handle")),
-            Some(OpenHandle::Write { session, .. }) => {
-                session.close().await?;
-                Ok(status_ok(id))
-            }
+            Some(OpenHandle::Write { session, .. }) => match session.close().await {
+                // Removed while open: like POSIX, its last writes vanish and close succeeds.
+                Ok(_) | Err(FsError::NotFound(_)) => Ok(status_ok(id)),
+                Err(e) => Err(e.into()),
+            },
             Some(_) => Ok(status_ok(id)),
         }
     }
@@ -672,7 +674,8 @@ impl Session {
                 Ok(name_reply(id, &normalize(path), None))
             }
             "copy-data" => self.copy_data(id, &mut data).await,
-            "check-file-name" | "check-file-handle" => {
+            // paramiko sends "check-file" on a handle.
+            "check-file-name" | "check-file-handle" | "check-file" => {
                 let target = get_string(&mut data)?;
                 let algorithms = get_string(&mut data)?;
                 let (start, length, block) = (get_u64(&mut data)?, get_u64(&mut data)?, get_u32(&mut data)?);
@@ -696,6 +699,7 @@ impl Session {
                     return Err(Fail::unsupported("only the hash of a whole file is stored"));
                 };
                 let mut b = BytesMut::new();
+                put_string(&mut b, b"check-file");
                 put_string(&mut b, b"blake3");
                 b.put_slice(&hash.0);
                 Ok(Packet::ExtendedReply(ExtendedReply { id, data: b.to_vec() }))

@@ -7,4 +7,5 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod crash;
+mod sftp;
 mod util;

@@ -138,3 +138,139 @@ pub(crate) fn sigkill(pid: u32) {
         .expect("run kill");
     assert!(st.success(), "kill -9 {pid}");
 }
+
+/// A running `alknet serve` on free loopback ports; stopped (SIGTERM) at drop.
+pub(crate) struct Server {
+    child: std::process::Child,
+    pub(crate) ssh_port: u16,
+    /// `NODE_ID@127.0.0.1:PORT`
+    pub(crate) quic: String,
+}
+
+impl Server {
+    pub(crate) fn start(node: &Node) -> Server {
+        use std::io::BufRead;
+        let mut child = node
+            .cmd(&["serve", "--ssh", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(node.work.join("serve.log")).expect("log file"))
+            .spawn()
+            .expect("spawn alknet serve");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut ssh_port, mut quic) = (None, None);
+        while ssh_port.is_none() || quic.is_none() {
+            let line = lines.next().expect("serve printed its addresses").expect("read");
+            if let Some(addr) = line.strip_prefix("ssh: ") {
+                ssh_port = Some(addr.rsplit(':').next().expect("port").parse().expect("a port"));
+            } else if let Some(addr) = line.strip_prefix("quic: ") {
+                quic = Some(addr.to_owned());
+            }
+        }
+        Server {
+            child,
+            ssh_port: ssh_port.expect("ssh port"),
+            quic: quic.expect("quic address"),
+        }
+    }
+
+    /// SIGTERM, then wait; returns whether it exited cleanly.
+    pub(crate) fn stop(mut self) -> bool {
+        let st = Command::new("kill")
+            .args(["-s", "TERM", "--", &self.child.id().to_string()])
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "send SIGTERM");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                self.child.kill().ok();
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// How a client reaches the server.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Via {
+    Tcp,
+    Quic,
+}
+
+/// A client key pair made with ssh-keygen in the node's work dir.
+pub(crate) fn client_key(node: &Node, name: &str) -> PathBuf {
+    let key = node.work.join(name);
+    if !key.exists() {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key)
+            .status()
+            .expect("run ssh-keygen");
+        assert!(st.success());
+    }
+    key
+}
+
+/// The `ssh`/`sftp` options that reach `server` with `key` over `via`.
+pub(crate) fn ssh_opts(server: &Server, key: &Path, via: Via) -> Vec<String> {
+    let mut o: Vec<String> = [
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    o.push("-i".into());
+    o.push(key.display().to_string());
+    match via {
+        Via::Tcp => o.extend(["-o".into(), format!("Port={}", server.ssh_port)]),
+        Via::Quic => o.extend([
+            "-o".into(),
+            format!("ProxyCommand={} proxy {}", bin().display(), server.quic),
+        ]),
+    }
+    o
+}
+
+/// Runs an `sftp -b` batch; returns (success, stdout + stderr).
+pub(crate) fn sftp_batch(node: &Node, server: &Server, key: &Path, via: Via, script: &str) -> (bool, String) {
+    let batch = node.work.join("batch.sftp");
+    std::fs::write(&batch, script).expect("write batch");
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("sftp")
+        .args(ssh_opts(server, key, via))
+        .arg("-b")
+        .arg(&batch)
+        .arg("user@127.0.0.1")
+        .current_dir(&node.work)
+        .output()
+        .expect("run sftp");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

@@ -1,0 +1,471 @@
+//! Stock SFTP clients against `alknet serve`: OpenSSH sftp, sshfs and
+//! paramiko, over TCP and over QUIC through `alknet proxy`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::{Node, Server, Via, client_key, pattern, sftp_batch, ssh_opts};
+
+struct Setup {
+    node: Node,
+    server: Server,
+    /// An admin.
+    alice: PathBuf,
+    /// `read` on photos only.
+    bob: PathBuf,
+}
+
+fn setup() -> Setup {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "photos"]);
+    node.ok(&["bucket", "create", "secret"]);
+    let alice = client_key(&node, "alice");
+    let bob = client_key(&node, "bob");
+    node.ok(&[
+        "user",
+        "add",
+        "alice",
+        "--key",
+        &format!("{}.pub", alice.display()),
+        "--admin",
+    ]);
+    node.ok(&["user", "add", "bob", "--key", &format!("{}.pub", bob.display())]);
+    node.ok(&["grant", "bob", "photos", "read"]);
+    let server = Server::start(&node);
+    Setup {
+        node,
+        server,
+        alice,
+        bob,
+    }
+}
+
+/// The hash the store holds for a file (metadata only: works while serving).
+fn stored_hash(node: &Node, addr: &str) -> String {
+    node.json(&["stat", addr])["hash"]
+        .as_str()
+        .expect("a file has a hash")
+        .to_owned()
+}
+
+fn b3(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
+}
+
+fn openssh_sftp(via: Via) {
+    let s = setup();
+    let node = &s.node;
+    node.ok(&["branch", "create", "photos", "draft"]);
+    let snap = node.json(&["snapshot", "photos", "before"])["version"]
+        .as_u64()
+        .expect("version");
+    let small = pattern(1000, 1);
+    let big = pattern(100 << 20, 2);
+    node.write_local("empty", b"");
+    node.write_local("small", &small);
+    node.write_local("big", &big);
+    let script = "\
+put empty /photos/empty
+put small /photos/small
+put big /photos/big
+get /photos/empty got-empty
+get /photos/small got-small
+get /photos/big got-big
+mkdir /photos/dir
+put small /photos/dir/a
+put empty /photos/dir/b
+rename /photos/dir/a /photos/dir/b
+ls -l /photos/dir
+symlink small /photos/link
+chmod 600 /photos/small
+df /photos
+ln /photos/small /photos/hard
+cp /photos/big /photos/big-copy
+put small /photos@draft/only-on-draft
+ls -l /photos
+ls /photos@main@before
+ls /
+";
+    let (ok, out) = sftp_batch(node, &s.server, &s.alice, via, script);
+    assert!(ok, "sftp batch over {via:?} failed:\n{out}");
+    for (name, want) in [("got-empty", &b""[..]), ("got-small", &small), ("got-big", &big)] {
+        assert!(
+            std::fs::read(node.work.join(name)).expect("downloaded") == want,
+            "{name} differs after a round trip"
+        );
+    }
+    assert_eq!(
+        stored_hash(node, "photos:/big"),
+        b3(&big),
+        "the 100 MiB upload is stored byte for byte"
+    );
+    assert_eq!(
+        stored_hash(node, "photos:/dir/b"),
+        b3(&small),
+        "posix-rename replaced the existing file"
+    );
+    assert_eq!(node.ok(&["ls", "photos:/dir"]), "b\n");
+    let link = node.json(&["stat", "photos:/link"]);
+    assert_eq!(
+        (link["kind"].as_str(), link["target"].as_str()),
+        (Some("symlink"), Some("small"))
+    );
+    assert_eq!(node.json(&["stat", "photos:/small"])["mode"], 0o600);
+    assert_eq!(stored_hash(node, "photos:/hard"), b3(&small));
+    assert_eq!(stored_hash(node, "photos:/big-copy"), b3(&big));
+    assert_eq!(stored_hash(node, "photos@draft:/only-on-draft"), b3(&small));
+    assert!(
+        node.cmd(&["stat", "photos:/only-on-draft"])
+            .output()
+            .expect("run")
+            .status
+            .code()
+            == Some(1)
+    );
+    assert!(out.contains("Avail") || out.contains("Size"), "df answered: {out}");
+    // The root lists the buckets the user can read: alice is admin, so both.
+    assert!(out.contains("photos") && out.contains("secret"), "{out}");
+
+    // A snapshot is readable and refuses writes.
+    let (ok, out) = sftp_batch(
+        node,
+        &s.server,
+        &s.alice,
+        via,
+        &format!("put small /photos@main@{snap}/x\n"),
+    );
+    assert!(
+        !ok && out.contains("Permission denied"),
+        "a snapshot path must refuse writes:\n{out}"
+    );
+    let (ok, out) = sftp_batch(
+        node,
+        &s.server,
+        &s.alice,
+        via,
+        "get /photos@main@before/small snap-small\n",
+    );
+    assert!(!ok, "the file did not exist at the snapshot:\n{out}");
+}
+
+#[test]
+fn openssh_sftp_over_tcp() {
+    openssh_sftp(Via::Tcp);
+}
+
+#[test]
+fn openssh_sftp_over_quic() {
+    openssh_sftp(Via::Quic);
+}
+
+fn sshfs_workload(via: Via) {
+    let s = setup();
+    let node = &s.node;
+    let mnt = node.work.join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mountpoint");
+    let mut cmd = Command::new("timeout");
+    cmd.arg("30").arg("sshfs");
+    for pair in ssh_opts(&s.server, &s.alice, via).chunks(2) {
+        match pair[0].as_str() {
+            "-o" => {
+                cmd.arg("-o").arg(&pair[1]);
+            }
+            "-i" => {
+                cmd.arg("-o").arg(format!("IdentityFile={}", pair[1]));
+            }
+            other => panic!("unexpected ssh option {other}"),
+        }
+    }
+    let st = cmd
+        .arg("alice@127.0.0.1:/photos")
+        .arg(&mnt)
+        .status()
+        .expect("run sshfs");
+    assert!(st.success(), "sshfs mounted");
+    let _unmount = Unmount(mnt.clone());
+    let data = pattern(300_000, 5);
+    std::fs::write(mnt.join("new.bin"), &data).expect("write through sshfs");
+    std::fs::create_dir(mnt.join("sub")).expect("mkdir through sshfs");
+    std::fs::rename(mnt.join("new.bin"), mnt.join("sub/moved.bin")).expect("rename through sshfs");
+    std::fs::write(mnt.join("gone.txt"), b"x").expect("write");
+    std::fs::remove_file(mnt.join("gone.txt")).expect("unlink through sshfs");
+    assert_eq!(std::fs::read(mnt.join("sub/moved.bin")).expect("read back"), data);
+    let mut names: Vec<String> = std::fs::read_dir(&mnt)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["sub"]);
+    drop(_unmount);
+    assert_eq!(
+        stored_hash(node, "photos:/sub/moved.bin"),
+        b3(&data),
+        "checked through the CLI"
+    );
+    assert_eq!(node.ok(&["ls", "photos"]), "sub\n");
+}
+
+/// Unmounts at drop, forcing it if the mount hangs.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let ok = Command::new("timeout")
+            .args(["10", "fusermount3", "-u"])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            Command::new("umount").arg("-l").arg(&self.0).status().ok();
+        }
+    }
+}
+
+#[test]
+fn sshfs_over_tcp() {
+    sshfs_workload(Via::Tcp);
+}
+
+#[test]
+fn sshfs_over_quic() {
+    sshfs_workload(Via::Quic);
+}
+
+/// paramiko: a second, independent SFTP client implementation.
+fn paramiko(via: Via) {
+    let s = setup();
+    let node = &s.node;
+    let data = pattern(200_000, 9);
+    node.write_local("p.bin", &data);
+    let sock = match via {
+        Via::Tcp => format!("socket.create_connection(('127.0.0.1', {}))", s.server.ssh_port),
+        Via::Quic => format!(
+            "paramiko.ProxyCommand('{} proxy {}')",
+            crate::util::bin().display(),
+            s.server.quic
+        ),
+    };
+    let script = format!(
+        r#"
+import hashlib, socket, sys, paramiko
+key = paramiko.Ed25519Key.from_private_key_file('{key}')
+t = paramiko.Transport({sock})
+t.connect(username='alice', pkey=key)
+sftp = paramiko.SFTPClient.from_transport(t)
+sftp.put('p.bin', '/photos/p.bin')
+sftp.get('/photos/p.bin', 'p.back')
+assert open('p.back', 'rb').read() == open('p.bin', 'rb').read()
+sftp.mkdir('/photos/pd')
+sftp.rename('/photos/p.bin', '/photos/pd/q.bin')
+assert sftp.listdir('/photos/pd') == ['q.bin'], sftp.listdir('/photos/pd')
+assert sftp.stat('/photos/pd/q.bin').st_size == {size}
+with sftp.open('/photos/pd/q.bin', 'rb') as f:
+    digest = f.check('blake3')
+print('blake3', digest.hex())
+with sftp.open('/photos/pd/w.txt', 'w') as f:
+    f.write(b'hello')
+    f.seek(10)
+    f.write(b'world')
+sftp.remove('/photos/pd/w.txt')
+try:
+    sftp.stat('/photos/nope')
+    sys.exit('stat of a missing file succeeded')
+except FileNotFoundError:
+    pass
+print('paramiko ok')
+"#,
+        key = s.alice.display(),
+        size = data.len()
+    );
+    let out = Command::new("timeout")
+        .args(["60", "/usr/bin/python3", "-c", &script])
+        .current_dir(&node.work)
+        .output()
+        .expect("run python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("paramiko ok"),
+        "paramiko over {via:?}:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("blake3 {}", b3(&data))),
+        "check-file answers the stored BLAKE3:\n{text}"
+    );
+    assert_eq!(stored_hash(node, "photos:/pd/q.bin"), b3(&data));
+}
+
+#[test]
+fn paramiko_over_tcp() {
+    paramiko(Via::Tcp);
+}
+
+#[test]
+fn paramiko_over_quic() {
+    paramiko(Via::Quic);
+}
+
+#[test]
+fn access_is_enforced() {
+    let s = setup();
+    let node = &s.node;
+    node.write_local("small", b"data");
+    // An unknown key gets nowhere.
+    let stranger = client_key(node, "stranger");
+    let (ok, out) = sftp_batch(node, &s.server, &stranger, Via::Tcp, "ls /\n");
+    assert!(
+        !ok && out.contains("Permission denied"),
+        "an unknown key is refused:\n{out}"
+    );
+    // Seed a file as the admin.
+    let (ok, out) = sftp_batch(
+        node,
+        &s.server,
+        &s.alice,
+        Via::Tcp,
+        "put small /photos/f\nput small /secret/s\n",
+    );
+    assert!(ok, "{out}");
+    // bob reads photos, cannot write it, and does not see secret.
+    let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, "get /photos/f bob-f\nls /\n");
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("secret"),
+        "bob must not see a bucket he has no grant on:\n{out}"
+    );
+    for cmd in [
+        "put small /photos/g",
+        "mkdir /photos/d",
+        "rm /photos/f",
+        "rename /photos/f /photos/h",
+        "chmod 600 /photos/f",
+    ] {
+        let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, &format!("{cmd}\n"));
+        assert!(!ok && out.contains("Permission denied"), "{cmd} as a reader:\n{out}");
+    }
+    for cmd in [
+        "get /secret/s x",
+        "get /photos/../secret/s x",
+        "get /photos/../../../etc/passwd x",
+        "mkdir /newbucket",
+    ] {
+        let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, &format!("{cmd}\n"));
+        assert!(!ok, "{cmd} must fail for bob:\n{out}");
+    }
+    // A symlink cannot lead out of its bucket.
+    let (ok, out) = sftp_batch(
+        node,
+        &s.server,
+        &s.alice,
+        Via::Tcp,
+        "symlink ../../secret/s /photos/esc\nsymlink /etc/passwd /photos/abs\n",
+    );
+    assert!(ok, "{out}");
+    for path in ["/photos/esc", "/photos/abs"] {
+        let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, &format!("get {path} x\n"));
+        assert!(!ok, "a symlink escape must fail ({path}):\n{out}");
+    }
+    assert!(
+        !node.work.join("x").exists(),
+        "nothing was downloaded through an escape"
+    );
+    // Admins can make buckets with mkdir at the root.
+    let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "mkdir /fresh\n");
+    assert!(ok, "{out}");
+    assert!(node.ok(&["bucket", "list"]).contains("fresh"));
+}
+
+#[test]
+fn malformed_and_oversized_packets_end_only_that_session() {
+    let s = setup();
+    let node = &s.node;
+    for junk in [
+        "b'\\xff\\xff\\xff\\xff' + b'x' * 64",
+        "b'\\x00\\x00\\x00\\x05\\xfe\\x00\\x00\\x00\\x01'",
+    ] {
+        let script = format!(
+            r#"
+import socket, time, paramiko
+key = paramiko.Ed25519Key.from_private_key_file('{key}')
+t = paramiko.Transport(socket.create_connection(('127.0.0.1', {port})))
+t.connect(username='alice', pkey=key)
+ch = t.open_session()
+ch.invoke_subsystem('sftp')
+ch.sendall({junk})
+ch.settimeout(10)
+data = b''
+while True:
+    chunk = ch.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print('closed by server')
+"#,
+            key = s.alice.display(),
+            port = s.server.ssh_port
+        );
+        let out = Command::new("timeout")
+            .args(["30", "/usr/bin/python3", "-c", &script])
+            .output()
+            .expect("python3");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("closed by server"),
+            "the bad session must be closed:\n{text}"
+        );
+    }
+    node.write_local("small", b"still fine");
+    let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "put small /photos/after\n");
+    assert!(ok, "other sessions keep working:\n{out}");
+    assert_eq!(stored_hash(node, "photos:/after"), b3(b"still fine"));
+}
+
+#[test]
+fn killed_client_mid_upload_leaves_the_old_file() {
+    let s = setup();
+    let node = &s.node;
+    node.write_local("old", b"old content");
+    let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "put old /photos/f\n");
+    assert!(ok, "{out}");
+    let big = pattern(64 << 20, 3);
+    node.write_local("big", &big);
+    std::fs::write(node.work.join("slow.sftp"), "put big /photos/f\n").expect("batch");
+    // 16 Mbit/s: the 64 MiB upload takes half a minute; it is killed after 2 s.
+    let mut client = Command::new("sftp")
+        .args(ssh_opts(&s.server, &s.alice, Via::Tcp))
+        .args(["-l", "16384", "-b"])
+        .arg(node.work.join("slow.sftp"))
+        .arg("alice@127.0.0.1")
+        .current_dir(&node.work)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sftp");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        client.try_wait().expect("poll").is_none(),
+        "the upload finished early; nothing was tested"
+    );
+    client.kill().expect("kill the client");
+    client.wait().ok();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        stored_hash(node, "photos:/f"),
+        b3(b"old content"),
+        "the old file stands"
+    );
+    let Setup { node, server, .. } = s;
+    assert!(server.stop(), "SIGTERM stops the server cleanly");
+    assert_eq!(node.bytes(&["cat", "photos:/f"]), b"old content");
+    assert!(node.ok(&["fsck"]).contains("no problems"));
+    let staged: Vec<_> = std::fs::read_dir(node.data.join("tmp")).expect("tmp").collect();
+    assert!(staged.is_empty(), "no staging file is left: {staged:?}");
+}
