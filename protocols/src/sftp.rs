@@ -355,7 +355,15 @@ impl Session {
     async fn close(&mut self, id: u32, handle: &str) -> Reply {
         match self.handles.remove(handle) {
             None => Err(Fail::new(StatusCode::Failure, "no such handle")),
-            Some(OpenHandle::Write { session, .. }) => match session.close().await {
+            Some(OpenHandle::Write { session, .. }) => match {
+                let started = std::time::Instant::now();
+                let r = session.close().await;
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sftp: published a write"
+                );
+                r
+            } {
                 // Removed while open: like POSIX, its last writes vanish and close succeeds.
                 Ok(_) | Err(FsError::NotFound(_)) => Ok(status_ok(id)),
                 Err(e) => Err(e.into()),
