@@ -151,6 +151,35 @@ impl Blobs {
         })
     }
 
+    /// Imports the bytes arriving on `chunks`, in order, hashing as they
+    /// come. An `Err` item (or a dropped sender after one) aborts the import.
+    pub(crate) async fn import_stream(
+        &self,
+        chunks: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    ) -> Result<Imported> {
+        let gate = self.gate.clone().read_owned().await;
+        let store = self.store().await?;
+        let stream = n0_future::stream::unfold(chunks, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let tag = store
+            .blobs()
+            .add_stream(stream)
+            .await
+            .temp_tag()
+            .await
+            .map_err(|e| Error::Blobs(format!("importing a stream: {e}")))?;
+        let hash = tag.hash();
+        let size = match store.blobs().status(hash).await.map_err(Error::blobs)? {
+            BlobStatus::Complete { size } => size,
+            other => return Err(Error::Blobs(format!("import of {hash} ended {other:?}"))),
+        };
+        Ok(Imported {
+            hash: BlobHash(*hash.as_bytes()),
+            size,
+            _tag: tag,
+            _gate: gate,
+        })
+    }
+
     /// Makes the blob store's metadata durable. Called after imports and before
     /// the commit that references them, so a commit never points at a blob a
     /// crash could forget.

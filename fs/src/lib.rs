@@ -21,7 +21,7 @@
 //! store.create_bucket("photos", "drive")?;
 //! let main = store.tree("photos", "main", &At::Head)?;
 //! let mut w = main.open_write(&BucketPath::parse("/a.txt")?, OpenOptions::replace()).await?;
-//! w.write_at(0, b"hello")?;
+//! w.write_at(0, b"hello").await?;
 //! w.close().await?;
 //! store.create_branch("photos", "trip", "main", &At::Head)?;
 //! # Ok(()) }

@@ -24,7 +24,7 @@ async fn put(t: &Tree, path: &str, data: &[u8]) {
         .open_write(&p(path), OpenOptions::replace())
         .await
         .expect("open for write");
-    w.write_at(0, data).expect("write");
+    w.write_at(0, data).await.expect("write");
     w.close().await.expect("close");
 }
 
@@ -181,7 +181,7 @@ async fn out_of_order_chunks_assemble() {
     offsets.swap(1, 3);
     for off in offsets {
         let end = (off + chunk).min(data.len());
-        w.write_at(off as u64, &data[off..end]).expect("write chunk");
+        w.write_at(off as u64, &data[off..end]).await.expect("write chunk");
     }
     let e = w.close().await.expect("close");
     assert_eq!(e.size, data.len() as u64);
@@ -206,12 +206,12 @@ async fn readers_see_the_old_content_until_close() {
     let mut w = main.open_write(&p("/f"), OpenOptions::modify()).await.expect("open");
     let mut staged = [0u8; 3];
     assert_eq!(
-        w.read_at(0, &mut staged).expect("read staged"),
+        w.read_at(0, &mut staged).await.expect("read staged"),
         3,
         "modify starts from the current content"
     );
     assert_eq!(&staged, b"old");
-    w.write_at(0, b"NEW content").expect("write");
+    w.write_at(0, b"NEW content").await.expect("write");
     assert_eq!(get(&main, "/f").await, b"old", "an open write is invisible to readers");
     w.close().await.expect("close");
     assert_eq!(get(&main, "/f").await, b"NEW content");
@@ -224,10 +224,10 @@ async fn abort_leaves_no_trace() {
     put(&main, "/f", b"kept").await;
     let log_before = store.log(&main, 100).expect("log").len();
     let mut w = main.open_write(&p("/f"), OpenOptions::replace()).await.expect("open");
-    w.write_at(0, b"discarded").expect("write");
+    w.write_at(0, b"discarded").await.expect("write");
     w.abort();
     let mut w = main.open_write(&p("/g"), OpenOptions::replace()).await.expect("open");
-    w.write_at(0, b"dropped").expect("write");
+    w.write_at(0, b"dropped").await.expect("write");
     drop(w);
     assert_eq!(get(&main, "/f").await, b"kept");
     assert!(missing(&main, "/g"), "a dropped session publishes nothing");
@@ -248,8 +248,8 @@ async fn two_writers_on_one_path_last_close_wins_whole() {
     let b = vec![b'b'; 50_000];
     let mut wa = main.open_write(&p("/f"), OpenOptions::replace()).await.expect("open a");
     let mut wb = main.open_write(&p("/f"), OpenOptions::replace()).await.expect("open b");
-    wa.write_at(0, &a).expect("write a");
-    wb.write_at(0, &b).expect("write b");
+    wa.write_at(0, &a).await.expect("write a");
+    wb.write_at(0, &b).await.expect("write b");
     wb.close().await.expect("close b");
     assert_eq!(get(&main, "/f").await, b);
     wa.close().await.expect("close a");
@@ -534,4 +534,38 @@ async fn versions_only_grow() {
         log.windows(2).all(|w| w[0].version > w[1].version),
         "log is newest first"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_writes_fall_back_to_a_staging_file() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    // Appends only: streamed straight into the blob store.
+    let mut w = main.open_write(&p("/s"), OpenOptions::replace()).await.expect("open");
+    for chunk in [b"hello ".as_slice(), b"streamed ", b"world"] {
+        let at = w.len().expect("len");
+        w.write_at(at, chunk).await.expect("append");
+    }
+    assert_eq!(w.len().expect("len"), 20);
+    w.close().await.expect("close");
+    assert_eq!(get(&main, "/s").await, b"hello streamed world");
+
+    // Appends, then a write in the middle, a read-back and a truncation.
+    let mut w = main.open_write(&p("/f"), OpenOptions::replace()).await.expect("open");
+    w.write_at(0, b"0123456789").await.expect("append");
+    w.write_at(10, b"abcdef").await.expect("append");
+    w.write_at(2, b"XY").await.expect("overwrite in the middle");
+    let mut buf = [0u8; 16];
+    assert_eq!(w.read_at(0, &mut buf).await.expect("read back"), 16);
+    assert_eq!(&buf, b"01XY456789abcdef");
+    w.set_len(12).await.expect("truncate");
+    w.write_at(12, b"!").await.expect("append after the switch");
+    w.close().await.expect("close");
+    assert_eq!(get(&main, "/f").await, b"01XY456789ab!");
+
+    // An aborted stream publishes nothing and leaves no staging file.
+    let mut w = main.open_write(&p("/s"), OpenOptions::replace()).await.expect("open");
+    w.write_at(0, b"never").await.expect("append");
+    w.abort();
+    assert_eq!(get(&main, "/s").await, b"hello streamed world");
 }

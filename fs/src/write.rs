@@ -1,17 +1,25 @@
 //! Write sessions: "branch on write, merge on close".
 //!
-//! An open file is private staging: a sparse file under `tmp/` that takes
-//! writes at any offset, in any order, and is registered in `write_sessions`
-//! so a crashed process's leftovers are found and removed. Nothing is visible
-//! to readers until [`WriteSession::close`] streams the staging file into the
-//! blob store and commits the new entry in one transaction. Abort, drop or a
-//! crash leaves the old file exactly as it was.
+//! An open file is private staging. While every write lands at the end of
+//! what was written (an upload, `cp`, a stream), the bytes go straight into
+//! the blob store's import, hashed as they arrive: one pass, no copy. The
+//! first write elsewhere, read-back or truncation turns the session into a
+//! sparse staging file under `tmp/` (the bytes so far are copied into it),
+//! which takes writes at any offset in any order. Sessions are registered in
+//! `write_sessions` so a crashed process's leftovers are found and removed.
+//! Nothing is visible to readers until [`WriteSession::close`] commits the new
+//! entry in one transaction. Abort, drop or a crash leaves the old file
+//! exactly as it was.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use rusqlite::params;
+use tokio::sync::mpsc;
+
+use crate::blobs::Imported;
 
 use crate::db::now_ms;
 use crate::error::{Error, Result};
@@ -87,13 +95,29 @@ pub struct WriteSession {
     /// The entry being written, once it exists: close publishes to wherever
     /// it lives then, so a rename while open is followed like an inode.
     entry: Option<EntryId>,
+    /// Where the random-access staging file goes, if one is needed.
     staging: PathBuf,
-    file: File,
+    staged: Staged,
     id: i64,
     mode: Option<u32>,
     mtime_ns: Option<i64>,
     /// Set by close or abort; until then, drop cleans up.
     finished: bool,
+}
+
+/// Chunks of a streamed write in flight to the blob store at once.
+const STREAM_DEPTH: usize = 16;
+
+enum Staged {
+    /// Only appends so far: the bytes are already on their way into the store.
+    Stream {
+        /// `None` once the stream is ended.
+        tx: Option<mpsc::Sender<std::io::Result<Bytes>>>,
+        import: tokio::task::JoinHandle<Result<Imported>>,
+        len: u64,
+    },
+    /// Random access: the sparse staging file.
+    File(File),
 }
 
 impl Tree {
@@ -105,6 +129,7 @@ impl Tree {
         }
         let (parent_path, _) = path.split_last().ok_or_else(|| Error::IsADirectory("/".into()))?;
         let mut existing = self.try_stat(path)?;
+        let existing_before = existing.clone();
         match &existing {
             Some(e) if e.kind == Kind::Dir => return Err(Error::IsADirectory(path.to_string())),
             Some(e) if e.kind != Kind::File => return Err(Error::Exists(path.to_string())),
@@ -129,35 +154,52 @@ impl Tree {
                 |r| r.get(0),
             )?)
         })?;
-        let mut session = WriteSession {
+        let keep = existing_before.filter(|e| !opts.truncate && e.size > 0);
+        let staged = match &keep {
+            // Starting from empty: stream until a write says otherwise.
+            None => self.stream(),
+            Some(e) => {
+                let hash = e
+                    .hash
+                    .ok_or_else(|| Error::Internal(format!("file {path} has no hash")))?;
+                self.inner.blobs.export(&hash, &staging).await?;
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&staging)
+                    .map_err(|e| Error::io(&staging, e))?;
+                Staged::File(file)
+            }
+        };
+        let session = WriteSession {
             tree: self.clone(),
             path: path.clone(),
             entry: existing.as_ref().map(|e| e.id),
-            file: File::create(&staging).map_err(|e| Error::io(&staging, e))?,
             staging,
+            staged,
             id,
             mode: opts.mode,
             mtime_ns: None,
             finished: false,
         };
-        if let Some(e) = existing.filter(|e| !opts.truncate && e.size > 0) {
-            let hash = e
-                .hash
-                .ok_or_else(|| Error::Internal(format!("file {path} has no hash")))?;
-            self.inner.blobs.export(&hash, &session.staging).await?;
-            session.file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&session.staging)
-                .map_err(|e| Error::io(&session.staging, e))?;
-        }
         Ok(session)
+    }
+
+    fn stream(&self) -> Staged {
+        let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+        let inner = self.inner.clone();
+        let import = tokio::spawn(async move { inner.blobs.import_stream(rx).await });
+        Staged::Stream {
+            tx: Some(tx),
+            import,
+            len: 0,
+        }
     }
 
     /// Sets a file's length, keeping the bytes before it (one commit).
     pub async fn truncate(&self, path: &BucketPath, len: u64) -> Result<Entry> {
         let mut s = self.open_write(path, OpenOptions::modify()).await?;
-        s.set_len(len)?;
+        s.set_len(len).await?;
         s.close().await
     }
 
@@ -182,7 +224,7 @@ impl Tree {
             if n == 0 {
                 break;
             }
-            s.write_at(offset, &buf[..n])?;
+            s.write_at(offset, &buf[..n]).await?;
             offset += n as u64;
         }
         s.close().await
@@ -196,32 +238,52 @@ impl WriteSession {
 
     /// Writes `data` at `offset`; offsets may come in any order and leave holes
     /// (holes read as zeros).
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| Error::io(&self.staging, e))
+    pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if let Staged::Stream { tx: Some(tx), len, .. } = &mut self.staged
+            && offset == *len
+        {
+            if tx.send(Ok(Bytes::copy_from_slice(data))).await.is_ok() {
+                *len += data.len() as u64;
+                return Ok(());
+            }
+            // The import ended early: finishing it reports why.
+            return self.finish_stream().await.map(drop);
+        }
+        let file = self.file().await?;
+        file.write_all_at(data, offset).map_err(|e| Error::io(&self.staging, e))
     }
 
     /// Reads back staged bytes (a client reading its own unflushed writes).
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    pub async fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let staging = self.staging.clone();
+        let file = self.file().await?;
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(&self.staging, e)),
+                Err(e) => return Err(Error::io(&staging, e)),
             }
         }
         Ok(done)
     }
 
-    pub fn set_len(&mut self, len: u64) -> Result<()> {
-        self.file.set_len(len).map_err(|e| Error::io(&self.staging, e))
+    pub async fn set_len(&mut self, new_len: u64) -> Result<()> {
+        if let Staged::Stream { len, .. } = &self.staged
+            && *len == new_len
+        {
+            return Ok(());
+        }
+        let file = self.file().await?;
+        file.set_len(new_len).map_err(|e| Error::io(&self.staging, e))
     }
 
     pub fn len(&self) -> Result<u64> {
-        Ok(self.file.metadata().map_err(|e| Error::io(&self.staging, e))?.len())
+        match &self.staged {
+            Staged::Stream { len, .. } => Ok(*len),
+            Staged::File(f) => Ok(f.metadata().map_err(|e| Error::io(&self.staging, e))?.len()),
+        }
     }
 
     pub fn is_empty(&self) -> Result<bool> {
@@ -234,16 +296,58 @@ impl WriteSession {
         self.mtime_ns = mtime_ns.or(self.mtime_ns);
     }
 
-    /// Makes the staged bytes durable. The file is still unpublished.
+    /// Makes the staged bytes durable. The file is still unpublished; a
+    /// streamed session has nothing of its own to sync until close.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.staging, e))
+        match &self.staged {
+            Staged::Stream { .. } => Ok(()),
+            Staged::File(f) => f.sync_data().map_err(|e| Error::io(&self.staging, e)),
+        }
+    }
+
+    /// Ends a streamed import and returns its blob.
+    async fn finish_stream(&mut self) -> Result<Imported> {
+        let Staged::Stream { tx, import, .. } = &mut self.staged else {
+            return Err(Error::Internal("finish_stream on a file session".into()));
+        };
+        drop(tx.take());
+        import
+            .await
+            .map_err(|e| Error::Blobs(format!("the import task failed: {e}")))?
+    }
+
+    /// The random-access staging file, made from the streamed bytes so far
+    /// if the session was streaming.
+    async fn file(&mut self) -> Result<&File> {
+        if let Staged::Stream { len, .. } = &self.staged {
+            let len = *len;
+            let blob = self.finish_stream().await?;
+            if len > 0 {
+                self.tree.inner.blobs.export(&blob.hash, &self.staging).await?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.staging)
+                .map_err(|e| Error::io(&self.staging, e))?;
+            self.staged = Staged::File(file);
+        }
+        match &self.staged {
+            Staged::File(f) => Ok(f),
+            Staged::Stream { .. } => unreachable!("just replaced by a file"),
+        }
     }
 
     /// Publishes the staged content as one new version of the file. If the
     /// file (or, for a file created at close, its directory) was removed
     /// meanwhile, this fails with `NotFound` and nothing changes.
     pub async fn close(mut self) -> Result<Entry> {
-        let blob = self.tree.inner.blobs.import_file(&self.staging, &|_, _| {}).await?;
+        let blob = match &self.staged {
+            Staged::Stream { .. } => self.finish_stream().await?,
+            Staged::File(_) => self.tree.inner.blobs.import_file(&self.staging, &|_, _| {}).await?,
+        };
         let place = Place {
             create_parents: false,
             mode: self.mode,
@@ -267,6 +371,13 @@ impl WriteSession {
             return;
         }
         self.finished = true;
+        if let Staged::Stream { tx, import, .. } = &mut self.staged
+            && let Some(tx) = tx.take()
+        {
+            // Fail the import so the blob store drops the partial bytes.
+            tx.try_send(Err(std::io::Error::other("write session aborted"))).ok();
+            import.abort();
+        }
         if let Err(e) = std::fs::remove_file(&self.staging)
             && e.kind() != std::io::ErrorKind::NotFound
         {

@@ -215,7 +215,7 @@ impl Session {
             Packet::Open(r) => self.open(r.id, &r.filename, r.pflags, r.attrs).await,
             Packet::Close(r) => self.close(r.id, &r.handle).await,
             Packet::Read(r) => self.read(r.id, &r.handle, r.offset, r.len).await,
-            Packet::Write(r) => self.write(r.id, &r.handle, r.offset, &r.data),
+            Packet::Write(r) => self.write(r.id, &r.handle, r.offset, &r.data).await,
             Packet::Lstat(r) => self.stat(r.id, &r.path, false),
             Packet::Stat(r) => self.stat(r.id, &r.path, true),
             Packet::Fstat(r) => self.fstat(r.id, &r.handle),
@@ -355,19 +355,19 @@ impl Session {
     async fn close(&mut self, id: u32, handle: &str) -> Reply {
         match self.handles.remove(handle) {
             None => Err(Fail::new(StatusCode::Failure, "no such handle")),
-            Some(OpenHandle::Write { session, .. }) => match {
+            Some(OpenHandle::Write { session, .. }) => {
                 let started = std::time::Instant::now();
-                let r = session.close().await;
+                let published = session.close().await;
                 tracing::debug!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "sftp: published a write"
                 );
-                r
-            } {
-                // Removed while open: like POSIX, its last writes vanish and close succeeds.
-                Ok(_) | Err(FsError::NotFound(_)) => Ok(status_ok(id)),
-                Err(e) => Err(e.into()),
-            },
+                match published {
+                    // Removed while open: like POSIX, its last writes vanish and close succeeds.
+                    Ok(_) | Err(FsError::NotFound(_)) => Ok(status_ok(id)),
+                    Err(e) => Err(e.into()),
+                }
+            }
             Some(_) => Ok(status_ok(id)),
         }
     }
@@ -376,9 +376,12 @@ impl Session {
         let len = len.min(MAX_READ);
         let data = match self.handles.get(handle) {
             Some(OpenHandle::Read { reader, .. }) => reader.read_at(offset, u64::from(len)).await?,
-            Some(OpenHandle::Write { session, .. }) => {
+            Some(OpenHandle::Write { .. }) => {
+                let Some(OpenHandle::Write { session, .. }) = self.handles.get_mut(handle) else {
+                    unreachable!("matched just above")
+                };
                 let mut buf = vec![0u8; len as usize];
-                let n = session.read_at(offset, &mut buf)?;
+                let n = session.read_at(offset, &mut buf).await?;
                 buf.truncate(n);
                 buf
             }
@@ -391,11 +394,11 @@ impl Session {
         Ok(Packet::Data(Data { id, data }))
     }
 
-    fn write(&mut self, id: u32, handle: &str, offset: u64, data: &[u8]) -> Reply {
+    async fn write(&mut self, id: u32, handle: &str, offset: u64, data: &[u8]) -> Reply {
         match self.handles.get_mut(handle) {
             Some(OpenHandle::Write { session, append, .. }) => {
                 let offset = if *append { session.len()? } else { offset };
-                session.write_at(offset, data)?;
+                session.write_at(offset, data).await?;
                 Ok(status_ok(id))
             }
             Some(_) => Err(Fail::denied("the handle is not open for writing")),
@@ -464,7 +467,7 @@ impl Session {
             Some(OpenHandle::Write { session, .. }) => {
                 check_owner_unchanged(attrs)?;
                 if let Some(size) = attrs.size {
-                    session.set_len(size)?;
+                    session.set_len(size).await?;
                 }
                 session.set_attr(
                     attrs.permissions.map(|p| p & 0o7777),
@@ -790,7 +793,7 @@ impl Session {
             if chunk.is_empty() {
                 break;
             }
-            session.write_at(to_offset + done, &chunk)?;
+            session.write_at(to_offset + done, &chunk).await?;
             done += chunk.len() as u64;
         }
         Ok(())
