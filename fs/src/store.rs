@@ -13,7 +13,7 @@ use crate::blobs::Blobs;
 use crate::db::{Db, now_ms};
 use crate::error::{Error, Result};
 use crate::name::{At, DEFAULT_BRANCH, check_branch_name, check_bucket_name};
-use crate::tree::{EVENT_CHANNEL, Tree, chain_json, head_limit};
+use crate::tree::{EVENT_CHANNEL, Tree, chain, head_limit};
 use crate::types::{BlobHash, BranchInfo, BucketInfo, Commit, SnapshotInfo, Version};
 
 /// The honker queue that asks for a garbage collection. Enqueued in the same
@@ -355,12 +355,14 @@ impl Store {
             let branch_id = Self::branch_id(c, bucket, branch)?;
             let at = Self::resolve_at(c, bucket, branch, branch_id, at)?;
             let limit = at.map(|v| v.0 as i64).unwrap_or_else(head_limit);
+            let (levels, chain) = chain(c, branch_id, limit)?;
             Ok(Tree {
                 inner: self.inner.clone(),
                 bucket: bucket.to_owned(),
                 branch: branch.to_owned(),
                 branch_id,
-                chain: chain_json(c, branch_id, limit)?.into(),
+                chain,
+                levels,
                 at,
             })
         })

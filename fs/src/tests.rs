@@ -569,3 +569,37 @@ async fn streamed_writes_fall_back_to_a_staging_file() {
     w.abort();
     assert_eq!(get(&main, "/s").await, b"hello streamed world");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readdir_pages_through_runs_of_tombstones() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    for i in 0..60 {
+        main.mkdir(&p(&format!("/e{i:02}")), None).expect("mkdir");
+    }
+    store.create_branch("b", "dev", "main", &At::Head).expect("fork");
+    let dev = head(&store, "dev");
+    for i in 0..60 {
+        if i % 20 != 7 {
+            dev.rmdir(&p(&format!("/e{i:02}"))).expect("rmdir");
+        }
+    }
+    // A directory also renamed in, then out, of the listing on the child.
+    dev.rename(&p("/e07"), &p("/zz"), false).expect("rename");
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = dev.read_dir(&BucketPath::root(), after.as_deref(), 2).expect("page");
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.name.clone());
+        names.extend(page.into_iter().map(|e| e.name));
+    }
+    assert_eq!(names, ["e27", "e47", "zz"]);
+    assert_eq!(
+        main.read_dir(&BucketPath::root(), None, 1000).expect("main").len(),
+        60,
+        "the parent is untouched"
+    );
+}

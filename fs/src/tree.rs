@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::error::{Error, Result};
 use crate::name::BucketPath;
 use crate::store::Inner;
-use crate::types::{BlobHash, Change, Entry, EntryId, Kind, TOMBSTONE, Version};
+use crate::types::{BlobHash, Change, Entry, EntryId, Kind, Version};
 
 /// Read limit of a live branch: every version.
 const HEAD: i64 = i64::MAX;
@@ -36,6 +36,8 @@ pub struct Tree {
     pub(crate) branch_id: i64,
     /// `[[branch_id, limit], …]`, nearest first, as JSON for `json_each`.
     pub(crate) chain: Arc<str>,
+    /// The same chain, for queries that run once per level.
+    pub(crate) levels: Arc<[(i64, i64)]>,
     pub(crate) at: Option<Version>,
 }
 
@@ -362,6 +364,12 @@ impl Tree {
         Ok(row.flatten())
     }
 
+    /// Live children of `dir` named after `after`, in name order, at most
+    /// `limit`. Each level of the chain is read in name order with its own
+    /// LIMIT (the newest row per name at that level), and the levels are
+    /// merged nearest-first; only names up to the smallest "last name" of a
+    /// level that filled its batch are certain, so the merge stops there and
+    /// reads on. A page costs O(limit) rows per level, not O(directory).
     pub(crate) fn children(
         &self,
         c: &Connection,
@@ -370,27 +378,56 @@ impl Tree {
         limit: usize,
     ) -> Result<Vec<Entry>> {
         let sql = format!(
-            "WITH cand AS (
-               SELECT {COLUMNS}, n.seq AS seq, c.key AS lvl FROM json_each(?1) AS c
-               JOIN nodes AS n ON n.branch_id = c.value->>0 AND n.parent = ?2 AND n.name > ?3
-                              AND n.version <= c.value->>1
-             ), ranked AS (
-               SELECT *, row_number() OVER (PARTITION BY name ORDER BY lvl, version DESC, seq DESC) AS rn
-               FROM cand
-             )
-             SELECT eid, parent, name, kind, hash, size, mode, mtime_ns, target, version
-             FROM ranked AS n WHERE rn = 1 AND kind <> {TOMBSTONE} ORDER BY name LIMIT ?4"
+            "SELECT {COLUMNS} FROM nodes AS n
+             WHERE n.branch_id = ?1 AND n.parent = ?2 AND n.name > ?3 AND n.version <= ?4
+               AND n.seq = (SELECT m.seq FROM nodes AS m
+                            WHERE m.branch_id = ?1 AND m.parent = ?2 AND m.name = n.name AND m.version <= ?4
+                            ORDER BY m.version DESC, m.seq DESC LIMIT 1)
+             ORDER BY n.name LIMIT ?5"
         );
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let batch = limit.clamp(1, 1000);
         let mut stmt = c.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![&*self.chain, dir.0, after.unwrap_or(""), limit], entry_from_row)?;
         let mut out = Vec::new();
-        for row in rows {
-            if let Some(e) = row? {
-                out.push(e);
+        let mut cursor = after.unwrap_or("").to_owned();
+        loop {
+            // name -> the nearest level's state of it (None: a tombstone).
+            let mut merged: BTreeMap<String, Option<Entry>> = BTreeMap::new();
+            let mut cutoff: Option<String> = None;
+            for &(branch, upto) in self.levels.iter() {
+                let rows = stmt.query_map(params![branch, dir.0, cursor, upto, batch as i64], |r| {
+                    Ok((r.get::<_, String>(2)?, entry_from_row(r)?))
+                })?;
+                let mut n = 0;
+                let mut last = None;
+                for row in rows {
+                    let (name, entry) = row?;
+                    n += 1;
+                    last = Some(name.clone());
+                    merged.entry(name).or_insert(entry);
+                }
+                if n == batch
+                    && let Some(last) = last
+                    && cutoff.as_ref().is_none_or(|c| &last < c)
+                {
+                    cutoff = Some(last);
+                }
+            }
+            for (name, entry) in merged {
+                if cutoff.as_ref().is_some_and(|c| &name > c) {
+                    break;
+                }
+                if let Some(e) = entry {
+                    out.push(e);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match cutoff {
+                Some(c) => cursor = c,
+                None => return Ok(out),
             }
         }
-        Ok(out)
     }
 
     pub(crate) fn has_children(&self, c: &Connection, dir: EntryId) -> Result<bool> {
@@ -428,12 +465,12 @@ impl FileReader {
 }
 
 /// The chain of a branch: itself up to `limit`, then each ancestor up to the
-/// (tightening) fork version.
-pub(crate) fn chain_json(c: &Connection, branch_id: i64, limit: i64) -> Result<String> {
+/// (tightening) fork version. Returned as levels and as JSON for `json_each`.
+pub(crate) fn chain(c: &Connection, branch_id: i64, limit: i64) -> Result<(Arc<[(i64, i64)]>, Arc<str>)> {
     let mut levels = Vec::new();
     let mut cur = Some((branch_id, limit));
     while let Some((id, lim)) = cur {
-        levels.push(format!("[{id},{lim}]"));
+        levels.push((id, lim));
         let (parent, fork): (Option<i64>, Option<i64>) = c.query_row(
             "SELECT parent_id, fork_version FROM branches WHERE id = ?1",
             [id],
@@ -441,7 +478,8 @@ pub(crate) fn chain_json(c: &Connection, branch_id: i64, limit: i64) -> Result<S
         )?;
         cur = parent.map(|p| (p, fork.unwrap_or(HEAD).min(lim)));
     }
-    Ok(format!("[{}]", levels.join(",")))
+    let json: Vec<String> = levels.iter().map(|(b, l)| format!("[{b},{l}]")).collect();
+    Ok((levels.into(), format!("[{}]", json.join(",")).into()))
 }
 
 pub(crate) fn head_limit() -> i64 {

@@ -542,7 +542,7 @@ impl Session {
                     Vec::new()
                 } else {
                     let page = tree.read_dir(path, after.as_deref(), DIR_PAGE)?;
-                    *done = page.len() < DIR_PAGE;
+                    *done = page.is_empty();
                     *after = page.last().map(|e| e.name.clone());
                     page.into_iter()
                         .map(|e| {
