@@ -22,6 +22,9 @@ use crate::types::{BlobHash, Change, Entry, EntryId, Kind, Version};
 /// Read limit of a live branch: every version.
 const HEAD: i64 = i64::MAX;
 
+/// `(branch_id, read limit)` per level of a chain, nearest first.
+pub(crate) type Levels = Arc<[(i64, i64)]>;
+
 /// The honker channel every commit notifies on.
 pub const EVENT_CHANNEL: &str = "alknet/fs";
 
@@ -37,7 +40,7 @@ pub struct Tree {
     /// `[[branch_id, limit], …]`, nearest first, as JSON for `json_each`.
     pub(crate) chain: Arc<str>,
     /// The same chain, for queries that run once per level.
-    pub(crate) levels: Arc<[(i64, i64)]>,
+    pub(crate) levels: Levels,
     pub(crate) at: Option<Version>,
 }
 
@@ -466,7 +469,7 @@ impl FileReader {
 
 /// The chain of a branch: itself up to `limit`, then each ancestor up to the
 /// (tightening) fork version. Returned as levels and as JSON for `json_each`.
-pub(crate) fn chain(c: &Connection, branch_id: i64, limit: i64) -> Result<(Arc<[(i64, i64)]>, Arc<str>)> {
+pub(crate) fn chain(c: &Connection, branch_id: i64, limit: i64) -> Result<(Levels, Arc<str>)> {
     let mut levels = Vec::new();
     let mut cur = Some((branch_id, limit));
     while let Some((id, lim)) = cur {
