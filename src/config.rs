@@ -44,7 +44,7 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => DEFAULT.to_owned(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&text, &e)))
     }
 
     /// Writes the defaults unless a file is already there.
@@ -58,6 +58,19 @@ impl Config {
     }
 }
 
+/// A TOML error as one line, quoting the offending line (which names the key).
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+            format!("line {line_no} `{line}`: {message}")
+        }
+        None => message.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,11 +79,13 @@ mod tests {
     fn defaults_parse_and_bad_keys_are_named() {
         let c: Config = toml::from_str(DEFAULT).expect("the defaults parse");
         assert_eq!(c.ssh.listen.port(), 2222);
-        let err = toml::from_str::<Config>("[ssh]\nlisen = \"x\"\n[quic]\nlisten = \"127.0.0.1:1\"\n")
-            .expect_err("a typo is refused");
-        assert!(err.to_string().contains("lisen"), "{err}");
-        let err = toml::from_str::<Config>("[ssh]\nlisten = \"nope\"\n[quic]\nlisten = \"127.0.0.1:1\"\n")
-            .expect_err("a bad address is refused");
-        assert!(err.to_string().contains("listen"), "{err}");
+        let text = "[ssh]\nlisen = \"x\"\n[quic]\nlisten = \"127.0.0.1:1\"\n";
+        let err = toml::from_str::<Config>(text).expect_err("a typo is refused");
+        let line = one_line(text, &err);
+        assert!(line.contains("lisen") && !line.contains('\n'), "{line}");
+        let text = "[ssh]\nlisten = \"nope\"\n[quic]\nlisten = \"127.0.0.1:1\"\n";
+        let err = toml::from_str::<Config>(text).expect_err("a bad address is refused");
+        let line = one_line(text, &err);
+        assert!(line.starts_with("line 2 `listen = \"nope\"`"), "{line}");
     }
 }

@@ -201,3 +201,37 @@ fn gc_reclaims_a_deleted_bucket_on_disk() {
     assert!(node.blob_file(&kept).exists());
     assert_eq!(node.bytes(&["cat", "keep:/k"]), kept);
 }
+
+#[test]
+fn init_makes_the_operator_admin_from_their_ssh_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let home = dir.path();
+    std::fs::create_dir_all(home.join(".ssh")).expect(".ssh");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(home.join(".ssh/id_ed25519"))
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let data = home.join("data");
+    let out = std::process::Command::new(crate::util::bin())
+        .arg("--data")
+        .arg(&data)
+        .arg("init")
+        .env("HOME", home)
+        .output()
+        .expect("init");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("admin: admin"), "{text}");
+    let users = std::process::Command::new(crate::util::bin())
+        .arg("--data")
+        .arg(&data)
+        .args(["--json", "user", "list"])
+        .output()
+        .expect("user list");
+    let users: serde_json::Value = serde_json::from_slice(&users.stdout).expect("json");
+    assert_eq!(users[0]["name"], "admin");
+    assert_eq!(users[0]["admin"], true);
+    let settings = std::fs::read_to_string(data.join("alknet.toml")).expect("init writes alknet.toml");
+    assert!(settings.contains("listen = \"127.0.0.1:2222\""), "{settings}");
+}

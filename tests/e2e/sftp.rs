@@ -469,3 +469,63 @@ fn killed_client_mid_upload_leaves_the_old_file() {
     let staged: Vec<_> = std::fs::read_dir(node.data.join("tmp")).expect("tmp").collect();
     assert!(staged.is_empty(), "no staging file is left: {staged:?}");
 }
+
+#[test]
+fn grants_and_users_change_access_for_new_sessions() {
+    let s = setup();
+    let node = &s.node;
+    let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, "ls /photos\n");
+    assert!(ok, "{out}");
+    node.ok(&["revoke", "bob", "photos"]);
+    let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, "ls /photos\n");
+    assert!(!ok, "after revoke, bob no longer sees photos:\n{out}");
+    node.ok(&["grant", "bob", "photos", "write"]);
+    node.write_local("small", b"bob was here");
+    let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, "put small /photos/bob.txt\n");
+    assert!(ok, "with write access bob can upload:\n{out}");
+    let users = node.json(&["user", "list"]);
+    let bob = users
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|u| u["name"] == "bob")
+        .expect("bob is listed")
+        .clone();
+    assert_eq!(bob["grants"], serde_json::json!([["photos", "write"]]));
+    node.ok(&["user", "remove", "bob"]);
+    let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, "ls /\n");
+    assert!(
+        !ok && out.contains("Permission denied"),
+        "a removed user's key is refused:\n{out}"
+    );
+    assert!(
+        node.fails(&["grant", "bob", "photos", "read"])
+            .contains("user \"bob\" does not exist")
+    );
+    assert!(
+        node.fails(&["grant", "alice", "photos", "owner"])
+            .contains("unknown access level")
+    );
+}
+
+#[test]
+fn bad_settings_are_named_at_start() {
+    let node = Node::new();
+    std::fs::write(
+        node.data.join("alknet.toml"),
+        "[ssh]\nlisen = \"127.0.0.1:2222\"\n[quic]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("write settings");
+    let err = node.fails(&["serve"]);
+    assert!(
+        err.contains("alknet.toml") && err.contains("lisen"),
+        "the error names the file and the key: {err}"
+    );
+    std::fs::write(
+        node.data.join("alknet.toml"),
+        "[ssh]\nlisten = \"nowhere\"\n[quic]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("write settings");
+    let err = node.fails(&["serve"]);
+    assert!(err.contains("listen"), "{err}");
+}
