@@ -691,40 +691,15 @@ fn watch(store: &Store, addr: &str, from: Option<u64>) -> Result<()> {
 }
 
 fn mode_string(e: &Entry) -> String {
-    let kind = match e.kind {
-        Kind::Dir => 'd',
-        Kind::Symlink => 'l',
-        Kind::File => '-',
-    };
-    let mut s = String::from(kind);
-    for shift in [6, 3, 0] {
-        let bits = (e.mode >> shift) & 7;
-        s.push(if bits & 4 != 0 { 'r' } else { '-' });
-        s.push(if bits & 2 != 0 { 'w' } else { '-' });
-        s.push(if bits & 1 != 0 { 'x' } else { '-' });
-    }
-    s
+    alknet_fs::display::mode_string(e.kind, e.mode)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for milliseconds since the epoch (UTC).
 fn format_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = alknet_fs::display::Utc::from_unix(ms.div_euclid(1000));
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 

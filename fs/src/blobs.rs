@@ -138,17 +138,7 @@ impl Blobs {
             }
         }
         let tag = tag.ok_or_else(|| fail(&"the import ended without a result"))?;
-        let hash = tag.hash();
-        let size = match store.blobs().status(hash).await.map_err(Error::blobs)? {
-            BlobStatus::Complete { size } => size,
-            other => return Err(Error::Blobs(format!("import of {hash} ended {other:?}"))),
-        };
-        Ok(Imported {
-            hash: BlobHash(*hash.as_bytes()),
-            size,
-            _tag: tag,
-            _gate: gate,
-        })
+        imported(store, tag, gate).await
     }
 
     /// Imports the bytes arriving on `chunks`, in order, hashing as they
@@ -167,17 +157,7 @@ impl Blobs {
             .temp_tag()
             .await
             .map_err(|e| Error::Blobs(format!("importing a stream: {e}")))?;
-        let hash = tag.hash();
-        let size = match store.blobs().status(hash).await.map_err(Error::blobs)? {
-            BlobStatus::Complete { size } => size,
-            other => return Err(Error::Blobs(format!("import of {hash} ended {other:?}"))),
-        };
-        Ok(Imported {
-            hash: BlobHash(*hash.as_bytes()),
-            size,
-            _tag: tag,
-            _gate: gate,
-        })
+        imported(store, tag, gate).await
     }
 
     /// Makes the blob store's metadata durable. Called after imports and before
@@ -369,6 +349,21 @@ impl Blobs {
         }
         Ok(())
     }
+}
+
+/// The [`Imported`] for a finished import: its size, from the store.
+async fn imported(store: &FsStore, tag: TempTag, gate: OwnedRwLockReadGuard<()>) -> Result<Imported> {
+    let hash = tag.hash();
+    let size = match store.blobs().status(hash).await.map_err(Error::blobs)? {
+        BlobStatus::Complete { size } => size,
+        other => return Err(Error::Blobs(format!("import of {hash} ended {other:?}"))),
+    };
+    Ok(Imported {
+        hash: BlobHash(*hash.as_bytes()),
+        size,
+        _tag: tag,
+        _gate: gate,
+    })
 }
 
 /// An `AsyncWrite` that hashes what it is given.

@@ -192,6 +192,17 @@ fn open_conn(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Notifies honker listeners on [`crate::EVENT_CHANNEL`], inside the caller's
+/// transaction: the event commits (or not) with the change it describes.
+pub(crate) fn notify(tx: &Connection, event: &serde_json::Value) -> Result<()> {
+    tx.query_row(
+        "SELECT notify(?1, ?2)",
+        rusqlite::params![crate::tree::EVENT_CHANNEL, event.to_string()],
+        |_| Ok(()),
+    )?;
+    Ok(())
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -29,6 +29,7 @@
 
 mod blobs;
 mod db;
+pub mod display;
 mod error;
 mod mutate;
 mod name;

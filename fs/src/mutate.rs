@@ -3,10 +3,10 @@
 use rusqlite::{Transaction, params};
 
 use crate::blobs::Imported;
-use crate::db::{now_ms, now_ns};
+use crate::db::{notify, now_ms, now_ns};
 use crate::error::{Error, Result};
 use crate::name::BucketPath;
-use crate::tree::{EVENT_CHANNEL, SetAttr, Tree};
+use crate::tree::{SetAttr, Tree};
 use crate::types::{Entry, EntryId, Kind, TOMBSTONE, Version};
 
 /// Mode of a new file when the caller gives none.
@@ -110,13 +110,11 @@ impl Tree {
                 version: Version(version as u64),
             };
             let out = f(&rows)?;
-            let event = serde_json::json!({
-                "version": version, "bucket": self.bucket, "branch": self.branch, "op": op, "paths": paths,
-            });
-            tx.query_row(
-                "SELECT notify(?1, ?2)",
-                params![EVENT_CHANNEL, event.to_string()],
-                |_| Ok(()),
+            notify(
+                tx,
+                &serde_json::json!({
+                    "version": version, "bucket": self.bucket, "branch": self.branch, "op": op, "paths": paths,
+                }),
             )?;
             Ok((Version(version as u64), out))
         })

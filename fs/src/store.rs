@@ -10,10 +10,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::blobs::Blobs;
-use crate::db::{Db, now_ms};
+use crate::db::{Db, notify, now_ms};
 use crate::error::{Error, Result};
 use crate::name::{At, DEFAULT_BRANCH, check_branch_name, check_bucket_name};
-use crate::tree::{EVENT_CHANNEL, Tree, chain, head_limit};
+use crate::tree::{Tree, chain, head_limit};
 use crate::types::{BlobHash, BranchInfo, BucketInfo, Commit, SnapshotInfo, Version};
 
 /// The honker queue that asks for a garbage collection. Enqueued in the same
@@ -196,12 +196,7 @@ impl Store {
             tx.execute("DELETE FROM branches WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM buckets WHERE id = ?1", [id])?;
             let event = serde_json::json!({"op": "delete-bucket", "bucket": name});
-            tx.query_row(
-                "SELECT notify(?1, ?2)",
-                params![EVENT_CHANNEL, event.to_string()],
-                |_| Ok(()),
-            )?;
-            enqueue_gc(tx, &event)?;
+            freed(tx, &event)?;
             Ok(())
         })
     }
@@ -339,12 +334,7 @@ impl Store {
             tx.execute("DELETE FROM snapshots WHERE branch_id = ?1", [id])?;
             tx.execute("DELETE FROM branches WHERE id = ?1", [id])?;
             let event = serde_json::json!({"op": "delete-branch", "bucket": bucket, "branch": branch});
-            tx.query_row(
-                "SELECT notify(?1, ?2)",
-                params![EVENT_CHANNEL, event.to_string()],
-                |_| Ok(()),
-            )?;
-            enqueue_gc(tx, &event)?;
+            freed(tx, &event)?;
             Ok(())
         })
     }
@@ -565,13 +555,18 @@ fn record(tx: &Connection, branch_id: i64, bucket: &str, branch: &str, op: &str)
         params![branch_id, now_ms(), op],
         |r| r.get(0),
     )?;
-    let event = serde_json::json!({"version": v, "bucket": bucket, "branch": branch, "op": op, "paths": []});
-    tx.query_row(
-        "SELECT notify(?1, ?2)",
-        params![EVENT_CHANNEL, event.to_string()],
-        |_| Ok(()),
+    notify(
+        tx,
+        &serde_json::json!({"version": v, "bucket": bucket, "branch": branch, "op": op, "paths": []}),
     )?;
     Ok(Version(v as u64))
+}
+
+/// Records a deletion that frees content: its event, and a GC job, both in
+/// the deleting transaction.
+fn freed(tx: &Connection, event: &serde_json::Value) -> Result<()> {
+    notify(tx, event)?;
+    enqueue_gc(tx, event)
 }
 
 fn enqueue_gc(tx: &Connection, why: &serde_json::Value) -> Result<()> {

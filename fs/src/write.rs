@@ -129,7 +129,6 @@ impl Tree {
         }
         let (parent_path, _) = path.split_last().ok_or_else(|| Error::IsADirectory("/".into()))?;
         let mut existing = self.try_stat(path)?;
-        let existing_before = existing.clone();
         match &existing {
             Some(e) if e.kind == Kind::Dir => return Err(Error::IsADirectory(path.to_string())),
             Some(e) if e.kind != Kind::File => return Err(Error::Exists(path.to_string())),
@@ -154,22 +153,21 @@ impl Tree {
                 |r| r.get(0),
             )?)
         })?;
-        let keep = existing_before.filter(|e| !opts.truncate && e.size > 0);
-        let staged = match &keep {
-            // Starting from empty: stream until a write says otherwise.
+        // A file created just above is empty: it streams like a truncation.
+        let keep = existing.as_ref().filter(|e| !opts.truncate && e.size > 0);
+        let staged = match keep {
             None => self.stream(),
-            Some(e) => {
-                let hash = e
-                    .hash
-                    .ok_or_else(|| Error::Internal(format!("file {path} has no hash")))?;
-                self.inner.blobs.export(&hash, &staging).await?;
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&staging)
-                    .map_err(|e| Error::io(&staging, e))?;
-                Staged::File(file)
-            }
+            Some(e) => match self.staging_from(e, &staging).await {
+                Ok(file) => Staged::File(file),
+                Err(err) => {
+                    std::fs::remove_file(&staging).ok();
+                    self.inner
+                        .db
+                        .write(|tx| Ok(tx.execute("DELETE FROM write_sessions WHERE id = ?1", [id])?))
+                        .ok();
+                    return Err(err);
+                }
+            },
         };
         let session = WriteSession {
             tree: self.clone(),
@@ -183,6 +181,19 @@ impl Tree {
             finished: false,
         };
         Ok(session)
+    }
+
+    /// A staging file holding the current content of `e`.
+    async fn staging_from(&self, e: &Entry, staging: &std::path::Path) -> Result<File> {
+        let hash = e
+            .hash
+            .ok_or_else(|| Error::Internal(format!("file {:?} has no hash", e.name)))?;
+        self.inner.blobs.export(&hash, staging).await?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(staging)
+            .map_err(|e| Error::io(staging, e))
     }
 
     fn stream(&self) -> Staged {

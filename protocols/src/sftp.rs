@@ -903,44 +903,21 @@ fn dir_attrs(owner: (u32, u32)) -> FileAttributes {
 fn longname(name: &str, a: &FileAttributes) -> String {
     let mode = a.permissions.unwrap_or(0);
     let kind = match mode & 0o170_000 {
-        S_IFDIR => 'd',
-        S_IFLNK => 'l',
-        _ => '-',
+        S_IFDIR => Kind::Dir,
+        S_IFLNK => Kind::Symlink,
+        _ => Kind::File,
     };
-    let mut perms = String::from(kind);
-    for shift in [6, 3, 0] {
-        let bits = (mode >> shift) & 7;
-        perms.push(if bits & 4 != 0 { 'r' } else { '-' });
-        perms.push(if bits & 2 != 0 { 'w' } else { '-' });
-        perms.push(if bits & 1 != 0 { 'x' } else { '-' });
-    }
+    let t = alknet_fs::display::Utc::from_unix(i64::from(a.mtime.unwrap_or(0)));
     format!(
-        "{perms}    1 {:<8} {:<8} {:>8} {} {name}",
+        "{}    1 {:<8} {:<8} {:>8} {} {:>2} {:02}:{:02} {name}",
+        alknet_fs::display::mode_string(kind, mode),
         a.uid.unwrap_or(0),
         a.gid.unwrap_or(0),
         a.size.unwrap_or(0),
-        ls_date(i64::from(a.mtime.unwrap_or(0)))
-    )
-}
-
-/// `Mon DD HH:MM` in UTC.
-fn ls_date(secs: i64) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!(
-        "{} {day:>2} {:02}:{:02}",
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60
+        t.month_name(),
+        t.day,
+        t.hour,
+        t.minute,
     )
 }
 
