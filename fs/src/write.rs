@@ -5,8 +5,9 @@
 //! the blob store's import, hashed as they arrive: one pass, no copy. The
 //! first write elsewhere, read-back or truncation turns the session into a
 //! sparse staging file under `tmp/` (the bytes so far are copied into it),
-//! which takes writes at any offset in any order. Sessions are registered in
-//! `write_sessions` so a crashed process's leftovers are found and removed.
+//! which takes writes at any offset in any order. Staging files are
+//! registered in `write_sessions` so a crashed process's leftovers are found
+//! and removed (a streamed import leaves nothing of ours behind).
 //! Nothing is visible to readers until [`WriteSession::close`] commits the new
 //! entry in one transaction. Abort, drop or a crash leaves the old file
 //! exactly as it was.
@@ -98,7 +99,9 @@ pub struct WriteSession {
     /// Where the random-access staging file goes, if one is needed.
     staging: PathBuf,
     staged: Staged,
-    id: i64,
+    /// The `write_sessions` row that lets a later process remove the staging
+    /// file after a crash; only a session with a staging file has one.
+    registration: Option<i64>,
     mode: Option<u32>,
     mtime_ns: Option<i64>,
     /// Set by close or abort; until then, drop cleans up.
@@ -146,28 +149,21 @@ impl Tree {
             }
         }
         let staging = self.inner.tmp.join(format!("write-{:016x}", rand::random::<u64>()));
-        let id: i64 = self.inner.db.write(|tx| {
-            Ok(tx.query_row(
-                "INSERT INTO write_sessions (staging, pid, created_ms) VALUES (?1, ?2, ?3) RETURNING id",
-                params![staging.to_string_lossy(), std::process::id(), now_ms()],
-                |r| r.get(0),
-            )?)
-        })?;
         // A file created just above is empty: it streams like a truncation.
         let keep = existing.as_ref().filter(|e| !opts.truncate && e.size > 0);
-        let staged = match keep {
-            None => self.stream(),
-            Some(e) => match self.staging_from(e, &staging).await {
-                Ok(file) => Staged::File(file),
-                Err(err) => {
-                    std::fs::remove_file(&staging).ok();
-                    self.inner
-                        .db
-                        .write(|tx| Ok(tx.execute("DELETE FROM write_sessions WHERE id = ?1", [id])?))
-                        .ok();
-                    return Err(err);
+        let (staged, registration) = match keep {
+            None => (self.stream(), None),
+            Some(e) => {
+                let id = self.register(&staging)?;
+                match self.staging_from(e, &staging).await {
+                    Ok(file) => (Staged::File(file), Some(id)),
+                    Err(err) => {
+                        std::fs::remove_file(&staging).ok();
+                        self.unregister(id);
+                        return Err(err);
+                    }
                 }
-            },
+            }
         };
         let session = WriteSession {
             tree: self.clone(),
@@ -175,12 +171,32 @@ impl Tree {
             entry: existing.as_ref().map(|e| e.id),
             staging,
             staged,
-            id,
+            registration,
             mode: opts.mode,
             mtime_ns: None,
             finished: false,
         };
         Ok(session)
+    }
+
+    /// Records a staging file so the next process can remove it after a crash.
+    fn register(&self, staging: &std::path::Path) -> Result<i64> {
+        self.inner.db.write(|tx| {
+            Ok(tx.query_row(
+                "INSERT INTO write_sessions (staging, pid, created_ms) VALUES (?1, ?2, ?3) RETURNING id",
+                params![staging.to_string_lossy(), std::process::id(), now_ms()],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    fn unregister(&self, id: i64) {
+        if let Err(e) = self.inner.db.write(|tx| {
+            tx.execute("DELETE FROM write_sessions WHERE id = ?1", [id])?;
+            Ok(())
+        }) {
+            tracing::warn!("could not forget write session {id}: {e}");
+        }
     }
 
     /// A staging file holding the current content of `e`.
@@ -332,6 +348,7 @@ impl WriteSession {
     async fn file(&mut self) -> Result<&File> {
         if let Staged::Stream { len, .. } = &self.staged {
             let len = *len;
+            self.registration = Some(self.tree.register(&self.staging)?);
             let blob = self.finish_stream().await?;
             if len > 0 {
                 self.tree.inner.blobs.export(&blob.hash, &self.staging).await?;
@@ -389,17 +406,14 @@ impl WriteSession {
             tx.try_send(Err(std::io::Error::other("write session aborted"))).ok();
             import.abort();
         }
-        if let Err(e) = std::fs::remove_file(&self.staging)
+        if self.registration.is_some()
+            && let Err(e) = std::fs::remove_file(&self.staging)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!("could not remove staging file {}: {e}", self.staging.display());
         }
-        let id = self.id;
-        if let Err(e) = self.tree.inner.db.write(|tx| {
-            tx.execute("DELETE FROM write_sessions WHERE id = ?1", [id])?;
-            Ok(())
-        }) {
-            tracing::warn!("could not forget write session {id}: {e}");
+        if let Some(id) = self.registration.take() {
+            self.tree.unregister(id);
         }
     }
 }

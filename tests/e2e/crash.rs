@@ -48,10 +48,7 @@ fn killed_while_streaming_a_large_file() {
     );
     assert!(node.ok(&["fsck"]).contains("no problems"));
     let staged: Vec<_> = std::fs::read_dir(node.data.join("tmp")).expect("tmp").collect();
-    assert!(
-        staged.is_empty(),
-        "the next process removed the dead writer's staging file: {staged:?}"
-    );
+    assert!(staged.is_empty(), "no staging file is left behind: {staged:?}");
     assert_eq!(
         node.json(&["log", "b:/big"]).as_array().map(Vec::len),
         Some(1),
