@@ -10,6 +10,9 @@ use anyhow::{Context, Result};
 
 use crate::config::Config;
 
+/// How often the server looks for queued garbage collections.
+const GC_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) async fn run(
     store: &Store,
     ssh: Option<SocketAddr>,
@@ -46,7 +49,10 @@ pub(crate) async fn run(
     use std::io::Write;
     std::io::stdout().flush()?;
 
+    // Deletions queue a collection; this process holds the blob store, so it runs them.
+    let gc = tokio::spawn(store.clone().gc_task(GC_EVERY));
     alknet_protocols::serve(server, Some(tcp), endpoint, shutdown_signal()).await?;
+    gc.abort();
     tracing::info!("shut down");
     Ok(ExitCode::SUCCESS)
 }

@@ -469,6 +469,35 @@ impl Store {
         })
     }
 
+    /// Runs the garbage collections that deletions queue, for as long as the
+    /// returned future is polled: every `every`, if a job waits on
+    /// [`GC_QUEUE`], collect. For a long-running process that holds the blob
+    /// store (where `alknet gc` from another process would wait).
+    pub async fn gc_task(self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            match self.gc_if_queued().await {
+                Ok(Some(r)) => tracing::info!(live = r.live, reclaimed = r.before - r.after, "gc"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("gc failed: {e}"),
+            }
+        }
+    }
+
+    async fn gc_if_queued(&self) -> Result<Option<GcReport>> {
+        let waiting: i64 = self.inner.db.read(|c| {
+            Ok(
+                c.query_row("SELECT count(*) FROM _honker_live WHERE queue = ?1", [GC_QUEUE], |r| {
+                    r.get(0)
+                })?,
+            )
+        })?;
+        if waiting == 0 {
+            return Ok(None);
+        }
+        self.gc().await.map(Some)
+    }
+
     /// Checks the database and every referenced blob: present, complete, the
     /// right size, and its bytes hashing to its name.
     pub async fn fsck(&self) -> Result<FsckReport> {

@@ -529,3 +529,23 @@ fn bad_settings_are_named_at_start() {
     let err = node.fails(&["serve"]);
     assert!(err.contains("listen"), "{err}");
 }
+
+#[test]
+fn the_server_collects_garbage_that_deletions_queue() {
+    let s = setup();
+    let node = &s.node;
+    node.ok(&["bucket", "create", "scratch"]);
+    let data = pattern(200_000, 11);
+    node.write_local("scratch.bin", &data);
+    let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "put scratch.bin /scratch/s.bin\n");
+    assert!(ok, "{out}");
+    let blob = node.blob_file(&data);
+    assert!(blob.exists(), "the upload is a blob file");
+    node.ok(&["bucket", "delete", "scratch"]);
+    let start = std::time::Instant::now();
+    while blob.exists() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!blob.exists(), "the running server reclaimed the deleted bucket's blob");
+    assert_eq!(node.json(&["stats"])["pending_jobs"], 0);
+}
