@@ -310,13 +310,22 @@ fn paramiko_over_quic() {
 }
 
 #[test]
-fn access_is_enforced() {
+fn access_is_enforced_over_tcp() {
+    access_is_enforced(Via::Tcp);
+}
+
+#[test]
+fn access_is_enforced_over_quic() {
+    access_is_enforced(Via::Quic);
+}
+
+fn access_is_enforced(via: Via) {
     let s = setup();
     let node = &s.node;
     node.write_local("small", b"data");
     // An unknown key gets nowhere.
     let stranger = client_key(node, "stranger");
-    let (ok, out) = sftp_batch(node, &s.server, &stranger, Via::Tcp, "ls /\n");
+    let (ok, out) = sftp_batch(node, &s.server, &stranger, via, "ls /\n");
     assert!(
         !ok && out.contains("Permission denied"),
         "an unknown key is refused:\n{out}"
@@ -326,12 +335,12 @@ fn access_is_enforced() {
         node,
         &s.server,
         &s.alice,
-        Via::Tcp,
+        via,
         "put small /photos/f\nput small /secret/s\n",
     );
     assert!(ok, "{out}");
     // bob reads photos, cannot write it, and does not see secret.
-    let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, "get /photos/f bob-f\nls /\n");
+    let (ok, out) = sftp_batch(node, &s.server, &s.bob, via, "get /photos/f bob-f\nls /\n");
     assert!(ok, "{out}");
     assert!(
         !out.contains("secret"),
@@ -344,7 +353,7 @@ fn access_is_enforced() {
         "rename /photos/f /photos/h",
         "chmod 600 /photos/f",
     ] {
-        let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, &format!("{cmd}\n"));
+        let (ok, out) = sftp_batch(node, &s.server, &s.bob, via, &format!("{cmd}\n"));
         assert!(!ok && out.contains("Permission denied"), "{cmd} as a reader:\n{out}");
     }
     for cmd in [
@@ -353,7 +362,7 @@ fn access_is_enforced() {
         "get /photos/../../../etc/passwd x",
         "mkdir /newbucket",
     ] {
-        let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, &format!("{cmd}\n"));
+        let (ok, out) = sftp_batch(node, &s.server, &s.bob, via, &format!("{cmd}\n"));
         assert!(!ok, "{cmd} must fail for bob:\n{out}");
     }
     // A symlink cannot lead out of its bucket.
@@ -361,12 +370,12 @@ fn access_is_enforced() {
         node,
         &s.server,
         &s.alice,
-        Via::Tcp,
+        via,
         "symlink ../../secret/s /photos/esc\nsymlink /etc/passwd /photos/abs\n",
     );
     assert!(ok, "{out}");
     for path in ["/photos/esc", "/photos/abs"] {
-        let (ok, out) = sftp_batch(node, &s.server, &s.bob, Via::Tcp, &format!("get {path} x\n"));
+        let (ok, out) = sftp_batch(node, &s.server, &s.bob, via, &format!("get {path} x\n"));
         assert!(!ok, "a symlink escape must fail ({path}):\n{out}");
     }
     assert!(
@@ -374,7 +383,7 @@ fn access_is_enforced() {
         "nothing was downloaded through an escape"
     );
     // Admins can make buckets with mkdir at the root.
-    let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "mkdir /fresh\n");
+    let (ok, out) = sftp_batch(node, &s.server, &s.alice, via, "mkdir /fresh\n");
     assert!(ok, "{out}");
     assert!(node.ok(&["bucket", "list"]).contains("fresh"));
 }
