@@ -388,7 +388,8 @@ impl Tree {
                             ORDER BY m.version DESC, m.seq DESC LIMIT 1)
              ORDER BY n.name LIMIT ?5"
         );
-        let batch = limit.clamp(1, 1000);
+        // At least a few dozen rows per query, so runs of tombstones pass quickly.
+        let batch = limit.clamp(64, 1000);
         let mut stmt = c.prepare_cached(&sql)?;
         let mut out = Vec::new();
         let mut cursor = after.unwrap_or("").to_owned();
