@@ -87,9 +87,13 @@ impl Blobs {
             .store
             .get_or_try_init(|| async {
                 let dir = self.dir.clone();
-                let lock = tokio::task::spawn_blocking(move || claim(&dir))
-                    .await
-                    .map_err(Error::blobs)??;
+                let lock = tokio::task::spawn_blocking(move || {
+                    let lock = claim(&dir)?;
+                    clear_temp(&dir.join("temp"))?;
+                    Ok::<_, Error>(lock)
+                })
+                .await
+                .map_err(Error::blobs)??;
                 let mut opts = Options::new(&self.dir);
                 let gc = self.gc.clone();
                 opts.gc = Some(GcConfig {
@@ -430,6 +434,29 @@ fn gc_callback(gc: &Mutex<GcState>, live: &mut HashSet<Hash>) -> ProtectOutcome 
         }
         None => ProtectOutcome::Abort,
     }
+}
+
+/// Removes what imports of a crashed process left in the store's temp
+/// directory (iroh-blobs does not). Only the lock holder imports, so with the
+/// lock held nothing in there is in use.
+fn clear_temp(temp: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(temp) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(temp, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(temp, e))?.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            tracing::warn!("could not remove {}: {e}", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// Takes the exclusive claim on the blob directory, waiting for another

@@ -160,7 +160,10 @@ impl Server {
         let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
         let (mut ssh_port, mut quic) = (None, None);
         while ssh_port.is_none() || quic.is_none() {
-            let line = lines.next().expect("serve printed its addresses").expect("read");
+            let Some(Ok(line)) = lines.next() else {
+                let log = std::fs::read_to_string(node.work.join("serve.log")).unwrap_or_default();
+                panic!("alknet serve ended before printing its addresses:\n{log}");
+            };
             if let Some(addr) = line.strip_prefix("ssh: ") {
                 ssh_port = Some(addr.rsplit(':').next().expect("port").parse().expect("a port"));
             } else if let Some(addr) = line.strip_prefix("quic: ") {
