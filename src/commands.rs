@@ -277,6 +277,18 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             })?;
         }
         Command::Watch { addr, from } => watch(store, &addr, from)?,
+        Command::Prune { addr, before } => {
+            let a = Address::parse(&addr)?;
+            let at = Address::parse(&format!("{}@{}@{before}", a.bucket, a.branch))?.at;
+            let version = store.tree(&a.bucket, &a.branch, &at)?.at().unwrap_or(Version(0));
+            let r = store.prune(&a.bucket, &a.branch, version)?;
+            say(json, &r, || {
+                format!(
+                    "pruned {}@{} before version {version}: {} tree rows and {} commits dropped (run `alknet gc` to reclaim space)",
+                    a.bucket, a.branch, r.rows, r.commits
+                )
+            })?;
+        }
         Command::Gc => {
             let r = store.gc().await?;
             say(json, &r, || {

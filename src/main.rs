@@ -165,6 +165,14 @@ enum Command {
         #[arg(long)]
         from: Option<u64>,
     },
+    /// Forget a branch's history before a version (then `gc` reclaims its space).
+    Prune {
+        /// BUCKET[@BRANCH]
+        addr: String,
+        /// Keep versions from this one on (a number or a snapshot name).
+        #[arg(long, value_name = "VERSION")]
+        before: String,
+    },
     /// Reclaim blobs that no version of any tree references.
     Gc,
     /// Check the database and every referenced blob's bytes.

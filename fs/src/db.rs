@@ -16,7 +16,12 @@ use crate::error::{Error, Result};
 /// Version of the schema below. History:
 /// - 1: buckets, branches (parent + fork version), versions, nodes (MVCC rows
 ///   keyed by parent entry id and name), snapshots, write sessions.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// - 2: `branches.pruned_before`: versions of a branch older than this were
+///   pruned and can no longer be read (except protected ones).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+
+/// Steps from each older schema to the next, applied in order.
+const MIGRATIONS: &[(i64, &str)] = &[(1, "ALTER TABLE branches ADD COLUMN pruned_before INTEGER;")];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alknet_meta (
@@ -38,6 +43,7 @@ CREATE TABLE IF NOT EXISTS branches (
     parent_id    INTEGER REFERENCES branches(id),
     fork_version INTEGER,
     created_ms   INTEGER NOT NULL,
+    pruned_before INTEGER,
     UNIQUE (bucket_id, name)
 );
 -- One row per committed mutation. AUTOINCREMENT: a version number is never
@@ -117,6 +123,20 @@ impl Db {
             return Ok(db);
         }
         db.write(|tx| {
+            // An existing database moves up step by step; a new one is created
+            // at the current schema directly.
+            let has_tables: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'branches')",
+                [],
+                |r| r.get(0),
+            )?;
+            if has_tables {
+                for (from, step) in MIGRATIONS {
+                    if current <= *from {
+                        tx.execute_batch(step)?;
+                    }
+                }
+            }
             tx.execute_batch(SCHEMA)?;
             honker_core::bootstrap_honker_schema(tx)?;
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
@@ -215,4 +235,34 @@ pub(crate) fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("alknet.db");
+        drop(Db::open(&path).expect("create"));
+        let conn = Connection::open(&path).expect("raw connection");
+        conn.execute_batch("ALTER TABLE branches DROP COLUMN pruned_before; PRAGMA user_version = 1;")
+            .expect("make it look like schema 1");
+        drop(conn);
+        let db = Db::open(&path).expect("open and migrate");
+        let (version, has_column): (i64, bool) = db
+            .read(|c| {
+                Ok((
+                    c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+                    c.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('branches') WHERE name = 'pruned_before')",
+                        [],
+                        |r| r.get(0),
+                    )?,
+                ))
+            })
+            .expect("read");
+        assert_eq!((version, has_column), (SCHEMA_VERSION, true));
+    }
 }

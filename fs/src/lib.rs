@@ -43,7 +43,7 @@ pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
 pub use name::{
     Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, check_branch_name, check_bucket_name,
 };
-pub use store::{FsckReport, GC_QUEUE, GcReport, Space, Stats, Store, Watch};
+pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, Space, Stats, Store, Watch};
 pub use tree::{EVENT_CHANNEL, FileReader, SetAttr, Tree};
 pub use types::{BlobHash, BranchInfo, BucketInfo, Change, Commit, Entry, EntryId, Kind, SnapshotInfo, Version};
 pub use write::{OpenOptions, WriteSession};

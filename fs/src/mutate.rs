@@ -390,6 +390,11 @@ impl Tree {
             let mut e = self
                 .by_id(rows.tx, id)?
                 .ok_or_else(|| Error::NotFound(path.to_string()))?;
+            // The entry must still be what its place holds (not a stale row of
+            // an entry deleted since, whose name now belongs to another).
+            if self.lookup(rows.tx, e.parent, &e.name)?.map(|h| h.id) != Some(id) {
+                return Err(Error::NotFound(path.to_string()));
+            }
             e.hash = Some(blob.hash);
             e.size = blob.size;
             e.mode = place.mode.unwrap_or(e.mode);

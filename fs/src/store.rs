@@ -48,6 +48,15 @@ pub struct GcReport {
     pub stale_sessions: usize,
 }
 
+/// What [`Store::prune`] removed.
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneReport {
+    /// Tree rows no readable version needed any more.
+    pub rows: u64,
+    /// Commit records dropped from the history.
+    pub commits: u64,
+}
+
 /// What [`Store::fsck`] found. Clean when `problems` is empty.
 #[derive(Clone, Debug, Serialize)]
 pub struct FsckReport {
@@ -233,8 +242,24 @@ impl Store {
         match at {
             At::Head => Ok(None),
             At::Version(v) => {
-                let newest: i64 = c.query_row("SELECT coalesce(max(version), 0) FROM versions", [], |r| r.get(0))?;
-                if *v == 0 || *v > newest as u64 {
+                let newest: i64 = c
+                    .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'versions'", [], |r| {
+                        r.get(0)
+                    })
+                    .optional()?
+                    .unwrap_or(0);
+                let (created, pruned): (Option<i64>, Option<i64>) = c.query_row(
+                    "SELECT (SELECT min(version) FROM versions WHERE branch_id = ?1),
+                            (SELECT pruned_before FROM branches WHERE id = ?1)",
+                    [branch_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                let v_i = i64::try_from(*v).unwrap_or(i64::MAX);
+                // Before its creation the branch did not exist; before its
+                // prune point only protected versions are still whole.
+                let too_old = created.is_some_and(|c| v_i < c)
+                    || (pruned.is_some_and(|p| v_i < p) && !protected_versions(c, branch_id)?.contains(&v_i));
+                if *v == 0 || v_i > newest || too_old {
                     return Err(no_such(v.to_string()));
                 }
                 Ok(Some(Version(*v)))
@@ -250,6 +275,81 @@ impl Store {
                 v.map(|v| Some(Version(v as u64))).ok_or_else(|| no_such(name.clone()))
             }
         }
+    }
+
+    /// Forgets the history of `bucket@branch` before version `before`: every
+    /// tree row that no longer decides what some readable version shows is
+    /// deleted, and so are the commit records. Still readable afterwards: the
+    /// head, every version from `before` on, the branch's named snapshots, and
+    /// the points other branches were forked from. Their blobs stay; the rest
+    /// are reclaimed by the GC this queues.
+    pub fn prune(&self, bucket: &str, branch: &str, before: Version) -> Result<PruneReport> {
+        let before = i64::try_from(before.0).unwrap_or(i64::MAX);
+        self.inner.db.write(|tx| {
+            let id = Self::branch_id(tx, bucket, branch)?;
+            let mut keep_points = protected_versions(tx, id)?;
+            keep_points.retain(|p| *p < before);
+            keep_points.push(before);
+            keep_points.sort_unstable();
+            // Newest row first within each (parent, name): the first row at or
+            // below a keep point decides that point; every other old row goes.
+            let doomed: Vec<i64> = {
+                let mut stmt = tx.prepare(
+                    "SELECT seq, parent, name, version FROM nodes WHERE branch_id = ?1 AND version < ?2
+                     ORDER BY parent, name, version DESC, seq DESC",
+                )?;
+                let rows = stmt.query_map(params![id, before], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?;
+                let mut doomed = Vec::new();
+                let mut key: Option<(i64, String)> = None;
+                // Keep points not yet decided for the current key, highest first.
+                let mut open: Vec<i64> = Vec::new();
+                for row in rows {
+                    let (seq, parent, name, version) = row?;
+                    if key.as_ref() != Some(&(parent, name.clone())) {
+                        key = Some((parent, name));
+                        open = keep_points.clone();
+                    }
+                    let mut decides = false;
+                    while open.last().is_some_and(|p| *p >= version) {
+                        open.pop();
+                        decides = true;
+                    }
+                    if !decides {
+                        doomed.push(seq);
+                    }
+                }
+                doomed
+            };
+            let mut del = tx.prepare_cached("DELETE FROM nodes WHERE seq = ?1")?;
+            for seq in &doomed {
+                del.execute([seq])?;
+            }
+            let versions = tx.execute(
+                "DELETE FROM versions WHERE branch_id = ?1 AND version < ?2
+                   AND version NOT IN (SELECT version FROM snapshots WHERE branch_id = ?1)
+                   AND version <> (SELECT min(version) FROM versions WHERE branch_id = ?1)",
+                params![id, before],
+            )?;
+            tx.execute(
+                "UPDATE branches SET pruned_before = max(coalesce(pruned_before, 0), ?2) WHERE id = ?1",
+                params![id, before],
+            )?;
+            freed(
+                tx,
+                &serde_json::json!({"op": "prune", "bucket": bucket, "branch": branch, "before": before}),
+            )?;
+            Ok(PruneReport {
+                rows: doomed.len() as u64,
+                commits: versions as u64,
+            })
+        })
     }
 
     /// Forks `new` from `from` at `at` (the head by default) in O(1): one row.
@@ -571,6 +671,17 @@ impl Store {
         stats.disk_bytes = disk_usage(&self.inner.dir);
         Ok(stats)
     }
+}
+
+/// Versions of a branch that pruning keeps readable: its named snapshots and
+/// the points other branches were forked from it.
+fn protected_versions(c: &Connection, branch_id: i64) -> Result<Vec<i64>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT version FROM snapshots WHERE branch_id = ?1
+         UNION SELECT fork_version FROM branches WHERE parent_id = ?1 AND fork_version IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([branch_id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// One referenced blob as fsck sees it: hash, size, and one place that uses it

@@ -608,3 +608,66 @@ async fn readdir_pages_through_runs_of_tombstones() {
         "the parent is untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_keeps_what_stays_readable_and_gc_reclaims_the_rest() {
+    let (d, store) = store();
+    let main = head(&store, "main");
+    let content = |i: u8| vec![i; 50_000];
+    put(&main, "/x", &content(1)).await;
+    let v1 = main.stat(&p("/x")).expect("stat").version;
+    store
+        .create_branch("b", "child", "main", &At::Head)
+        .expect("fork after x1");
+    put(&main, "/x", &content(2)).await;
+    let snap = main.snapshot(Some("keep")).expect("snapshot of x2");
+    put(&main, "/x", &content(3)).await;
+    let v3 = main.stat(&p("/x")).expect("stat").version;
+    put(&main, "/x", &content(4)).await;
+    put(&main, "/gone", b"deleted before the prune point").await;
+    main.remove(&p("/gone")).expect("remove");
+    let now = main.snapshot(None).expect("head version");
+
+    let report = store.prune("b", "main", now).expect("prune");
+    assert!(report.rows >= 2 && report.commits >= 2, "{report:?}");
+    assert_eq!(get(&main, "/x").await, content(4), "the head is untouched");
+    assert!(missing(&main, "/gone"));
+    let at_snap = store
+        .tree("b", "main", &At::Snapshot("keep".into()))
+        .expect("snapshot stays");
+    assert_eq!(get(&at_snap, "/x").await, content(2));
+    assert_eq!(
+        store.tree("b", "main", &At::Version(snap.0)).map(|_| ()).ok(),
+        Some(()),
+        "by number too"
+    );
+    assert_eq!(
+        get(&head(&store, "child"), "/x").await,
+        content(1),
+        "a fork point stays readable"
+    );
+    assert!(matches!(
+        store.tree("b", "main", &At::Version(v3.0)),
+        Err(Error::NoSuchVersion { .. })
+    ));
+    assert!(matches!(
+        store.tree("b", "main", &At::Version(v1.0 - 1)),
+        Err(Error::NoSuchVersion { .. })
+    ));
+
+    store.gc().await.expect("gc");
+    let on_disk = |i: u8| {
+        d.path()
+            .join("blobs/data")
+            .join(format!("{}.data", crate::BlobHash::of(&content(i))))
+            .exists()
+    };
+    assert!(
+        on_disk(1) && on_disk(2) && on_disk(4),
+        "protected and current content stays"
+    );
+    assert!(!on_disk(3), "content only a pruned version read is reclaimed");
+    assert!(store.fsck().await.expect("fsck").problems.is_empty());
+    // Pruning again, or below the first prune point, changes nothing.
+    assert_eq!(store.prune("b", "main", now).expect("prune again").rows, 0);
+}

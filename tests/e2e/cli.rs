@@ -235,3 +235,31 @@ fn init_makes_the_operator_admin_from_their_ssh_key() {
     let settings = std::fs::read_to_string(data.join("alknet.toml")).expect("init writes alknet.toml");
     assert!(settings.contains("listen = \"127.0.0.1:2222\""), "{settings}");
 }
+
+#[test]
+fn prune_then_gc_reclaims_old_versions() {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "b"]);
+    let (old, new) = (pattern(100_000, 1), pattern(100_000, 2));
+    node.ok_stdin(&["put", "-", "b:/f"], &old);
+    let v = node.json(&["snapshot", "b"])["version"].as_u64().expect("version");
+    node.ok_stdin(&["put", "-", "b:/f"], &new);
+    node.ok(&["snapshot", "b", "now"]);
+    assert_eq!(
+        node.bytes(&["cat", &format!("b@main@{v}:/f")]),
+        old,
+        "history is kept until pruned"
+    );
+    node.ok(&["gc"]);
+    assert!(node.blob_file(&old).exists(), "gc alone keeps history");
+    let report = node.json(&["prune", "b", "--before", "now"]);
+    assert!(report["rows"].as_u64().expect("rows") >= 1);
+    node.fails(&["cat", &format!("b@main@{v}:/f")]);
+    node.ok(&["gc"]);
+    assert!(
+        !node.blob_file(&old).exists(),
+        "after prune, gc reclaims the old content"
+    );
+    assert_eq!(node.bytes(&["cat", "b:/f"]), new);
+    assert!(node.ok(&["fsck"]).contains("no problems"));
+}
