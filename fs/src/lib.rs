@@ -10,9 +10,10 @@
 //!
 //! Reading order: `tree.rs` (how a path resolves through a branch's chain of
 //! ancestors), `mutate.rs` (one commit per mutation), `write.rs` (write
-//! sessions: stage, then publish on close), `blobs.rs` (the blob store, its
-//! lock and GC), `store.rs` (buckets, branches, history, gc, fsck). The
-//! design and its alternatives are argued in `fs/DESIGN.md`.
+//! sessions: stream or stage, then publish on close), `blobs.rs` (the blob
+//! store, its lock and GC), `store.rs` (buckets, branches, history, prune,
+//! gc, fsck). `name.rs` parses addresses and paths; `display` formats
+//! listings. The design and its alternatives are argued in `fs/DESIGN.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> alknet_fs::Result<()> {
