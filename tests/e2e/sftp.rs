@@ -558,5 +558,9 @@ fn the_server_collects_garbage_that_deletions_queue() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!blob.exists(), "the running server reclaimed the deleted bucket's blob");
-    assert_eq!(node.json(&["stats"])["pending_jobs"], 0, "and acknowledged the queued job");
+    assert_eq!(
+        node.json(&["stats"])["pending_jobs"],
+        0,
+        "and acknowledged the queued job"
+    );
 }
