@@ -966,3 +966,79 @@ mod tests {
         );
     }
 }
+
+/// Garbage on the wire: whatever a client sends, the session ends cleanly
+/// (an error or an answer), never a panic or a hang.
+#[cfg(test)]
+mod garbage {
+    use super::*;
+
+    fn context(dir: &std::path::Path) -> Context {
+        let store = Store::open(dir).expect("store");
+        store.create_bucket("b", "drive").expect("bucket");
+        let access = Arc::new(Access::open(&dir.join("alknet.db")).expect("access"));
+        let key = crate::access::parse_key(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0rmy+9VgiS8hD/MezGYMcb5RtpK7nsyS4Z2G/LIEdG test",
+        )
+        .expect("a valid key");
+        access.add_user("t", &key, true).expect("user");
+        Context {
+            store,
+            access,
+            user: "t".into(),
+            owner: (0, 0),
+        }
+    }
+
+    /// xorshift: reproducible noise without a dependency.
+    fn noise(seed: &mut u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                *seed as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn random_packets_end_the_session_cleanly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ctx = context(dir.path());
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for round in 0..300 {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            let session = tokio::spawn(serve(server, ctx.clone()));
+            let (mut rx, mut tx) = tokio::io::split(client);
+            // A valid INIT first, so later packets reach the request handlers.
+            tx.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.expect("init");
+            for _ in 0..4 {
+                let len = (noise(&mut seed, 1)[0] as usize) % 120;
+                let mut body = noise(&mut seed, len);
+                if let Some(kind) = body.first_mut() {
+                    // Mostly real request types (3..=20, 200), some nonsense.
+                    *kind = [
+                        3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 200, *kind,
+                    ][(*kind as usize) % 20];
+                }
+                let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(&body);
+                if tx.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx.read_to_end(&mut sink)).await;
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(5), session).await;
+            let joined = ended.unwrap_or_else(|_| panic!("round {round}: the session did not end"));
+            assert!(joined.is_ok(), "round {round}: the session panicked");
+        }
+        assert_eq!(
+            ctx.store.list_buckets().expect("list").len(),
+            1,
+            "garbage created no bucket"
+        );
+    }
+}
