@@ -564,3 +564,65 @@ fn the_server_collects_garbage_that_deletions_queue() {
         "and acknowledged the queued job"
     );
 }
+
+/// rclone's sftp backend: a third client, written in Go.
+#[test]
+fn rclone_sync_and_check_over_tcp() {
+    let s = setup();
+    let node = &s.node;
+    let src = node.work.join("tree");
+    std::fs::create_dir_all(src.join("sub")).expect("dirs");
+    let files = [
+        ("a.bin", pattern(300_000, 21)),
+        ("sub/b.txt", b"rclone".to_vec()),
+        ("sub/empty", Vec::new()),
+    ];
+    for (name, data) in &files {
+        std::fs::write(src.join(name), data).expect("write");
+    }
+    let rclone = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg("rclone")
+            .args(args)
+            .env("RCLONE_CONFIG", "/dev/null")
+            .env("RCLONE_CONFIG_ALK_TYPE", "sftp")
+            .env("RCLONE_CONFIG_ALK_HOST", "127.0.0.1")
+            .env("RCLONE_CONFIG_ALK_PORT", s.server.ssh_port.to_string())
+            .env("RCLONE_CONFIG_ALK_USER", "alice")
+            .env("RCLONE_CONFIG_ALK_KEY_FILE", &s.alice)
+            // No shell on the server: rclone must not try `md5sum` over exec.
+            .env("RCLONE_CONFIG_ALK_SHELL_TYPE", "none")
+            .env("RCLONE_CONFIG_ALK_DISABLE_HASHCHECK", "true")
+            .current_dir(&node.work)
+            .output()
+            .expect("run rclone");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "rclone {args:?}:\n{text}");
+        text
+    };
+    let src_arg = src.to_str().expect("utf-8");
+    rclone(&["sync", src_arg, "alk:/photos/tree"]);
+    rclone(&["check", "--size-only", src_arg, "alk:/photos/tree"]);
+    for (name, data) in &files {
+        assert_eq!(
+            stored_hash(node, &format!("photos:/tree/{name}")),
+            b3(data),
+            "{name} as stored"
+        );
+    }
+    std::fs::remove_file(src.join("sub/b.txt")).expect("remove locally");
+    rclone(&["sync", src_arg, "alk:/photos/tree"]);
+    assert_eq!(
+        node.ok(&["ls", "photos:/tree/sub"]),
+        "empty\n",
+        "sync removed the file on the server"
+    );
+    let back = node.work.join("back");
+    rclone(&["copy", "alk:/photos/tree", back.to_str().expect("utf-8")]);
+    assert_eq!(std::fs::read(back.join("a.bin")).expect("downloaded"), files[0].1);
+}
