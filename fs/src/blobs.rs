@@ -119,8 +119,7 @@ impl Blobs {
         let path = &std::path::absolute(path).map_err(|e| Error::io(path, e))?;
         let gate = self.gate.clone().read_owned().await;
         let store = self.store().await?;
-        let fail = |e: &dyn std::fmt::Display| Error::Blobs(format!("importing {}: {e}", path.display()));
-        let mut events = store
+        let events = store
             .blobs()
             .add_path_with_opts(AddPathOptions {
                 path: path.to_owned(),
@@ -129,20 +128,7 @@ impl Blobs {
             })
             .stream()
             .await;
-        let mut size = 0;
-        let mut tag = None;
-        while let Some(event) = events.next().await {
-            match event {
-                AddProgressItem::Size(s) => size = s,
-                AddProgressItem::CopyProgress(n) => progress(n, 2 * size),
-                AddProgressItem::CopyDone => progress(size, 2 * size),
-                AddProgressItem::OutboardProgress(n) => progress(size + n, 2 * size),
-                AddProgressItem::Done(t) => tag = Some(t),
-                AddProgressItem::Error(e) => return Err(fail(&e)),
-            }
-        }
-        let tag = tag.ok_or_else(|| fail(&"the import ended without a result"))?;
-        imported(store, tag, gate).await
+        finish_import(events, gate, progress, &path.display()).await
     }
 
     /// Imports the bytes arriving on `chunks`, in order, hashing as they
@@ -154,14 +140,8 @@ impl Blobs {
         let gate = self.gate.clone().read_owned().await;
         let store = self.store().await?;
         let stream = n0_future::stream::unfold(chunks, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-        let tag = store
-            .blobs()
-            .add_stream(stream)
-            .await
-            .temp_tag()
-            .await
-            .map_err(|e| Error::Blobs(format!("importing a stream: {e}")))?;
-        imported(store, tag, gate).await
+        let events = store.blobs().add_stream(stream).await.stream().await;
+        finish_import(events, gate, &|_, _| {}, &"a stream").await
     }
 
     /// Makes the blob store's metadata durable. Called after imports and before
@@ -355,15 +335,31 @@ impl Blobs {
     }
 }
 
-/// The [`Imported`] for a finished import: its size, from the store.
-async fn imported(store: &FsStore, tag: TempTag, gate: OwnedRwLockReadGuard<()>) -> Result<Imported> {
-    let hash = tag.hash();
-    let size = match store.blobs().status(hash).await.map_err(Error::blobs)? {
-        BlobStatus::Complete { size } => size,
-        other => return Err(Error::Blobs(format!("import of {hash} ended {other:?}"))),
-    };
+/// Follows an import's progress to its end: the blob, its size (the store
+/// reports it once, for certain), and `progress(done, total)` on the way
+/// (copying, then hashing, so `total` is twice the size).
+async fn finish_import(
+    mut events: impl n0_future::Stream<Item = AddProgressItem> + Unpin,
+    gate: OwnedRwLockReadGuard<()>,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    what: &(dyn std::fmt::Display + Sync),
+) -> Result<Imported> {
+    let fail = |e: &dyn std::fmt::Display| Error::Blobs(format!("importing {what}: {e}"));
+    let mut size = 0;
+    let mut tag = None;
+    while let Some(event) = events.next().await {
+        match event {
+            AddProgressItem::Size(s) => size = s,
+            AddProgressItem::CopyProgress(n) => progress(n, 2 * size),
+            AddProgressItem::CopyDone => progress(size, 2 * size),
+            AddProgressItem::OutboardProgress(n) => progress(size + n, 2 * size),
+            AddProgressItem::Done(t) => tag = Some(t),
+            AddProgressItem::Error(e) => return Err(fail(&e)),
+        }
+    }
+    let tag: TempTag = tag.ok_or_else(|| fail(&"the import ended without a result"))?;
     Ok(Imported {
-        hash: BlobHash(*hash.as_bytes()),
+        hash: BlobHash(*tag.hash().as_bytes()),
         size,
         _tag: tag,
         _gate: gate,
