@@ -11,6 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::ssh::SshServer;
 
+/// How long `proxy` waits for a node to answer before giving up.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// ALPN of SSH over one QUIC bi-stream.
 pub const ALPN_SSH: &[u8] = b"alknet/ssh";
 
@@ -125,7 +128,10 @@ pub async fn proxy(addr: &str) -> Result<(), Error> {
         addr: addr.to_owned(),
         reason: e.to_string(),
     };
-    let conn = ep.connect(target, ALPN_SSH).await.map_err(|e| fail(&e))?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(target, ALPN_SSH))
+        .await
+        .map_err(|_| fail(&format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|e| fail(&e))?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
     let up = async {
         tokio::io::copy(&mut tokio::io::stdin(), &mut send).await?;

@@ -88,3 +88,12 @@ fn corrupt_blob_is_reported_and_nothing_else_breaks() {
     assert_eq!(node.bytes(&["cat", "b:/good"]), good, "other files still read");
     node.ok_stdin(&["put", "-", "b:/new"], b"writes still work");
 }
+
+#[test]
+fn proxy_with_a_bad_node_address_says_so() {
+    let node = Node::new();
+    for bad in ["127.0.0.1:2223", "not-a-key@127.0.0.1:2223", "00@nowhere"] {
+        let err = node.fails(&["proxy", bad]);
+        assert!(err.contains("expected NODE_ID@HOST:PORT"), "{bad}: {err}");
+    }
+}
