@@ -551,12 +551,12 @@ async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, 
         bail!("{path}: not a regular file");
     }
     let output = match output {
+        Some("-") => return copy_to_stdout(&tree, &entry).await,
+        // Into an existing directory, like cp.
+        Some(o) if Path::new(o).is_dir() => Path::new(o).join(&entry.name).display().to_string(),
         Some(o) => o.to_owned(),
         None => entry.name.clone(),
     };
-    if output == "-" {
-        return copy_to_stdout(&tree, &entry).await;
-    }
     // Write beside the target and rename, so a failed get never leaves half a file.
     let target = Path::new(&output);
     let tmp = target.with_file_name(format!(

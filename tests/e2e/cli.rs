@@ -74,6 +74,12 @@ fn files_round_trip_byte_for_byte() {
         assert_eq!(stat["size"], size);
         assert_eq!(stat["hash"], blake3::hash(&data).to_hex().as_str());
     }
+    std::fs::create_dir(node.work.join("into")).expect("dir");
+    node.ok(&["get", "docs:/sizes/f1", "-o", "into"]);
+    assert_eq!(
+        std::fs::read(node.work.join("into/f1")).expect("got into a directory"),
+        pattern(1, 1)
+    );
     let streamed = pattern(2 << 20, 42);
     node.ok_stdin(&["put", "-", "docs:/stdin.bin"], &streamed);
     assert_eq!(node.bytes(&["get", "docs:/stdin.bin", "-o", "-"]), streamed);
