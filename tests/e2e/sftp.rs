@@ -626,3 +626,37 @@ fn rclone_sync_and_check_over_tcp() {
     rclone(&["copy", "alk:/photos/tree", back.to_str().expect("utf-8")]);
     assert_eq!(std::fs::read(back.join("a.bin")).expect("downloaded"), files[0].1);
 }
+
+#[test]
+fn sigterm_during_an_upload_keeps_the_old_file() {
+    let s = setup();
+    let node = &s.node;
+    node.write_local("old", b"old content");
+    let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "put old /photos/f\n");
+    assert!(ok, "{out}");
+    node.write_local("big", &pattern(64 << 20, 4));
+    std::fs::write(node.work.join("slow.sftp"), "put big /photos/f\n").expect("batch");
+    let mut client = Command::new("sftp")
+        .args(ssh_opts(&s.server, &s.alice, Via::Tcp))
+        .args(["-l", "16384", "-b"])
+        .arg(node.work.join("slow.sftp"))
+        .arg("alice@127.0.0.1")
+        .current_dir(&node.work)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sftp");
+    std::thread::sleep(Duration::from_secs(2));
+    let Setup { node, server, .. } = s;
+    assert!(server.stop(), "SIGTERM mid-upload still ends the server cleanly");
+    let status = client.wait().expect("the client sees the server go");
+    assert!(!status.success(), "the interrupted upload must not report success");
+    assert_eq!(
+        node.bytes(&["cat", "photos:/f"]),
+        b"old content",
+        "nothing half-written was published"
+    );
+    assert!(node.ok(&["fsck"]).contains("no problems"));
+    let staged: Vec<_> = std::fs::read_dir(node.data.join("tmp")).expect("tmp").collect();
+    assert!(staged.is_empty(), "no staging file is left: {staged:?}");
+}
