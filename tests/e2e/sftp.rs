@@ -7,6 +7,26 @@ use std::time::Duration;
 
 use crate::util::{Node, Server, Via, client_key, pattern, sftp_batch, ssh_opts};
 
+/// Each scenario runs once over TCP and once over QUIC (through `alknet
+/// proxy`): `sftp::<scenario>::over_tcp` and `::over_quic`.
+macro_rules! over_tcp_and_quic {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn over_tcp() {
+                super::$scenario(super::Via::Tcp);
+            }
+
+            #[test]
+            fn over_quic() {
+                super::$scenario(super::Via::Quic);
+            }
+        }
+    )*};
+}
+
+over_tcp_and_quic!(openssh_sftp, sshfs_workload, paramiko, access_is_enforced);
+
 struct Setup {
     node: Node,
     server: Server,
@@ -149,16 +169,6 @@ ls /
     assert!(!ok, "the file did not exist at the snapshot:\n{out}");
 }
 
-#[test]
-fn openssh_sftp_over_tcp() {
-    openssh_sftp(Via::Tcp);
-}
-
-#[test]
-fn openssh_sftp_over_quic() {
-    openssh_sftp(Via::Quic);
-}
-
 fn sshfs_workload(via: Via) {
     let s = setup();
     let node = &s.node;
@@ -220,16 +230,6 @@ impl Drop for Unmount {
             Command::new("umount").arg("-l").arg(&self.0).status().ok();
         }
     }
-}
-
-#[test]
-fn sshfs_over_tcp() {
-    sshfs_workload(Via::Tcp);
-}
-
-#[test]
-fn sshfs_over_quic() {
-    sshfs_workload(Via::Quic);
 }
 
 /// paramiko: a second, independent SFTP client implementation.
@@ -297,26 +297,6 @@ print('paramiko ok')
         "check-file answers the stored BLAKE3:\n{text}"
     );
     assert_eq!(stored_hash(node, "photos:/pd/q.bin"), b3(&data));
-}
-
-#[test]
-fn paramiko_over_tcp() {
-    paramiko(Via::Tcp);
-}
-
-#[test]
-fn paramiko_over_quic() {
-    paramiko(Via::Quic);
-}
-
-#[test]
-fn access_is_enforced_over_tcp() {
-    access_is_enforced(Via::Tcp);
-}
-
-#[test]
-fn access_is_enforced_over_quic() {
-    access_is_enforced(Via::Quic);
 }
 
 fn access_is_enforced(via: Via) {
