@@ -22,7 +22,7 @@ use iroh_blobs::api::blobs::{AddPathOptions, AddProgressItem, BlobStatus, Import
 use iroh_blobs::store::fs::FsStore;
 use iroh_blobs::store::fs::options::{InlineOptions, Options, PathOptions};
 use iroh_blobs::store::{GcConfig, ProtectOutcome};
-use iroh_blobs::{BlobFormat, Hash};
+use iroh_blobs::{BlobFormat, Hash, HashAndFormat};
 use n0_future::StreamExt;
 use tokio::sync::{OnceCell, OwnedRwLockReadGuard, RwLock, oneshot};
 
@@ -142,6 +142,24 @@ impl Blobs {
         let stream = n0_future::stream::unfold(chunks, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
         let events = store.blobs().add_stream(stream).await.stream().await;
         finish_import(events, gate, &|_, _| {}, &"a stream").await
+    }
+
+    /// Holds an existing blob for a new reference, as an import would: a temp
+    /// tag and the import gate, until the referencing row is committed.
+    pub(crate) async fn hold(&self, hash: &BlobHash, size: u64) -> Result<Imported> {
+        let gate = self.gate.clone().read_owned().await;
+        let store = self.store().await?;
+        let tag = store
+            .tags()
+            .temp_tag(HashAndFormat::raw(Hash::from_bytes(hash.0)))
+            .await
+            .map_err(Error::blobs)?;
+        Ok(Imported {
+            hash: *hash,
+            size,
+            _tag: tag,
+            _gate: gate,
+        })
     }
 
     /// Makes the blob store's metadata durable. Called after imports and before

@@ -671,3 +671,52 @@ async fn prune_keeps_what_stays_readable_and_gc_reclaims_the_rest() {
     // Pruning again, or below the first prune point, changes nothing.
     assert_eq!(store.prune("b", "main", now).expect("prune again").rows, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_can_take_a_whole_blob_without_copying() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    put(&main, "/src", &data).await;
+    let src = main.stat(&p("/src")).expect("stat");
+
+    let mut w = main
+        .open_write(&p("/copy"), OpenOptions::replace())
+        .await
+        .expect("open");
+    assert!(w.copy_from(&src).await.expect("copy"), "a fresh session takes the blob");
+    assert_eq!(w.len().expect("len"), data.len() as u64);
+    let copy = w.close().await.expect("close");
+    assert_eq!((copy.hash, copy.size), (src.hash, src.size), "the copy shares the blob");
+    assert_ne!(copy.id, src.id);
+
+    // A change after the copy works on the bytes, starting from the blob.
+    let mut w = main
+        .open_write(&p("/edited"), OpenOptions::replace())
+        .await
+        .expect("open");
+    assert!(w.copy_from(&src).await.expect("copy"));
+    w.write_at(0, b"EDIT").await.expect("write over the copy");
+    w.close().await.expect("close");
+    let mut want = data.clone();
+    want[..4].copy_from_slice(b"EDIT");
+    assert_eq!(get(&main, "/edited").await, want);
+
+    // Not once something was written.
+    let mut w = main
+        .open_write(&p("/late"), OpenOptions::replace())
+        .await
+        .expect("open");
+    w.write_at(0, b"x").await.expect("write");
+    assert!(
+        !w.copy_from(&src).await.expect("refused"),
+        "only a fresh session can take a blob"
+    );
+    w.abort();
+    assert_eq!(
+        store.stats().await.expect("stats").blobs,
+        2,
+        "src/copy share one blob; edited has its own"
+    );
+    assert!(store.fsck().await.expect("fsck").problems.is_empty());
+}

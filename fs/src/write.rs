@@ -121,6 +121,11 @@ enum Staged {
     },
     /// Random access: the sparse staging file.
     File(File),
+    /// Exactly the content of an existing blob (a server-side copy), held
+    /// until close; any change first turns it into a staging file.
+    Blob(Imported),
+    /// Its content handed to the commit.
+    Closed,
 }
 
 impl Tree {
@@ -297,9 +302,7 @@ impl WriteSession {
     }
 
     pub async fn set_len(&mut self, new_len: u64) -> Result<()> {
-        if let Staged::Stream { len, .. } = &self.staged
-            && *len == new_len
-        {
+        if self.len()? == new_len && !matches!(self.staged, Staged::File(_)) {
             return Ok(());
         }
         let file = self.file().await?;
@@ -309,6 +312,8 @@ impl WriteSession {
     pub fn len(&self) -> Result<u64> {
         match &self.staged {
             Staged::Stream { len, .. } => Ok(*len),
+            Staged::Blob(b) => Ok(b.size),
+            Staged::Closed => Ok(0),
             Staged::File(f) => Ok(f.metadata().map_err(|e| Error::io(&self.staging, e))?.len()),
         }
     }
@@ -327,9 +332,28 @@ impl WriteSession {
     /// streamed session has nothing of its own to sync until close.
     pub fn sync(&self) -> Result<()> {
         match &self.staged {
-            Staged::Stream { .. } => Ok(()),
+            Staged::Stream { .. } | Staged::Blob(_) | Staged::Closed => Ok(()),
             Staged::File(f) => f.sync_data().map_err(|e| Error::io(&self.staging, e)),
         }
+    }
+
+    /// Makes the file's content exactly `source`'s, without copying a byte:
+    /// the new version will share the blob. Only for a session nothing was
+    /// written to yet; returns `false` (and changes nothing) otherwise.
+    pub async fn copy_from(&mut self, source: &Entry) -> Result<bool> {
+        let (Staged::Stream { len: 0, .. }, Kind::File, Some(hash)) = (&self.staged, source.kind, source.hash) else {
+            return Ok(false);
+        };
+        let held = self.tree.inner.blobs.hold(&hash, source.size).await?;
+        if let Staged::Stream { tx, import, .. } = &mut self.staged {
+            // Nothing was sent: fail the empty import so it leaves nothing behind.
+            if let Some(tx) = tx.take() {
+                tx.try_send(Err(std::io::Error::other("replaced by a copy"))).ok();
+            }
+            import.abort();
+        }
+        self.staged = Staged::Blob(held);
+        Ok(true)
     }
 
     /// Ends a streamed import and returns its blob.
@@ -346,12 +370,24 @@ impl WriteSession {
     /// The random-access staging file, made from the streamed bytes so far
     /// if the session was streaming.
     async fn file(&mut self) -> Result<&File> {
-        if let Staged::Stream { len, .. } = &self.staged {
-            let len = *len;
+        if !matches!(self.staged, Staged::File(_)) {
             self.registration = Some(self.tree.register(&self.staging)?);
-            let blob = self.finish_stream().await?;
+            let streamed = match &self.staged {
+                Staged::Stream { len, .. } => Some(*len),
+                _ => None,
+            };
+            // Held until the staging file has the bytes.
+            let finished = match streamed {
+                Some(_) => Some(self.finish_stream().await?),
+                None => None,
+            };
+            let (hash, len) = match (&finished, streamed, &self.staged) {
+                (Some(blob), Some(len), _) => (blob.hash, len),
+                (None, _, Staged::Blob(blob)) => (blob.hash, blob.size),
+                _ => return Err(Error::Internal("a closed write session was used".into())),
+            };
             if len > 0 {
-                self.tree.inner.blobs.export(&blob.hash, &self.staging).await?;
+                self.tree.inner.blobs.export(&hash, &self.staging).await?;
             }
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -364,7 +400,7 @@ impl WriteSession {
         }
         match &self.staged {
             Staged::File(f) => Ok(f),
-            Staged::Stream { .. } => unreachable!("just replaced by a file"),
+            _ => unreachable!("just made a file"),
         }
     }
 
@@ -375,6 +411,11 @@ impl WriteSession {
         let blob = match &self.staged {
             Staged::Stream { .. } => self.finish_stream().await?,
             Staged::File(_) => self.tree.inner.blobs.import_file(&self.staging, &|_, _| {}).await?,
+            Staged::Blob(_) => match std::mem::replace(&mut self.staged, Staged::Closed) {
+                Staged::Blob(blob) => blob,
+                _ => unreachable!("matched just above"),
+            },
+            Staged::Closed => return Err(Error::Internal("a closed write session was closed again".into())),
         };
         let place = Place {
             create_parents: false,

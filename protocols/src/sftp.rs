@@ -754,13 +754,14 @@ impl Session {
         // Take the source out of the table to hold both handles at once.
         let source = self.handles.remove(&from);
         let result = match &source {
-            Some(OpenHandle::Read { reader, .. }) => {
+            Some(OpenHandle::Read { reader, entry, .. }) => {
                 let length = if length == 0 {
                     reader.size().saturating_sub(from_offset)
                 } else {
                     length
                 };
-                self.copy_range(reader, from_offset, length, &to, to_offset).await
+                self.copy_range(reader, entry, from_offset, length, &to, to_offset)
+                    .await
             }
             _ => Err(Fail::new(
                 StatusCode::Failure,
@@ -776,6 +777,7 @@ impl Session {
     async fn copy_range(
         &mut self,
         reader: &alknet_fs::FileReader,
+        source: &Entry,
         from_offset: u64,
         length: u64,
         to: &str,
@@ -787,6 +789,10 @@ impl Session {
                 "the target is not a handle open for writing",
             ));
         };
+        // A whole file into a fresh one: share the blob, copy nothing.
+        if from_offset == 0 && to_offset == 0 && length == source.size && session.copy_from(source).await? {
+            return Ok(());
+        }
         let mut done = 0u64;
         while done < length {
             let chunk = reader.read_at(from_offset + done, (length - done).min(1 << 20)).await?;
