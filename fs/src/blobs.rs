@@ -343,6 +343,11 @@ impl Blobs {
         self.gate.clone().write_owned().await
     }
 
+    /// [`Blobs::gc_guard`] if no import is in flight right now.
+    pub(crate) fn try_gc_guard(&self) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {
+        self.gate.clone().try_write_owned().ok()
+    }
+
     /// Flushes and closes the blob store if this process opened it.
     pub(crate) async fn close(&self) -> Result<()> {
         if let Some(opened) = self.store.get() {

@@ -528,8 +528,13 @@ impl Store {
     /// write in flight holds. History is kept: a blob is live as long as some
     /// version of some branch can still read it.
     pub async fn gc(&self) -> Result<GcReport> {
+        let no_imports = self.inner.blobs.gc_guard().await;
+        self.gc_holding(no_imports).await
+    }
+
+    /// [`Store::gc`] with imports already shut out by `_no_imports`.
+    async fn gc_holding(&self, _no_imports: tokio::sync::OwnedRwLockWriteGuard<()>) -> Result<GcReport> {
         let stale_sessions = self.clean_stale_sessions()?;
-        let _no_imports = self.inner.blobs.gc_guard().await;
         let live: HashSet<BlobHash> = self.inner.db.read(|c| {
             let mut stmt = c.prepare("SELECT DISTINCT hash FROM nodes WHERE hash IS NOT NULL")?;
             let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
@@ -595,7 +600,13 @@ impl Store {
         if waiting == 0 {
             return Ok(None);
         }
-        self.gc().await.map(Some)
+        // Never queue behind a long upload: a waiting collector would hold up
+        // every new import until that upload ends. Try again next round.
+        let Some(no_imports) = self.inner.blobs.try_gc_guard() else {
+            tracing::debug!("gc deferred: imports in flight");
+            return Ok(None);
+        };
+        self.gc_holding(no_imports).await.map(Some)
     }
 
     /// Checks the database and every referenced blob: present, complete, the
