@@ -153,6 +153,12 @@ async fn rename_keeps_the_entry_id_and_moves_subtrees() {
     main.rename(&p("/e/sub/f"), &p("/g"), false).expect("rename file");
     assert_eq!(main.stat(&p("/g")).expect("stat").id, file_id);
     assert_eq!(main.path_of(file_id).expect("path_of"), Some(p("/g")));
+    let by_id = main.entry(file_id).expect("entry").expect("still there");
+    assert_eq!(
+        (by_id.name.as_str(), by_id.parent),
+        ("g", crate::EntryId::ROOT),
+        "lookup by id follows the move"
+    );
 
     assert!(matches!(
         main.rename(&p("/e"), &p("/e/sub/x"), false),
