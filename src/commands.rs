@@ -304,7 +304,10 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         Command::Fsck => {
             let r = store.fsck().await?;
             say(json, &r, || {
-                let mut s = format!("checked {} blobs ({} bytes)", r.blobs_checked, r.bytes_checked);
+                let mut s = format!(
+                    "checked {} blobs ({} bytes) and {} entries",
+                    r.blobs_checked, r.bytes_checked, r.entries_checked
+                );
                 for p in &r.problems {
                     s.push_str(&format!("\nproblem: {p}"));
                 }

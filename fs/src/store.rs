@@ -12,9 +12,9 @@ use serde::Serialize;
 use crate::blobs::Blobs;
 use crate::db::{Db, notify, now_ms};
 use crate::error::{Error, Result};
-use crate::name::{At, DEFAULT_BRANCH, check_branch_name, check_bucket_name};
+use crate::name::{At, BucketPath, DEFAULT_BRANCH, check_branch_name, check_bucket_name};
 use crate::tree::{Tree, chain, head_limit};
-use crate::types::{BlobHash, BranchInfo, BucketInfo, Commit, SnapshotInfo, Version};
+use crate::types::{BlobHash, BranchInfo, BucketInfo, Commit, EntryId, Kind, SnapshotInfo, Version};
 
 /// The honker queue that asks for a garbage collection. Enqueued in the same
 /// transaction as a change that frees content (bucket or branch deletion);
@@ -25,7 +25,7 @@ pub const GC_QUEUE: &str = "alknet/gc";
 /// connection and one blob store.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
@@ -62,6 +62,8 @@ pub struct PruneReport {
 pub struct FsckReport {
     pub blobs_checked: usize,
     pub bytes_checked: u64,
+    /// Entries walked in the heads of all branches.
+    pub entries_checked: u64,
     pub problems: Vec<String>,
 }
 
@@ -643,9 +645,17 @@ impl Store {
                 },
             }
         }
+        let mut entries_checked = 0;
+        for bucket in self.list_buckets()? {
+            for branch in self.list_branches(&bucket.name)? {
+                let tree = self.tree(&bucket.name, &branch.name, &At::Head)?;
+                entries_checked += check_tree(&tree, &mut problems)?;
+            }
+        }
         Ok(FsckReport {
             blobs_checked: refs.len(),
             bytes_checked,
+            entries_checked,
             problems,
         })
     }
@@ -693,6 +703,32 @@ fn protected_versions(c: &Connection, branch_id: i64) -> Result<Vec<i64>> {
     )?;
     let rows = stmt.query_map([branch_id], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Checks the head of one branch: every entry has what its kind needs, and no
+/// entry id lives in two places. Returns the number of entries walked.
+fn check_tree(tree: &Tree, problems: &mut Vec<String>) -> Result<u64> {
+    let mut seen: std::collections::HashMap<EntryId, BucketPath> = std::collections::HashMap::new();
+    let entries = tree.walk(&BucketPath::root())?;
+    let whose = |p: &BucketPath| format!("{}@{}:{p}", tree.bucket(), tree.branch());
+    for (path, e) in &entries {
+        if let Some(first) = seen.insert(e.id, path.clone()) {
+            problems.push(format!(
+                "entry {} is at both {} and {}",
+                e.id.0,
+                whose(&first),
+                whose(path)
+            ));
+        }
+        match e.kind {
+            Kind::File if e.hash.is_none() => problems.push(format!("{}: a file without a hash", whose(path))),
+            Kind::Symlink if e.target.is_none() => {
+                problems.push(format!("{}: a symlink without a target", whose(path)))
+            }
+            _ => {}
+        }
+    }
+    Ok(entries.len() as u64)
 }
 
 /// One referenced blob as fsck sees it: hash, size, and one place that uses it

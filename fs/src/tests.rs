@@ -726,3 +726,31 @@ async fn a_session_can_take_a_whole_blob_without_copying() {
     );
     assert!(store.fsck().await.expect("fsck").problems.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_finds_an_entry_in_two_places() {
+    let (_d, store) = store();
+    let main = head(&store, "main");
+    put(&main, "/a", b"one").await;
+    assert_eq!(store.fsck().await.expect("fsck").entries_checked, 1);
+    // Damage the tree behind the API's back: the same entry id at a second name.
+    store
+        .inner
+        .db
+        .write(|tx| {
+            tx.execute(
+                "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, hash, size, mode, mtime_ns)
+                 SELECT branch_id, parent, 'b', version, eid, kind, hash, size, mode, mtime_ns FROM nodes WHERE name = 'a'",
+                [],
+            )?;
+            Ok(())
+        })
+        .expect("raw insert");
+    let report = store.fsck().await.expect("fsck");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("b@main:/a") && report.problems[0].contains("b@main:/b"),
+        "{:?}",
+        report.problems
+    );
+}
