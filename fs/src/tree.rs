@@ -72,9 +72,52 @@ impl SetAttr {
     }
 }
 
-const COLUMNS: &str = "n.eid, n.parent, n.name, n.kind, n.hash, n.size, n.mode, n.mtime_ns, n.target, n.version";
+/// The columns [`entry_from_row`] reads, as a literal for `concat!`.
+macro_rules! columns {
+    () => {
+        "n.eid, n.parent, n.name, n.kind, n.hash, n.size, n.mode, n.mtime_ns, n.target, n.version"
+    };
+}
 
-/// Builds an [`Entry`] from a row of [`COLUMNS`]; `None` for a tombstone.
+/// The newest row for `(parent, name)` over the whole chain, nearest level first.
+const LOOKUP_CHAIN: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM json_each(?1) AS c
+     JOIN nodes AS n ON n.branch_id = c.value->>0 AND n.parent = ?2 AND n.name = ?3 AND n.version <= c.value->>1
+     ORDER BY c.key, n.version DESC, n.seq DESC LIMIT 1"
+);
+
+/// The same on a branch with no parent: one index range, no chain to join.
+const LOOKUP_ONE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM nodes AS n WHERE n.branch_id = ?1 AND n.parent = ?2 AND n.name = ?3 AND n.version <= ?4
+     ORDER BY n.version DESC, n.seq DESC LIMIT 1"
+);
+
+/// The newest row of entry `eid` over the whole chain.
+const BY_ID_CHAIN: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM json_each(?1) AS c
+     JOIN nodes AS n ON n.branch_id = c.value->>0 AND n.eid = ?2 AND n.version <= c.value->>1
+     ORDER BY c.key, n.version DESC, n.seq DESC LIMIT 1"
+);
+
+/// One level's live-or-tombstone rows of a directory, in name order.
+const CHILDREN_ONE_LEVEL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM nodes AS n
+     WHERE n.branch_id = ?1 AND n.parent = ?2 AND n.name > ?3 AND n.version <= ?4
+       AND n.seq = (SELECT m.seq FROM nodes AS m
+                    WHERE m.branch_id = ?1 AND m.parent = ?2 AND m.name = n.name AND m.version <= ?4
+                    ORDER BY m.version DESC, m.seq DESC LIMIT 1)
+     ORDER BY n.name LIMIT ?5"
+);
+
+/// Builds an [`Entry`] from a row of `columns!()`; `None` for a tombstone.
 fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Entry>> {
     let Some(kind) = Kind::from_code(row.get(3)?) else {
         return Ok(None);
@@ -341,27 +384,20 @@ impl Tree {
     }
 
     pub(crate) fn lookup(&self, c: &Connection, parent: EntryId, name: &str) -> Result<Option<Entry>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM json_each(?1) AS c
-             JOIN nodes AS n ON n.branch_id = c.value->>0 AND n.parent = ?2 AND n.name = ?3
-                            AND n.version <= c.value->>1
-             ORDER BY c.key, n.version DESC, n.seq DESC LIMIT 1"
-        );
-        let row = c
-            .prepare_cached(&sql)?
-            .query_row(params![&*self.chain, parent.0, name], entry_from_row)
-            .optional()?;
-        Ok(row.flatten())
+        let row = match *self.levels {
+            [(branch, upto)] => c
+                .prepare_cached(LOOKUP_ONE)?
+                .query_row(params![branch, parent.0, name, upto], entry_from_row),
+            _ => c
+                .prepare_cached(LOOKUP_CHAIN)?
+                .query_row(params![&*self.chain, parent.0, name], entry_from_row),
+        };
+        Ok(row.optional()?.flatten())
     }
 
     pub(crate) fn by_id(&self, c: &Connection, id: EntryId) -> Result<Option<Entry>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM json_each(?1) AS c
-             JOIN nodes AS n ON n.branch_id = c.value->>0 AND n.eid = ?2 AND n.version <= c.value->>1
-             ORDER BY c.key, n.version DESC, n.seq DESC LIMIT 1"
-        );
         let row = c
-            .prepare_cached(&sql)?
+            .prepare_cached(BY_ID_CHAIN)?
             .query_row(params![&*self.chain, id.0], entry_from_row)
             .optional()?;
         Ok(row.flatten())
@@ -380,17 +416,9 @@ impl Tree {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Entry>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM nodes AS n
-             WHERE n.branch_id = ?1 AND n.parent = ?2 AND n.name > ?3 AND n.version <= ?4
-               AND n.seq = (SELECT m.seq FROM nodes AS m
-                            WHERE m.branch_id = ?1 AND m.parent = ?2 AND m.name = n.name AND m.version <= ?4
-                            ORDER BY m.version DESC, m.seq DESC LIMIT 1)
-             ORDER BY n.name LIMIT ?5"
-        );
         // At least a few dozen rows per query, so runs of tombstones pass quickly.
         let batch = limit.clamp(64, 1000);
-        let mut stmt = c.prepare_cached(&sql)?;
+        let mut stmt = c.prepare_cached(CHILDREN_ONE_LEVEL)?;
         let mut out = Vec::new();
         let mut cursor = after.unwrap_or("").to_owned();
         loop {
