@@ -417,17 +417,16 @@ print('closed by server')
     assert_eq!(stored_hash(node, "photos:/after"), b3(b"still fine"));
 }
 
-#[test]
-fn killed_client_mid_upload_leaves_the_old_file() {
-    let s = setup();
+/// Stores "old content" at /photos/f, then starts a rate-limited upload of
+/// 64 MiB over it (16 Mbit/s: about half a minute) and returns after 2 s,
+/// with the upload still running.
+fn slow_upload_over_an_old_file(s: &Setup) -> std::process::Child {
     let node = &s.node;
     node.write_local("old", b"old content");
     let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "put old /photos/f\n");
     assert!(ok, "{out}");
-    let big = pattern(64 << 20, 3);
-    node.write_local("big", &big);
+    node.write_local("big", &pattern(64 << 20, 3));
     std::fs::write(node.work.join("slow.sftp"), "put big /photos/f\n").expect("batch");
-    // 16 Mbit/s: the 64 MiB upload takes half a minute; it is killed after 2 s.
     let mut client = Command::new("sftp")
         .args(ssh_opts(&s.server, &s.alice, Via::Tcp))
         .args(["-l", "16384", "-b"])
@@ -441,8 +440,16 @@ fn killed_client_mid_upload_leaves_the_old_file() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         client.try_wait().expect("poll").is_none(),
-        "the upload finished early; nothing was tested"
+        "the upload finished early; nothing would be tested"
     );
+    client
+}
+
+#[test]
+fn killed_client_mid_upload_leaves_the_old_file() {
+    let s = setup();
+    let node = &s.node;
+    let mut client = slow_upload_over_an_old_file(&s);
     client.kill().expect("kill the client");
     client.wait().ok();
     std::thread::sleep(Duration::from_millis(500));
@@ -453,7 +460,16 @@ fn killed_client_mid_upload_leaves_the_old_file() {
     );
     let Setup { node, server, .. } = s;
     assert!(server.stop(), "SIGTERM stops the server cleanly");
-    assert_eq!(node.bytes(&["cat", "photos:/f"]), b"old content");
+    the_old_file_is_whole(&node);
+}
+
+/// With the server stopped: the old content, a clean fsck, no staging file.
+fn the_old_file_is_whole(node: &Node) {
+    assert_eq!(
+        node.bytes(&["cat", "photos:/f"]),
+        b"old content",
+        "nothing half-written was published"
+    );
     assert!(node.ok(&["fsck"]).contains("no problems"));
     let staged: Vec<_> = std::fs::read_dir(node.data.join("tmp")).expect("tmp").collect();
     assert!(staged.is_empty(), "no staging file is left: {staged:?}");
@@ -610,33 +626,10 @@ fn rclone_sync_and_check_over_tcp() {
 #[test]
 fn sigterm_during_an_upload_keeps_the_old_file() {
     let s = setup();
-    let node = &s.node;
-    node.write_local("old", b"old content");
-    let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "put old /photos/f\n");
-    assert!(ok, "{out}");
-    node.write_local("big", &pattern(64 << 20, 4));
-    std::fs::write(node.work.join("slow.sftp"), "put big /photos/f\n").expect("batch");
-    let mut client = Command::new("sftp")
-        .args(ssh_opts(&s.server, &s.alice, Via::Tcp))
-        .args(["-l", "16384", "-b"])
-        .arg(node.work.join("slow.sftp"))
-        .arg("alice@127.0.0.1")
-        .current_dir(&node.work)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn sftp");
-    std::thread::sleep(Duration::from_secs(2));
+    let mut client = slow_upload_over_an_old_file(&s);
     let Setup { node, server, .. } = s;
     assert!(server.stop(), "SIGTERM mid-upload still ends the server cleanly");
     let status = client.wait().expect("the client sees the server go");
     assert!(!status.success(), "the interrupted upload must not report success");
-    assert_eq!(
-        node.bytes(&["cat", "photos:/f"]),
-        b"old content",
-        "nothing half-written was published"
-    );
-    assert!(node.ok(&["fsck"]).contains("no problems"));
-    let staged: Vec<_> = std::fs::read_dir(node.data.join("tmp")).expect("tmp").collect();
-    assert!(staged.is_empty(), "no staging file is left: {staged:?}");
+    the_old_file_is_whole(&node);
 }
