@@ -283,11 +283,7 @@ print('paramiko ok')
         .current_dir(&node.work)
         .output()
         .expect("run python3");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::util::combined(&out);
     assert!(
         out.status.success() && text.contains("paramiko ok"),
         "paramiko over {via:?}:\n{text}"
@@ -401,11 +397,7 @@ print('closed by server')
             .args(["30", "/usr/bin/python3", "-c", &script])
             .output()
             .expect("python3");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = crate::util::combined(&out);
         assert!(
             text.contains("closed by server"),
             "the bad session must be closed:\n{text}"
@@ -593,11 +585,7 @@ fn rclone_sync_and_check_over_tcp() {
             .current_dir(&node.work)
             .output()
             .expect("run rclone");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = crate::util::combined(&out);
         assert!(out.status.success(), "rclone {args:?}:\n{text}");
         text
     };

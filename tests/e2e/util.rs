@@ -107,6 +107,15 @@ fn check_ok(args: &[&str], out: &Output) {
     );
 }
 
+/// A finished command's stdout then stderr, as text for an assertion message.
+pub(crate) fn combined(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub(crate) fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_alknet"))
 }
@@ -270,10 +279,6 @@ pub(crate) fn sftp_batch(node: &Node, server: &Server, key: &Path, via: Via, scr
         .current_dir(&node.work)
         .output()
         .expect("run sftp");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = combined(&out);
     (out.status.success(), text)
 }
