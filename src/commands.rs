@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::{BranchCmd, BucketCmd, Cli, Command, UserCmd};
+use crate::{BranchCmd, BucketCmd, Cli, Command, RepoCmd, UserCmd};
 
 /// Transfers smaller than this get no progress bar.
 const PROGRESS_MIN: u64 = 16 << 20;
@@ -19,6 +19,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
     match cli.command {
         Command::Init { admin_key, admin_name } => return init(&cli.data, admin_key.as_deref(), &admin_name, json),
+        Command::GitRemoteHelper { url, .. } => return crate::git_helper::run(&url),
         Command::Proxy { node } => {
             alknet_protocols::proxy(&node).await?;
             return Ok(ExitCode::SUCCESS);
@@ -41,7 +42,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCode> {
     match command {
-        Command::Init { .. } | Command::Proxy { .. } => unreachable!("handled before the store is opened"),
+        Command::Init { .. } | Command::Proxy { .. } | Command::GitRemoteHelper { .. } => {
+            unreachable!("handled before the store is opened")
+        }
         Command::Serve { ssh, quic, no_quic } => return crate::server::run(store, ssh, quic, no_quic).await,
         Command::User(UserCmd::Add { name, key, admin }) => {
             let access = access(store)?;
@@ -106,6 +109,38 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             say(json, &serde_json::json!({"deleted": name}), || {
                 format!("deleted bucket {name} (run `alknet gc` to reclaim its space)")
             })?;
+        }
+        Command::Repo(cmd) => {
+            let config = crate::config::Config::load(store.dir())?;
+            let forge = alknet_forge::Forge::new(store.clone(), config.git.forge());
+            match cmd {
+                RepoCmd::Create { name } => {
+                    let info = forge.create(&name)?;
+                    say(json, &info, || {
+                        format!(
+                            "created repository {} (default branch {})",
+                            info.name,
+                            info.head.trim_start_matches("refs/heads/")
+                        )
+                    })?;
+                }
+                RepoCmd::List => print_list(json, &forge.list()?, |r| {
+                    format!(
+                        "{}\t{}\t{} refs\t{} packs\t{} bytes",
+                        r.name,
+                        r.head.trim_start_matches("refs/heads/"),
+                        r.refs,
+                        r.packs,
+                        r.pack_bytes
+                    )
+                })?,
+                RepoCmd::Delete { name } => {
+                    forge.delete(&name)?;
+                    say(json, &serde_json::json!({"deleted": name}), || {
+                        format!("deleted repository {name} (its space is reclaimed by the next gc)")
+                    })?;
+                }
+            }
         }
         Command::Branch(BranchCmd::Create { bucket, new, from }) => {
             let src = Address::parse(&format!("{bucket}@{from}"))?;

@@ -19,6 +19,14 @@ listen = "127.0.0.1:2222"
 # Where the QUIC endpoint listens (flag: --quic). Clients reach it as
 # NODE_ID@HOST:PORT through `alknet proxy`; relays and discovery are off.
 listen = "127.0.0.1:2223"
+
+[git]
+# The branch HEAD names in a new repository.
+default_branch = "main"
+# An admin's push to a missing repository creates it.
+create_on_push = false
+# Repositories that accept non-fast-forward (force) pushes; all others refuse them.
+allow_force_push = []
 "#;
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +34,45 @@ listen = "127.0.0.1:2223"
 pub(crate) struct Config {
     pub(crate) ssh: Listen,
     pub(crate) quic: Listen,
+    #[serde(default)]
+    pub(crate) git: Git,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Git {
+    pub(crate) default_branch: String,
+    pub(crate) create_on_push: bool,
+    pub(crate) allow_force_push: Vec<String>,
+}
+
+impl Default for Git {
+    fn default() -> Self {
+        let d = alknet_forge::ForgeConfig::default();
+        Git {
+            default_branch: d.default_branch,
+            create_on_push: d.create_on_push,
+            allow_force_push: Vec::new(),
+        }
+    }
+}
+
+impl Git {
+    pub(crate) fn forge(&self) -> alknet_forge::ForgeConfig {
+        alknet_forge::ForgeConfig {
+            default_branch: self.default_branch.clone(),
+            create_on_push: self.create_on_push,
+            allow_force_push: self
+                .allow_force_push
+                .iter()
+                .map(|r| {
+                    alknet_forge::repo_name(r)
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|_| r.clone())
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

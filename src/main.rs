@@ -3,6 +3,7 @@
 
 mod commands;
 mod config;
+mod git_helper;
 mod keys;
 mod server;
 
@@ -39,7 +40,7 @@ enum Command {
         #[arg(long, default_value = "admin")]
         admin_name: String,
     },
-    /// Serve the store: SSH (SFTP) over TCP and over QUIC.
+    /// Serve the store: SSH (SFTP and git) over TCP and over QUIC.
     Serve {
         /// SSH listen address (default: ssh.listen in alknet.toml).
         #[arg(long, value_name = "ADDR")]
@@ -50,6 +51,13 @@ enum Command {
         /// Do not start the QUIC endpoint.
         #[arg(long, conflicts_with = "quic")]
         no_quic: bool,
+    },
+    /// The git remote helper for alknet:// URLs (git runs it as `git-remote-alknet`).
+    GitRemoteHelper {
+        /// The remote's name (unused).
+        remote: String,
+        /// alknet://NODE_ID@HOST:PORT/REPO
+        url: String,
     },
     /// Join stdin/stdout to a node's SSH over QUIC (for ssh/sftp ProxyCommand).
     Proxy {
@@ -73,6 +81,9 @@ enum Command {
     /// Create, list or delete branches of a bucket.
     #[command(subcommand)]
     Branch(BranchCmd),
+    /// Create, list or delete git repositories.
+    #[command(subcommand)]
+    Repo(RepoCmd),
     /// Store a local file (or stdin with `-`, or a directory with -r) at an address.
     Put {
         /// Local file, `-` for standard input, or a directory with -r.
@@ -199,6 +210,16 @@ enum BucketCmd {
 }
 
 #[derive(Subcommand)]
+enum RepoCmd {
+    /// Create an empty git repository (a bucket of kind repo).
+    Create { name: String },
+    /// List repositories: default branch, refs, packs.
+    List,
+    /// Delete a repository, its refs, packs and published branches.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
 enum UserCmd {
     /// Add a user who logs in with the given public key.
     Add {
@@ -240,7 +261,16 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Called by git as `git-remote-alknet REMOTE URL` (a symlink to us).
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "git-remote-alknet")
+    {
+        args.insert(1, "git-remote-helper".into());
+    }
+    let cli = Cli::parse_from(args);
     // A server logs its sessions; a one-shot command only what went wrong.
     let serving = matches!(cli.command, Command::Serve { .. });
     let default_level = if serving { "info" } else { "warn" };

@@ -30,7 +30,8 @@ pub(crate) async fn run(
     if access.user_count()? == 0 {
         tracing::warn!("there are no users yet: nobody can log in (alknet user add NAME --key FILE --admin)");
     }
-    let server = alknet_protocols::SshServer::new(store.clone(), access, host_key);
+    let forge = alknet_forge::Forge::new(store.clone(), config.git.forge());
+    let server = alknet_protocols::SshServer::new(forge, access, host_key);
 
     let tcp = tokio::net::TcpListener::bind(ssh_addr)
         .await

@@ -144,6 +144,17 @@ impl Blobs {
         finish_import(events, gate, &|_, _| {}, &"a stream").await
     }
 
+    /// Imports bytes already in memory (small objects: git blobs, metadata).
+    pub(crate) async fn import_bytes(&self, bytes: bytes::Bytes) -> Result<Imported> {
+        let gate = self.gate.clone().read_owned().await;
+        let store = self.store().await?;
+        let size = bytes.len() as u64;
+        let events = store.blobs().add_bytes(bytes).stream().await;
+        let mut imported = finish_import(events, gate, &|_, _| {}, &"bytes").await?;
+        imported.size = size;
+        Ok(imported)
+    }
+
     /// Holds an existing blob for a new reference, as an import would: a temp
     /// tag and the import gate, until the referencing row is committed.
     pub(crate) async fn hold(&self, hash: &BlobHash, size: u64) -> Result<Imported> {
@@ -260,6 +271,19 @@ impl Blobs {
             .finish()
             .await
             .map_err(|e| Error::Blobs(format!("exporting {hash} to {}: {e}", target.display())))
+    }
+
+    /// Makes `target` a file holding the blob: a hard link to the store's own
+    /// data file when it has one (a complete blob's file never changes, and
+    /// GC unlinking the store's name leaves ours), else a copy.
+    pub(crate) async fn link(&self, hash: &BlobHash, target: &Path) -> Result<()> {
+        if matches!(self.complete_size(hash).await?, Some(size) if size > self.inline_limit) {
+            let path = self.paths.data_path(&Hash::from_bytes(hash.0));
+            if std::fs::hard_link(&path, target).is_ok() {
+                return Ok(());
+            }
+        }
+        self.export(hash, target).await.map(drop)
     }
 
     /// The blob's data file, opened, if the blob is complete and stored as a

@@ -18,7 +18,9 @@ use crate::error::{Error, Result};
 ///   keyed by parent entry id and name), snapshots, write sessions.
 /// - 2: `branches.pruned_before`: versions of a branch older than this were
 ///   pruned and can no longer be read (except protected ones).
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+/// - 3: `refs` (named values with compare-and-swap updates) and `attachments`
+///   (named blobs outside the tree), per bucket. Created by `SCHEMA` itself.
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// Steps from each older schema to the next, applied in order.
 const MIGRATIONS: &[(i64, &str)] = &[(1, "ALTER TABLE branches ADD COLUMN pruned_before INTEGER;")];
@@ -82,6 +84,21 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 -- Open write sessions: their staging files live in tmp/ and are removed when
 -- the owning process is gone (see Store::open).
+-- Per-bucket refs (git branches and tags: name -> object id).
+CREATE TABLE IF NOT EXISTS refs (
+    bucket_id INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    value     TEXT NOT NULL,
+    PRIMARY KEY (bucket_id, name)
+);
+-- Per-bucket named blobs outside the tree (git packs); GC keeps them.
+CREATE TABLE IF NOT EXISTS attachments (
+    bucket_id INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    hash      BLOB NOT NULL,
+    size      INTEGER NOT NULL,
+    PRIMARY KEY (bucket_id, name)
+);
 CREATE TABLE IF NOT EXISTS write_sessions (
     id         INTEGER PRIMARY KEY,
     staging    TEXT NOT NULL,

@@ -68,6 +68,9 @@ pub enum Error {
     /// A blob referenced by the tree is not in the blob store.
     #[error("blob {0} is missing from the blob store")]
     MissingBlob(String),
+    /// A ref update found the ref changed since it was read.
+    #[error("ref {name} changed meanwhile (now {})", current.as_deref().unwrap_or("absent"))]
+    RefChanged { name: String, current: Option<String> },
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("blob store error: {0}")]

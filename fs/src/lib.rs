@@ -34,6 +34,7 @@ pub mod display;
 mod error;
 mod mutate;
 mod name;
+mod refs;
 mod store;
 mod tree;
 mod types;
@@ -44,7 +45,8 @@ pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
 pub use name::{
     Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, check_branch_name, check_bucket_name,
 };
-pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, Space, Stats, Store, Watch};
+pub use refs::{Attachment, Blob, Edit, RefUpdate};
+pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch};
 pub use tree::{EVENT_CHANNEL, FileReader, SetAttr, Tree};
 pub use types::{BlobHash, BranchInfo, BucketInfo, Change, Commit, Entry, EntryId, Kind, SnapshotInfo, Version};
 pub use write::{OpenOptions, WriteSession};

@@ -88,14 +88,7 @@ impl Tree {
         paths: &[&BucketPath],
         mut f: impl FnMut(&Rows<'_>) -> Result<T>,
     ) -> Result<(Version, T)> {
-        if self.at.is_some() {
-            return Err(Error::ReadOnly(format!(
-                "{}@{}@{}",
-                self.bucket,
-                self.branch,
-                self.at.map(|v| v.0).unwrap_or(0)
-            )));
-        }
+        self.check_writable(paths.first().map(|p| p.as_str()).unwrap_or("/"))?;
         let paths: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
         let paths_json = serde_json::to_string(&paths).expect("a list of strings serialises");
         self.inner.db.write(|tx| {
@@ -134,7 +127,7 @@ impl Tree {
         Ok((parent, name))
     }
 
-    fn mkdir_all_in(&self, rows: &Rows<'_>, path: &BucketPath) -> Result<Entry> {
+    pub(crate) fn mkdir_all_in(&self, rows: &Rows<'_>, path: &BucketPath) -> Result<Entry> {
         let mut cur = Entry::root();
         let mut walked = BucketPath::root();
         for name in path.components() {
@@ -237,14 +230,19 @@ impl Tree {
     pub fn remove_all(&self, path: &BucketPath) -> Result<()> {
         self.commit("remove", &[path], |rows| {
             let top = self.resolve(rows.tx, path)?;
-            for (_, e) in self.walk_in(rows.tx, path, &top)? {
-                rows.tombstone(&e)?;
-            }
-            if !path.is_root() {
-                rows.tombstone(&top)?;
-            }
-            Ok(())
+            self.remove_tree_in(rows, path, &top)
         })?;
+        Ok(())
+    }
+
+    /// Tombstones `top` (at `path`) and everything below it; the root stays.
+    pub(crate) fn remove_tree_in(&self, rows: &Rows<'_>, path: &BucketPath, top: &Entry) -> Result<()> {
+        for (_, e) in self.walk_in(rows.tx, path, top)? {
+            rows.tombstone(&e)?;
+        }
+        if !path.is_root() {
+            rows.tombstone(top)?;
+        }
         Ok(())
     }
 
@@ -471,9 +469,7 @@ impl Tree {
         files: &[(BucketPath, std::path::PathBuf)],
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Version> {
-        if self.at.is_some() {
-            return Err(Error::ReadOnly(root.to_string()));
-        }
+        self.check_writable(root.as_str())?;
         use n0_future::{BufferedStreamExt, StreamExt};
         // The blob store's actor hashes and stores on its own threads: keep
         // several imports in flight so small files do not wait on round trips.
@@ -512,9 +508,7 @@ impl Tree {
         mode: Option<u32>,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Entry> {
-        if self.at.is_some() {
-            return Err(Error::ReadOnly(path.to_string()));
-        }
+        self.check_writable(path.as_str())?;
         let blob = self.inner.blobs.import_file(local, progress).await?;
         self.write_file(
             path,

@@ -16,6 +16,10 @@ use crate::name::{At, BucketPath, DEFAULT_BRANCH, check_branch_name, check_bucke
 use crate::tree::{Tree, chain, head_limit};
 use crate::types::{BlobHash, BranchInfo, BucketInfo, Commit, EntryId, Kind, SnapshotInfo, Version};
 
+/// The kind of a bucket that holds a git repository: its branches are
+/// published by pushes and read-only to every other writer.
+pub const REPO_KIND: &str = "repo";
+
 /// The honker queue that asks for a garbage collection. Enqueued in the same
 /// transaction as a change that frees content (bucket or branch deletion);
 /// drained by [`Store::gc`].
@@ -150,6 +154,19 @@ impl Store {
 
     // ---- buckets ---------------------------------------------------------
 
+    /// Creates an empty branch with no parent (the first state of a branch a
+    /// push publishes).
+    pub(crate) fn create_empty_branch(&self, bucket: &str, branch: &str) -> Result<Version> {
+        self.inner.db.write(|tx| {
+            let bucket_id = Self::bucket_id(tx, bucket)?;
+            tx.execute(
+                "INSERT INTO branches (bucket_id, name, created_ms) VALUES (?1, ?2, ?3)",
+                params![bucket_id, branch, now_ms()],
+            )?;
+            record(tx, tx.last_insert_rowid(), bucket, branch, "branch")
+        })
+    }
+
     /// Creates a bucket with an empty `main` branch.
     pub fn create_bucket(&self, name: &str, kind: &str) -> Result<()> {
         check_bucket_name(name)?;
@@ -205,6 +222,8 @@ impl Store {
             // Children first: parent_id references must not dangle mid-delete.
             tx.execute("UPDATE branches SET parent_id = NULL WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM branches WHERE bucket_id = ?1", [id])?;
+            tx.execute("DELETE FROM refs WHERE bucket_id = ?1", [id])?;
+            tx.execute("DELETE FROM attachments WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM buckets WHERE id = ?1", [id])?;
             let event = serde_json::json!({"op": "delete-bucket", "bucket": name});
             freed(tx, &event)?;
@@ -214,7 +233,7 @@ impl Store {
 
     // ---- branches --------------------------------------------------------
 
-    fn bucket_id(c: &Connection, bucket: &str) -> Result<i64> {
+    pub(crate) fn bucket_id(c: &Connection, bucket: &str) -> Result<i64> {
         c.query_row("SELECT id FROM buckets WHERE name = ?1", [bucket], |r| r.get(0))
             .optional()?
             .ok_or_else(|| Error::NoSuchBucket(bucket.to_owned()))
@@ -448,7 +467,9 @@ impl Store {
             let at = Self::resolve_at(c, bucket, branch, branch_id, at)?;
             let limit = at.map(|v| v.0 as i64).unwrap_or_else(head_limit);
             let (levels, chain) = chain(c, branch_id, limit)?;
+            let kind: String = c.query_row("SELECT kind FROM buckets WHERE name = ?1", [bucket], |r| r.get(0))?;
             Ok(Tree {
+                published: kind == REPO_KIND,
                 inner: self.inner.clone(),
                 bucket: bucket.to_owned(),
                 branch: branch.to_owned(),
@@ -538,7 +559,8 @@ impl Store {
     async fn gc_holding(&self, _no_imports: tokio::sync::OwnedRwLockWriteGuard<()>) -> Result<GcReport> {
         let stale_sessions = self.clean_stale_sessions()?;
         let live: HashSet<BlobHash> = self.inner.db.read(|c| {
-            let mut stmt = c.prepare("SELECT DISTINCT hash FROM nodes WHERE hash IS NOT NULL")?;
+            let mut stmt =
+                c.prepare("SELECT hash FROM nodes WHERE hash IS NOT NULL UNION SELECT hash FROM attachments")?;
             let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
             let mut out = HashSet::new();
             for h in rows {

@@ -42,6 +42,9 @@ pub struct Tree {
     /// The same chain, for queries that run once per level.
     pub(crate) levels: Levels,
     pub(crate) at: Option<Version>,
+    /// Published by another part of the system (a git push): frontends read
+    /// it, only [`Store::publish_tree`] hands out a writable handle.
+    pub(crate) published: bool,
 }
 
 /// Attribute changes for [`Tree::set_attr`]; `None` keeps the value.
@@ -152,7 +155,21 @@ impl Tree {
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.at.is_some()
+        self.at.is_some() || self.published
+    }
+
+    /// Refuses a write on a past version or a published branch, naming `what`.
+    pub(crate) fn check_writable(&self, what: &str) -> Result<()> {
+        if let Some(v) = self.at {
+            return Err(Error::ReadOnly(format!("{what} (at version {})", v.0)));
+        }
+        if self.published {
+            return Err(Error::ReadOnly(format!(
+                "{what} ({}@{} is published from git: push to change it)",
+                self.bucket, self.branch
+            )));
+        }
+        Ok(())
     }
 
     // ---- reads -----------------------------------------------------------

@@ -132,9 +132,7 @@ impl Tree {
     /// Opens `path` for writing. With `truncate` unset, the session starts
     /// from the file's current content.
     pub async fn open_write(&self, path: &BucketPath, opts: OpenOptions) -> Result<WriteSession> {
-        if self.at.is_some() {
-            return Err(Error::ReadOnly(path.to_string()));
-        }
+        self.check_writable(path.as_str())?;
         let (parent_path, _) = path.split_last().ok_or_else(|| Error::IsADirectory("/".into()))?;
         let mut existing = self.try_stat(path)?;
         match &existing {

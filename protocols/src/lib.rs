@@ -2,7 +2,8 @@
 //!
 //! [`Access`] holds users, their SSH keys and per-bucket grants. An
 //! [`SshServer`] authenticates keys against it and serves the `sftp`
-//! subsystem (`sftp.rs`, an adapter from SFTP requests to `alknet-fs` calls).
+//! subsystem (`sftp.rs`, an adapter from SFTP requests to `alknet-fs` calls)
+//! and git's exec requests (`git.rs`, an adapter onto `alknet-forge`).
 //! [`serve`] runs that server on a TCP listener and on a QUIC endpoint under
 //! the ALPN `alknet/ssh`; [`proxy`] is the client side of that bridge.
 //!
@@ -10,6 +11,7 @@
 
 mod access;
 mod endpoint;
+mod git;
 mod sftp;
 mod ssh;
 

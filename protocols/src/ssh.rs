@@ -1,11 +1,13 @@
 //! The SSH server: public-key authentication against [`Access`], no shell,
-//! the `sftp` subsystem. The same server runs over TCP and over a QUIC
+//! the `sftp` subsystem, and git's `git-upload-pack` / `git-receive-pack`
+//! exec requests. The same server runs over TCP and over a QUIC
 //! bi-stream ([`crate::endpoint`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alknet_forge::Forge;
 use alknet_fs::Store;
 use russh::keys::PrivateKey;
 use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -13,7 +15,7 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::access::Access;
-use crate::sftp;
+use crate::{git, sftp};
 
 /// One SSH service shared by every connection. Cheap to clone.
 #[derive(Clone)]
@@ -23,6 +25,7 @@ pub struct SshServer {
 
 struct Shared {
     store: Store,
+    forge: Forge,
     access: Arc<Access>,
     config: Arc<russh::server::Config>,
     owner: (u32, u32),
@@ -35,7 +38,8 @@ impl std::fmt::Debug for SshServer {
 }
 
 impl SshServer {
-    pub fn new(store: Store, access: Arc<Access>, host_key: PrivateKey) -> SshServer {
+    pub fn new(forge: Forge, access: Arc<Access>, host_key: PrivateKey) -> SshServer {
+        let store = forge.store().clone();
         let config = russh::server::Config {
             keys: vec![host_key],
             methods: MethodSet::from(&[MethodKind::PublicKey][..]),
@@ -57,6 +61,7 @@ impl SshServer {
         SshServer {
             shared: Arc::new(Shared {
                 store,
+                forge,
                 access,
                 config: Arc::new(config),
                 owner,
@@ -74,6 +79,7 @@ impl SshServer {
             peer: peer.clone(),
             user: None,
             channels: HashMap::new(),
+            git_protocol: HashMap::new(),
         };
         match russh::server::run_stream(self.shared.config.clone(), stream, conn).await {
             Ok(session) => {
@@ -93,6 +99,8 @@ struct Conn {
     user: Option<String>,
     /// Session channels opened but not yet given a subsystem.
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// `GIT_PROTOCOL` as set by an env request, per channel.
+    git_protocol: HashMap<ChannelId, String>,
 }
 
 impl Conn {
@@ -171,9 +179,48 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
+    async fn env_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == "GIT_PROTOCOL" {
+            self.git_protocol.insert(id, value.to_owned());
+            session.channel_success(id)?;
+        } else {
+            session.channel_failure(id)?;
+        }
+        Ok(())
+    }
+
     async fn exec_request(&mut self, id: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
-        tracing::info!(peer = %self.peer, command = %String::from_utf8_lossy(data), "refused exec: no shell");
-        session.channel_failure(id)?;
+        let command = String::from_utf8_lossy(data);
+        let (Some(user), Some((service, path))) = (self.user.clone(), git::parse_command(&command)) else {
+            tracing::info!(peer = %self.peer, %command, "refused exec: only git-upload-pack and git-receive-pack run here");
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        let Some(channel) = self.channels.remove(&id) else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        session.channel_success(id)?;
+        let v2 = self
+            .git_protocol
+            .remove(&id)
+            .is_some_and(|p| p.split(':').any(|kv| kv == "version=2"));
+        let req = git::Request {
+            forge: self.shared.forge.clone(),
+            access: self.shared.access.clone(),
+            user,
+            service,
+            path,
+            v2,
+            peer: self.peer.clone(),
+        };
+        tokio::spawn(git::serve(req, channel.into_stream(), session.handle(), id));
         Ok(())
     }
 

@@ -1,0 +1,184 @@
+//! git over SSH: the `git-upload-pack '<repo>'` and `git-receive-pack
+//! '<repo>'` exec requests stock git sends, checked against the same users
+//! and grants as SFTP (`read` to fetch, `write` to push), then handed to the
+//! forge's blocking state machines on a blocking thread.
+
+use std::sync::Arc;
+
+use alknet_forge::{Forge, receive_pack, repo_name, upload_pack};
+use russh::ChannelId;
+use russh::server::Handle;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::SyncIoBridge;
+
+use crate::access::{Access, Level};
+
+/// The two services git asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Service {
+    UploadPack,
+    ReceivePack,
+}
+
+/// Parses an exec command line: `git-upload-pack '/hello.git'`, also the
+/// `git upload-pack` spelling and unquoted paths.
+pub(crate) fn parse_command(command: &str) -> Option<(Service, String)> {
+    let command = command.trim();
+    let (program, rest) = command.split_once(' ')?;
+    let (service, rest) = match program {
+        "git-upload-pack" => (Service::UploadPack, rest),
+        "git-receive-pack" => (Service::ReceivePack, rest),
+        "git" => match rest.trim_start().split_once(' ')? {
+            ("upload-pack", r) => (Service::UploadPack, r),
+            ("receive-pack", r) => (Service::ReceivePack, r),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some((service, unquote(rest.trim())?))
+}
+
+/// Undoes the shell quoting git applies to the path (`'a'\''b'`).
+fn unquote(s: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => quoted = !quoted,
+            '\\' if !quoted => out.push(chars.next()?),
+            c if c.is_whitespace() && !quoted => return None,
+            c => out.push(c),
+        }
+    }
+    (!quoted).then_some(out)
+}
+
+/// Everything one git request needs.
+pub(crate) struct Request {
+    pub(crate) forge: Forge,
+    pub(crate) access: Arc<Access>,
+    pub(crate) user: String,
+    pub(crate) service: Service,
+    pub(crate) path: String,
+    /// The client asked for protocol v2 (`GIT_PROTOCOL=version=2`).
+    pub(crate) v2: bool,
+    pub(crate) peer: String,
+}
+
+/// Serves one git request on `stream`, then reports the exit status and
+/// closes the channel.
+pub(crate) async fn serve<S>(req: Request, stream: S, handle: Handle, channel: ChannelId)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let code = match authorize(&req) {
+        Err(message) => {
+            tracing::info!(peer = %req.peer, user = %req.user, path = %req.path, "git refused: {message}");
+            let mut line = Vec::new();
+            // An ERR pkt-line: git prints "fatal: remote error: …".
+            let text = format!("ERR {message}");
+            line.extend_from_slice(format!("{:04x}", text.len() + 4).as_bytes());
+            line.extend_from_slice(text.as_bytes());
+            write.write_all(&line).await.ok();
+            128
+        }
+        Ok(repo) => {
+            let Request {
+                forge,
+                user,
+                service,
+                v2,
+                peer,
+                ..
+            } = req;
+            let name = repo.clone();
+            let (result, back) = tokio::task::spawn_blocking(move || {
+                let input = SyncIoBridge::new(read);
+                let mut output = SyncIoBridge::new(write);
+                let result = match service {
+                    Service::UploadPack => upload_pack(&forge, &name, v2, input, &mut output).map(|()| None),
+                    Service::ReceivePack => receive_pack(&forge, &name, input, &mut output).map(Some),
+                };
+                (result, output.into_inner())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("a git session panicked: {e}"));
+            write = back;
+            match result {
+                Ok(Some(push)) => {
+                    tracing::info!(%peer, %user, %repo, updated = ?push.updated, refused = ?push.refused,
+                        objects = push.objects, "git push");
+                    0
+                }
+                Ok(None) => {
+                    tracing::info!(%peer, %user, %repo, "git fetch");
+                    0
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, %user, %repo, "git {service:?} failed: {e}");
+                    1
+                }
+            }
+        }
+    };
+    write.flush().await.ok();
+    handle.exit_status_request(channel, code).await.ok();
+    handle.eof(channel).await.ok();
+    handle.close(channel).await.ok();
+}
+
+/// The repository the request may use, or the message that refuses it.
+fn authorize(req: &Request) -> Result<String, String> {
+    let repo = repo_name(&req.path).map_err(|e| e.to_string())?;
+    let needed = match req.service {
+        Service::UploadPack => Level::Read,
+        Service::ReceivePack => Level::Write,
+    };
+    let level = req.access.level(&req.user, &repo).map_err(|e| e.to_string())?;
+    let exists = req.forge.info(&repo).is_ok();
+    if !exists {
+        let admin = req.access.is_admin(&req.user).unwrap_or(false);
+        if req.service == Service::ReceivePack && admin && req.forge.config().create_on_push {
+            req.forge.create(&repo).map_err(|e| e.to_string())?;
+            tracing::info!(user = %req.user, %repo, "created on first push");
+            return Ok(repo);
+        }
+        // Same answer whether it is missing or hidden: names are not probed.
+        return Err(format!(
+            "repository {repo:?} does not exist or you have no access to it"
+        ));
+    }
+    match level {
+        Some(l) if l >= needed => Ok(repo),
+        Some(_) => Err(format!("you may read {repo:?} but not push to it")),
+        None => Err(format!(
+            "repository {repo:?} does not exist or you have no access to it"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(
+            parse_command("git-upload-pack '/hello.git'"),
+            Some((Service::UploadPack, "/hello.git".into()))
+        );
+        assert_eq!(
+            parse_command("git receive-pack 'a'\\''b'"),
+            Some((Service::ReceivePack, "a'b".into()))
+        );
+        assert_eq!(
+            parse_command("git-receive-pack hello"),
+            Some((Service::ReceivePack, "hello".into()))
+        );
+        assert_eq!(parse_command("rm -rf /"), None);
+        assert_eq!(parse_command("git-upload-pack 'unterminated"), None);
+        assert_eq!(parse_command("git-upload-pack a b"), None);
+    }
+}
