@@ -123,7 +123,7 @@ pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Wr
             Ok(Some((r, _))) => Some(&r.objects),
             _ => None,
         };
-        check_commands(&repo, received, &mut commands, caps.contains("delete-refs"))?;
+        check_commands(&repo, received, &mut commands)?;
         if atomic && commands.iter().any(|c| c.error.is_some()) {
             for c in commands.iter_mut().filter(|c| c.error.is_none()) {
                 c.error = Some("atomic push failed".into());
@@ -300,22 +300,15 @@ fn check_connected(repo: &Repo, new: &Odb, tips: &[ObjectId]) -> Result<(), Erro
     Ok(())
 }
 
-/// Refuses what may not happen: names outside `refs/`, deletes without
-/// `delete-refs`, updates from a stale value, history rewrites.
-fn check_commands(
-    repo: &Repo,
-    received: Option<&Odb>,
-    commands: &mut [Command],
-    delete_refs: bool,
-) -> Result<(), Error> {
+/// Refuses what may not happen: names outside `refs/`, deletes of missing
+/// refs, updates from a stale value, history rewrites.
+fn check_commands(repo: &Repo, received: Option<&Odb>, commands: &mut [Command]) -> Result<(), Error> {
     let current: std::collections::HashMap<String, ObjectId> =
         repo.refs()?.into_iter().map(|r| (r.name, r.id)).collect();
     for c in commands.iter_mut() {
         let now = current.get(&c.name).copied().unwrap_or_else(null_oid);
         c.error = if !valid_ref_name(&c.name) {
             Some("invalid ref name".into())
-        } else if c.new.is_null() && !delete_refs {
-            Some("deleting refs was not negotiated".into())
         } else if c.new.is_null() && now.is_null() {
             Some("no such ref".into())
         } else if now != c.old {

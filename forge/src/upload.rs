@@ -18,7 +18,7 @@ use crate::walk::{Filter, Request};
 use crate::{AGENT, Error};
 
 const V0_CAPS: &str = "multi_ack multi_ack_detailed thin-pack side-band side-band-64k ofs-delta shallow \
-                       deepen-since deepen-not no-progress include-tag allow-tip-sha1-in-want \
+                       deepen-since deepen-not deepen-relative no-progress include-tag allow-tip-sha1-in-want \
                        allow-reachable-sha1-in-want filter object-format=sha1";
 
 /// Serves one upload-pack session on `input`/`output`. `v2` when the client
@@ -134,7 +134,8 @@ impl Fetch {
             "no-progress" => self.no_progress = true,
             "include-tag" => self.include_tag = true,
             "done" => self.done = true,
-            "thin-pack" | "ofs-delta" | "deepen-relative" | "sideband-all" | "wait-for-done" => {}
+            "deepen-relative" => self.req.relative = true,
+            "thin-pack" | "ofs-delta" | "sideband-all" | "wait-for-done" => {}
             _ => return Ok(false),
         }
         Ok(true)
@@ -148,6 +149,7 @@ impl Fetch {
                 "side-band" if self.band.is_none() => self.band = Some(Band::Small),
                 "no-progress" => self.no_progress = true,
                 "include-tag" => self.include_tag = true,
+                "deepen-relative" => self.req.relative = true,
                 _ => {}
             }
         }
@@ -203,6 +205,7 @@ fn serve_v0<R: Read, W: Write>(repo: &Repo, input: &mut PktReader<R>, out: &mut 
             wants: fetch.req.wants.clone(),
             client_shallow: fetch.req.client_shallow.clone(),
             depth: fetch.req.depth,
+            relative: fetch.req.relative,
             since: fetch.req.since,
             not: fetch.req.not.clone(),
             filter: Filter::TreeDepth(0),
@@ -401,6 +404,7 @@ fn fetch_v2(repo: &Repo, args: &[Vec<u8>], out: &mut impl Write) -> Result<(), E
             wants: fetch.req.wants.clone(),
             client_shallow: fetch.req.client_shallow.clone(),
             depth: fetch.req.depth,
+            relative: fetch.req.relative,
             since: fetch.req.since,
             not: fetch.req.not.clone(),
             filter: Filter::TreeDepth(0),

@@ -65,6 +65,8 @@ pub(crate) struct Request {
     /// Commits the client has without their parents.
     pub(crate) client_shallow: HashSet<ObjectId>,
     pub(crate) depth: Option<u32>,
+    /// `depth` counts from the client's shallow boundary, not from the wants.
+    pub(crate) relative: bool,
     /// Unix seconds: commits older than this are not sent.
     pub(crate) since: Option<i64>,
     /// Commits reachable from these are not sent.
@@ -168,7 +170,7 @@ impl Repo {
                     .map_err(Error::objects)?;
             }
             match self.find(&id, &mut buf)?.map(|d| d.kind) {
-                Some(Kind::Commit) => queue.push_back((id, 1)),
+                Some(Kind::Commit) => queue.push_back((id, if req.relative { 0 } else { 1 })),
                 Some(_) => plan.objects.push(id),
                 None => return Err(Error::Protocol(format!("want {id}: no such object"))),
             }
@@ -187,7 +189,15 @@ impl Repo {
             if !is_had {
                 commits.push((id, info.tree));
             }
-            let at_depth = req.depth.is_some_and(|d| depth >= d);
+            // Relative: the client's boundary is depth 1; what lies above it
+            // (depth 0) it has already and no limit applies.
+            let depth = if req.relative && req.client_shallow.contains(&id) {
+                1
+            } else {
+                depth
+            };
+            let limit = req.depth.map(|d| if req.relative { d + 1 } else { d });
+            let at_depth = depth > 0 && limit.is_some_and(|d| depth >= d);
             let mut cut = at_depth && !info.parents.is_empty();
             if !at_depth {
                 for p in &info.parents {
@@ -204,7 +214,7 @@ impl Repo {
                     if had.contains(p) && !walk_through_had {
                         edges.push(*p);
                     }
-                    queue.push_back((*p, depth + 1));
+                    queue.push_back((*p, if depth == 0 { 0 } else { depth + 1 }));
                 }
             }
             if cut {

@@ -7,5 +7,6 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod crash;
+mod git;
 mod sftp;
 mod util;
