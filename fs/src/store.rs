@@ -642,7 +642,10 @@ impl Store {
             let mut stmt = c.prepare(
                 "SELECT n.hash, n.size, bu.name, br.name, n.name FROM nodes n
                  JOIN branches br ON br.id = n.branch_id JOIN buckets bu ON bu.id = br.bucket_id
-                 WHERE n.hash IS NOT NULL GROUP BY n.hash",
+                 WHERE n.hash IS NOT NULL GROUP BY n.hash
+                 UNION ALL
+                 SELECT a.hash, a.size, bu.name, 'attachments', a.name FROM attachments a
+                 JOIN buckets bu ON bu.id = a.bucket_id",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
             Ok((integrity, rows.collect::<rusqlite::Result<_>>()?))

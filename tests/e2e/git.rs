@@ -81,6 +81,12 @@ impl Forge {
         }
     }
 
+    /// Stops the server (SIGTERM, asserting a clean exit); the node stays.
+    fn stop(self) -> Node {
+        assert!(self.server.stop(), "the server exits cleanly");
+        self.node
+    }
+
     fn url(&self, repo: &str) -> String {
         match self.via {
             Via::Tcp => format!("ssh://alice@127.0.0.1:{}/{repo}", self.server.ssh_port),
@@ -382,4 +388,318 @@ fn force_push_when_the_repository_allows_it() {
     let copy = f.clone("copy", &[]);
     assert_eq!(std::fs::read_to_string(copy.join("a")).expect("a"), "3\n");
     f.ok(&copy, &["fsck", "--full"]);
+}
+
+#[test]
+fn racing_pushes_to_one_ref_have_one_winner() {
+    let f = Forge::start(Via::Tcp, 2);
+    let base = f.clone("base", &[]);
+    commit(&f, &base, &[("a", "base\n")], "base");
+    f.ok(&base, &["push", "-q", "origin", "HEAD:main"]);
+    // Eight clones, each with its own commit on main, push at once.
+    let racers: Vec<PathBuf> = (0..8)
+        .map(|i| {
+            let dir = f.clone(&format!("racer{i}"), &[]);
+            commit(
+                &f,
+                &dir,
+                &[(&format!("r{i}"), &format!("{i}\n"))],
+                &format!("racer {i}"),
+            );
+            dir
+        })
+        .collect();
+    let children: Vec<_> = racers
+        .iter()
+        .map(|dir| {
+            f.git_as(&f.key, dir, &["push", "origin", "HEAD:main"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn git push")
+        })
+        .collect();
+    let results: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect();
+    let winners: Vec<usize> = (0..results.len()).filter(|i| results[*i].status.success()).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one push wins:\n{}",
+        results.iter().map(combined).collect::<Vec<_>>().join("\n---\n")
+    );
+    let check = f.clone("check", &[]);
+    f.ok(&check, &["fsck", "--full"]);
+    assert_eq!(
+        stdout(&f, &check, &["rev-parse", "HEAD"]),
+        stdout(&f, &racers[winners[0]], &["rev-parse", "HEAD"])
+    );
+}
+
+#[test]
+fn a_pushed_branch_reads_as_files_over_sftp() {
+    let f = Forge::start(Via::Tcp, 2);
+    let src = f.clone("src", &[]);
+    commit(
+        &f,
+        &src,
+        &[
+            ("docs/guide.md", "# guide\n"),
+            ("data.bin", "bytes\n"),
+            ("gone.txt", "soon\n"),
+        ],
+        "one",
+    );
+    std::os::unix::fs::symlink("docs/guide.md", src.join("link")).expect("symlink");
+    f.ok(&src, &["add", "link"]);
+    f.ok(&src, &["commit", "-q", "-m", "link"]);
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main", "HEAD:refs/heads/topic"]);
+    commit(&f, &src, &[("docs/guide.md", "# guide, v2\n")], "two");
+    std::fs::remove_file(src.join("gone.txt")).expect("rm");
+    f.ok(&src, &["commit", "-q", "-am", "three"]);
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
+
+    let (ok, out) = sftp_batch(
+        &f.node,
+        &f.server,
+        &f.key,
+        Via::Tcp,
+        "get /hello@main/docs/guide.md guide\nget /hello@topic/gone.txt gone\nls -l /hello@main/\n",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(f.work("guide")).expect("guide"),
+        stdout(&f, &src, &["show", "main:docs/guide.md"])
+    );
+    assert_eq!(std::fs::read_to_string(f.work("gone")).expect("gone"), "soon\n");
+    let listing = out.split("sftp> ls -l").nth(1).unwrap_or_default();
+    assert!(
+        !listing.contains("gone.txt"),
+        "a file deleted in git is gone from the branch:\n{out}"
+    );
+    assert!(
+        listing.contains("lrwxrwxrwx") && listing.contains("link"),
+        "symlinks publish as symlinks:\n{out}"
+    );
+    assert_eq!(f.node.ok(&["stat", "hello@main:/link"]).contains("docs/guide.md"), true);
+    // Writes are refused.
+    f.node.write_local("x", b"x");
+    let (ok, out) = sftp_batch(&f.node, &f.server, &f.key, Via::Tcp, "put x /hello@main/x\n");
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    // Deleting the git branch deletes the fs branch.
+    f.ok(&src, &["push", "-q", "origin", ":topic"]);
+    let branches = f.node.ok(&["branch", "list", "hello"]);
+    assert!(!branches.contains("topic"), "{branches}");
+}
+
+#[test]
+fn refusals_are_clear() {
+    let f = Forge::start_with(Via::Tcp, 2, |node| {
+        let bob = client_key(node, "bob");
+        node.ok(&["user", "add", "bob", "--key", &format!("{}.pub", bob.display())]);
+        node.ok(&["grant", "bob", "hello", "read"]);
+        node.ok(&["bucket", "create", "drive"]);
+    });
+    let src = f.clone("src", &[]);
+    commit(&f, &src, &[("a", "1\n")], "one");
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
+
+    let bob = f.work("bob");
+    let stranger = client_key(&f.node, "stranger");
+    let url = f.url("hello");
+    // A reader clones but cannot push.
+    let out = f
+        .git_as(&bob, &f.node.work, &["clone", "-q", &url, "bobs"])
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "{}", combined(&out));
+    let out = f
+        .git_as(&bob, &f.work("bobs"), &["push", "origin", "HEAD:refs/heads/b"])
+        .output()
+        .expect("git");
+    let text = combined(&out);
+    assert!(!out.status.success() && text.contains("may read"), "{text}");
+    // An unknown key, a missing repository, a bucket that is no repository.
+    let out = f
+        .git_as(&stranger, &f.node.work, &["clone", "-q", &url, "x"])
+        .output()
+        .expect("git");
+    let text = combined(&out);
+    assert!(!out.status.success() && text.contains("Permission denied"), "{text}");
+    for missing in ["nope", "drive"] {
+        let text = f.fails(&f.node.work, &["clone", "-q", &f.url(missing), "y"]);
+        assert!(text.contains("does not exist"), "{text}");
+    }
+    // The server still serves.
+    let again = f.clone("again", &[]);
+    f.ok(&again, &["fsck"]);
+}
+
+/// pkt-line framing of `text`.
+fn pkt(text: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:04x}", text.len() + 4).into_bytes();
+    out.extend_from_slice(text);
+    out
+}
+
+/// Sends raw receive-pack input over ssh; returns the server's answer.
+fn raw_receive_pack(f: &Forge, input: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("timeout")
+        .arg("60")
+        .arg("ssh")
+        .args(ssh_opts(&f.server, &f.key, Via::Tcp))
+        .arg("alice@127.0.0.1")
+        .arg("git-receive-pack 'hello'")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).ok();
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn bad_packs_and_bad_lines_change_nothing() {
+    let f = Forge::start(Via::Tcp, 2);
+    let src = f.clone("src", &[]);
+    commit(&f, &src, &[("a", "1\n")], "one");
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
+    commit(&f, &src, &[("b", &"content ".repeat(500))], "two");
+    let head = stdout(&f, &src, &["rev-parse", "HEAD"]).trim().to_owned();
+    let tree = stdout(&f, &src, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
+    let remote = f.url("hello");
+    let before = stdout(&f, &src, &["ls-remote", &remote]);
+
+    // A good pack of the new objects, then broken variants of it.
+    let pack_of = |objects: &str| {
+        let mut child = Command::new("git")
+            .args(["pack-objects", "--stdout"])
+            .current_dir(&src)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("pack-objects");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(objects.as_bytes())
+            .expect("ids");
+        child.wait_with_output().expect("wait").stdout
+    };
+    let blob = stdout(&f, &src, &["rev-parse", "HEAD:b"]).trim().to_owned();
+    let good = pack_of(&format!("{head}\n{tree}\n{blob}\n"));
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0xff;
+    let truncated = good[..good.len() / 2].to_vec();
+    let missing_tree = pack_of(&format!("{head}\n"));
+
+    let command = |create: &str| {
+        let mut input = pkt(format!(
+            "{} {head} refs/heads/{create}\0report-status side-band-64k\n",
+            "0".repeat(40)
+        )
+        .as_bytes());
+        input.extend_from_slice(b"0000");
+        input
+    };
+    for (name, pack) in [
+        ("corrupt", &corrupt),
+        ("truncated", &truncated),
+        ("missing", &missing_tree),
+    ] {
+        let mut input = command(name);
+        input.extend_from_slice(pack);
+        let answer = raw_receive_pack(&f, &input);
+        assert!(
+            answer.contains("unpack ")
+                && !answer.contains("unpack ok")
+                && answer.contains(&format!("ng refs/heads/{name}")),
+            "{name} pack: {answer}"
+        );
+    }
+    // Malformed pkt-lines: the connection ends, nothing else does.
+    for garbage in [&b"zzzz"[..], b"0005", b"00ffshort", &[0xffu8; 64]] {
+        raw_receive_pack(&f, garbage);
+    }
+    assert_eq!(
+        stdout(&f, &src, &["ls-remote", &remote]),
+        before,
+        "the refs did not move"
+    );
+    // The good pack still goes in, and the repository is whole.
+    let mut input = command("good");
+    input.extend_from_slice(&good);
+    let answer = raw_receive_pack(&f, &input);
+    assert!(
+        answer.contains("unpack ok") && answer.contains("ok refs/heads/good"),
+        "{answer}"
+    );
+    let check = f.clone("check", &["--branch", "good"]);
+    f.ok(&check, &["fsck", "--full"]);
+    assert_eq!(stdout(&f, &check, &["rev-parse", "HEAD"]).trim(), head);
+    // Every blob the store references (packs, published files) is whole.
+    let node = f.stop();
+    let fsck = node.ok(&["fsck"]);
+    assert!(fsck.contains("no problems"), "{fsck}");
+}
+
+#[test]
+fn repo_commands() {
+    let node = Node::new();
+    assert!(
+        node.ok(&["repo", "create", "site.git"])
+            .contains("created repository site")
+    );
+    let err = node.fails(&["repo", "create", "site"]);
+    assert!(err.contains("exists"), "{err}");
+    let err = node.fails(&["repo", "create", "Bad Name"]);
+    assert!(err.contains("invalid repository name"), "{err}");
+    let list = node.json(&["repo", "list"]);
+    assert_eq!(list[0]["name"], "site");
+    assert_eq!(list[0]["head"], "refs/heads/main");
+    node.ok(&["bucket", "create", "photos"]);
+    assert_eq!(node.json(&["repo", "list"]).as_array().map(Vec::len), Some(1));
+    let err = node.fails(&["repo", "delete", "photos"]);
+    assert!(err.contains("not a git repository"), "{err}");
+    node.ok(&["repo", "delete", "site.git"]);
+    assert_eq!(node.json(&["repo", "list"]).as_array().map(Vec::len), Some(0));
+    assert!(!node.data.join("git/site").exists());
+}
+
+#[test]
+fn packs_live_in_the_store_and_survive_gc() {
+    let f = Forge::start(Via::Tcp, 2);
+    let src = f.clone("src", &[]);
+    commit(&f, &src, &[("a", &"a".repeat(40_000)), ("b", "b\n")], "one");
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
+    commit(&f, &src, &[("b", "b2\n")], "two");
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
+    let head = stdout(&f, &src, &["rev-parse", "HEAD"]);
+    let node = f.stop();
+    let listed = node.json(&["repo", "list"]);
+    assert_eq!(listed[0]["packs"], 2, "{listed}");
+    node.ok(&["gc"]);
+    // The pack directory is only where gix reads packs: lost, it is rebuilt
+    // from the blobs the repository holds.
+    std::fs::remove_dir_all(node.data.join("git/hello")).expect("remove git/hello");
+    let f = Forge {
+        server: Server::start(&node),
+        key: node.work.join("alice"),
+        node,
+        via: Via::Tcp,
+        version: 2,
+    };
+    let copy = f.clone("copy", &[]);
+    f.ok(&copy, &["fsck", "--full"]);
+    assert_eq!(stdout(&f, &copy, &["rev-parse", "HEAD"]), head);
 }
