@@ -754,3 +754,80 @@ async fn fsck_finds_an_entry_in_two_places() {
         report.problems
     );
 }
+
+#[tokio::test]
+async fn refs_update_by_compare_and_swap() {
+    use crate::RefUpdate;
+    let (_dir, store) = store();
+    store.create_bucket("r", crate::REPO_KIND).expect("bucket");
+    let set = |old: Option<&str>, new: Option<&str>| RefUpdate {
+        name: "refs/heads/main".into(),
+        old: old.map(str::to_owned),
+        new: new.map(str::to_owned),
+    };
+    store.update_refs("r", &[set(None, Some("a"))]).expect("create");
+    // A stale old value loses, and an all-or-nothing batch changes nothing.
+    assert!(matches!(store.update_refs("r", &[set(None, Some("b"))]), Err(Error::RefChanged { .. })));
+    let other = RefUpdate {
+        name: "refs/heads/x".into(),
+        old: None,
+        new: Some("x".into()),
+    };
+    assert!(store.update_refs("r", &[other, set(Some("zzz"), Some("b"))]).is_err());
+    assert_eq!(store.refs("r").expect("refs"), vec![("refs/heads/main".to_owned(), "a".to_owned())]);
+    store.update_refs("r", &[set(Some("a"), None)]).expect("delete");
+    assert!(store.refs("r").expect("refs").is_empty());
+}
+
+#[tokio::test]
+async fn attachments_are_kept_by_gc_until_their_bucket_goes() {
+    let (_dir, store) = store();
+    store.create_bucket("r", crate::REPO_KIND).expect("bucket");
+    let data = vec![7u8; 100_000];
+    let blob = store.import_bytes(data.clone()).await.expect("import");
+    store.attach("r", "pack/p.pack", &blob).expect("attach");
+    let hash = blob.hash();
+    drop(blob);
+    store.gc().await.expect("gc");
+    let listed = store.attachments("r", "pack/").expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].hash, hash);
+    let target = _dir.path().join("linked");
+    store.link_blob(&hash, &target).await.expect("link");
+    assert_eq!(std::fs::read(&target).expect("read"), data);
+    store.delete_bucket("r").expect("delete");
+    store.gc().await.expect("gc");
+    assert!(store.inner.blobs.complete_size(&hash).await.expect("status").is_none());
+    // The linked copy outlives the store's own name for the blob.
+    assert_eq!(std::fs::read(&target).expect("read").len(), data.len());
+}
+
+#[tokio::test]
+async fn repo_branches_are_read_only_except_to_the_publisher() {
+    let (_dir, store) = store();
+    store.create_bucket("r", crate::REPO_KIND).expect("bucket");
+    let tree = store.tree("r", "main", &At::Head).expect("tree");
+    assert!(tree.is_read_only());
+    assert!(matches!(tree.mkdir(&p("/x"), None), Err(Error::ReadOnly(_))));
+    let blob = store.import_bytes(&b"hello"[..]).await.expect("import");
+    let publisher = store.publish_tree("r", "topic").expect("publish");
+    publisher
+        .apply(&[
+            crate::Edit::File {
+                path: p("/a/b.txt"),
+                blob: &blob,
+                mode: 0o755,
+            },
+            crate::Edit::Symlink {
+                path: p("/l"),
+                target: "a/b.txt".into(),
+            },
+        ])
+        .expect("apply");
+    let read = store.tree("r", "topic", &At::Head).expect("tree");
+    assert_eq!(read.read(&p("/a/b.txt"), 0, 100).await.expect("read"), b"hello");
+    assert_eq!(read.stat(&p("/a/b.txt")).expect("stat").mode, 0o755);
+    publisher.apply(&[crate::Edit::Remove(p("/a"))]).expect("remove");
+    assert!(read.try_stat(&p("/a")).expect("stat").is_none());
+    assert!(read.try_stat(&p("/l")).expect("stat").is_some());
+}

@@ -483,7 +483,8 @@ fn a_pushed_branch_reads_as_files_over_sftp() {
         listing.contains("lrwxrwxrwx") && listing.contains("link"),
         "symlinks publish as symlinks:\n{out}"
     );
-    assert_eq!(f.node.ok(&["stat", "hello@main:/link"]).contains("docs/guide.md"), true);
+    let stat = f.node.ok(&["stat", "hello@main:/link"]);
+    assert!(stat.contains("docs/guide.md"), "{stat}");
     // Writes are refused.
     f.node.write_local("x", b"x");
     let (ok, out) = sftp_batch(&f.node, &f.server, &f.key, Via::Tcp, "put x /hello@main/x\n");
