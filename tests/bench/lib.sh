@@ -38,3 +38,37 @@ ratio() { echo "scale=2; $1 / $2" | bc -l; }
 row() { # row LABEL OURS REFERENCE
   printf '%-44s alknet %8ss   reference %8ss   ratio %sx\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"
 }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_sshd DIR: an OpenSSH sshd of our own on a free loopback port that lets
+# DIR/key in (SFTP, and any command such as git-upload-pack). Sets SSHD_PORT
+# and SSHD_PID. Needs root and openssh-server; DIR/key must exist.
+start_sshd() {
+  local d="$1"
+  mkdir -p /run/sshd
+  [ -f "$d/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$d/hostkey"
+  cp "$d/key.pub" "$d/authorized_keys"
+  SSHD_PORT=$(free_port)
+  cat > "$d/sshd_config" <<CONF
+Port $SSHD_PORT
+ListenAddress 127.0.0.1
+HostKey $d/hostkey
+AuthorizedKeysFile $d/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile none
+Subsystem sftp /usr/lib/openssh/sftp-server
+CONF
+  /usr/sbin/sshd -D -f "$d/sshd_config" -E "$d/sshd.log" & SSHD_PID=$!
+}
+
+# start_alknet: `alknet serve` on a free SSH port for $ALKNET_DATA, no QUIC.
+# Sets ALK_PORT and ALK_PID; the log goes to $1/serve.log.
+start_alknet() {
+  "$ALKNET" serve --ssh 127.0.0.1:0 --no-quic > "$1/serve.out" 2> "$1/serve.log" & ALK_PID=$!
+  for _ in $(seq 100); do grep -q '^ssh:' "$1/serve.out" 2>/dev/null && break; sleep 0.1; done
+  ALK_PORT=$(grep '^ssh:' "$1/serve.out" | sed 's/.*://')
+}

@@ -19,35 +19,17 @@ head -c "$((SIZE_MIB << 20))" /dev/urandom > "$W/in/big"
 for i in $(seq 1 "$SMALL_COUNT"); do head -c 16384 /dev/urandom > "$W/small/f$i"; done
 for i in $(seq 1 "$LS_COUNT"); do : > "$W/many/e$i"; done
 ssh-keygen -q -t ed25519 -N '' -f "$W/key"
-ssh-keygen -q -t ed25519 -N '' -f "$W/hostkey"
 
-# OpenSSH: its own sshd on a free port, serving the reference directory.
-mkdir -p /run/sshd
-cp "$W/key.pub" "$W/authorized_keys"
+# OpenSSH: its own sshd serving the reference directory.
 cp -r "$W/many" "$W/ref/many"
-SSHD_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$W/sshd_config" <<CONF
-Port $SSHD_PORT
-ListenAddress 127.0.0.1
-HostKey $W/hostkey
-AuthorizedKeysFile $W/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-Subsystem sftp /usr/lib/openssh/sftp-server
-CONF
-/usr/sbin/sshd -D -f "$W/sshd_config" -E "$W/sshd.log" & SSHD_PID=$!
+start_sshd "$W"
 
 # Alknet: a data dir with the same key as admin, the ls directory pre-stored.
 export ALKNET_DATA="$W/data"
 HOME="$W" "$ALKNET" init --admin-key "$W/key.pub" >/dev/null
 "$ALKNET" bucket create bench >/dev/null
 "$ALKNET" put -r "$W/many" bench:/ >/dev/null
-"$ALKNET" serve --ssh 127.0.0.1:0 --no-quic > "$W/serve.out" 2> "$W/serve.log" & ALK_PID=$!
-for _ in $(seq 50); do grep -q '^ssh:' "$W/serve.out" 2>/dev/null && break; sleep 0.1; done
-ALK_PORT=$(grep '^ssh:' "$W/serve.out" | sed 's/.*://')
+start_alknet "$W"
 sleep 0.5
 
 sftp_to() { # sftp_to PORT BATCHFILE
