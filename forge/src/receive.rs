@@ -94,6 +94,7 @@ pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Wr
     let atomic = caps.contains("atomic");
     let mut outcome = PushOutcome::default();
 
+    let started = std::time::Instant::now();
     let needs_pack = commands.iter().any(|c| !c.new.is_null());
     let quarantine = repo
         .objects
@@ -118,6 +119,7 @@ pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Wr
     if let Ok(Some((_, objects))) = &unpacked {
         outcome.objects = *objects;
     }
+    let checked = started.elapsed();
     if unpacked.is_ok() {
         let received = match &unpacked {
             Ok(Some((r, _))) => Some(&r.objects),
@@ -140,6 +142,7 @@ pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Wr
             }
         }
         update_refs(&repo, &mut commands, atomic)?;
+        tracing::debug!(repo = repo.name(), ?checked, stored = ?started.elapsed(), "push received");
         for c in commands.iter().filter(|c| c.error.is_none()) {
             let new = (!c.new.is_null()).then_some(c.new);
             if let Err(e) = repo.publish(&c.name, new) {
@@ -148,6 +151,7 @@ pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Wr
         }
     }
     std::fs::remove_dir_all(&quarantine).ok();
+    tracing::debug!(repo = repo.name(), total = ?started.elapsed(), "push done");
 
     // The report: unpack status, then ok/ng per ref.
     let mut report = Vec::new();
@@ -236,7 +240,7 @@ fn receive_objects(
     if let Some(keep) = &outcome.keep_path {
         std::fs::remove_file(keep).ok();
     }
-    let new = gix_odb::at(quarantine, gix_hash::Kind::Sha1)?.into_arc()?;
+    let new = crate::repo::open_odb(quarantine)?;
     let tips: Vec<ObjectId> = commands.iter().filter(|c| !c.new.is_null()).map(|c| c.new).collect();
     check_connected(repo, &new, &tips)?;
     let received = Received {
@@ -257,9 +261,11 @@ fn error_chain(e: &dyn std::fmt::Debug) -> String {
 fn check_connected(repo: &Repo, new: &Odb, tips: &[ObjectId]) -> Result<(), Error> {
     use gix_object::{Exists, Find};
     let mut seen = HashSet::new();
-    let mut stack: Vec<ObjectId> = tips.to_vec();
+    // (id, known to be a blob): a blob needs only to exist — indexing the
+    // pack already checked that its bytes hash to its name.
+    let mut stack: Vec<(ObjectId, bool)> = tips.iter().map(|t| (*t, false)).collect();
     let mut buf = Vec::new();
-    while let Some(id) = stack.pop() {
+    while let Some((id, blob)) = stack.pop() {
         if !seen.insert(id) {
             continue;
         }
@@ -271,6 +277,9 @@ fn check_connected(repo: &Repo, new: &Odb, tips: &[ObjectId]) -> Result<(), Erro
                 "missing object {id}: the pack does not hold it and the repository lacks it"
             )));
         }
+        if blob {
+            continue;
+        }
         let data = new
             .try_find(&id, &mut buf)
             .map_err(|e| Error::BadPack(format!("object {id} cannot be read: {e}")))?
@@ -279,20 +288,20 @@ fn check_connected(repo: &Repo, new: &Odb, tips: &[ObjectId]) -> Result<(), Erro
         match data.kind {
             Kind::Commit => {
                 let c = gix_object::CommitRef::from_bytes(data.data, gix_hash::Kind::Sha1).map_err(|e| corrupt(&e))?;
-                stack.push(c.tree());
-                stack.extend(c.parents());
+                stack.push((c.tree(), false));
+                stack.extend(c.parents().map(|p| (p, false)));
             }
             Kind::Tree => {
                 for entry in gix_object::TreeRefIter::from_bytes(data.data, gix_hash::Kind::Sha1) {
                     let entry = entry.map_err(|e| corrupt(&e))?;
                     if !entry.mode.is_commit() {
-                        stack.push(entry.oid.to_owned());
+                        stack.push((entry.oid.to_owned(), entry.mode.is_blob_or_symlink()));
                     }
                 }
             }
             Kind::Tag => {
                 let t = gix_object::TagRef::from_bytes(data.data, gix_hash::Kind::Sha1).map_err(|e| corrupt(&e))?;
-                stack.push(t.target());
+                stack.push((t.target(), false));
             }
             Kind::Blob => {}
         }

@@ -221,9 +221,15 @@ impl Forge {
 /// never unloaded while a generation holds an index into them.
 pub(crate) type Odb = gix_odb::Cache<gix_odb::store::Handle<Arc<gix_odb::Store>>>;
 
-fn open_odb(objects: &Path) -> Result<Odb, Error> {
+/// Memory for the delta bases each handle (one per worker thread) keeps.
+const DELTA_CACHE_BYTES: usize = 16 << 20;
+
+pub(crate) fn open_odb(objects: &Path) -> Result<Odb, Error> {
     let mut odb = gix_odb::at(objects, gix_hash::Kind::Sha1)?.into_arc()?;
     odb.prevent_pack_unload();
+    // Trees and commits are mostly deltas on deltas: without a cache of
+    // bases, walking history resolves each chain from its start again.
+    odb.set_pack_cache(|| Box::new(gix_pack::cache::lru::StaticLinkedList::<64>::new(DELTA_CACHE_BYTES)));
     Ok(odb)
 }
 

@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::io::{BufWriter, Read, Write};
-use std::sync::atomic::AtomicBool;
 
 use gix_hash::ObjectId;
 use gix_pack::data::output;
@@ -35,11 +34,17 @@ pub fn upload_pack(forge: &Forge, repo: &str, v2: bool, input: impl Read, output
         }
     };
     let mut input = PktReader::new(input);
-    if v2 {
+    let served = if v2 {
         serve_v2(&repo, &mut input, &mut out)
     } else {
         serve_v0(&repo, &mut input, &mut out)
+    };
+    if let Err(e @ Error::Protocol(_)) = &served {
+        // git shows it as "fatal: remote error: …".
+        gix_packetline::blocking_io::encode::error_to_write(e.to_string().as_bytes(), &mut out).ok();
+        out.flush().ok();
     }
+    served
 }
 
 /// The ref advertisement of v0 (shared with receive-pack): HEAD first, then
@@ -439,6 +444,7 @@ fn send_pack<W: Write>(repo: &Repo, fetch: &Fetch, out: &mut SideBand<W>) -> Res
             return Err(e);
         }
     };
+    let planned = started.elapsed();
     let mut ids = plan.objects;
     if fetch.include_tag {
         let sent: HashSet<ObjectId> = ids.iter().copied().collect();
@@ -453,19 +459,17 @@ fn send_pack<W: Write>(repo: &Repo, fetch: &Fetch, out: &mut SideBand<W>) -> Res
         }
     }
     out.progress(&format!("Enumerating objects: {}, done.\n", ids.len()))?;
-    let interrupt = AtomicBool::new(false);
     let count = ids.len();
-    let (counts, _) = output::count::objects(
-        repo.odb.clone(),
-        Box::new(ids.into_iter().map(Ok)),
-        &gix_utils::progress::Discard,
-        &interrupt,
-        output::count::objects::Options {
-            input_object_expansion: output::count::objects::ObjectExpansion::AsIs,
-            ..Default::default()
-        },
-    )
-    .map_err(Error::objects)?;
+    // Where each object sits in which pack is looked up by gix-pack itself,
+    // on all cores, without decoding the object (count::objects would
+    // resolve every delta chain just to learn the location).
+    let counts: Vec<output::Count> = ids
+        .into_iter()
+        .map(|id| output::Count {
+            id,
+            entry_pack_location: output::count::PackLocation::NotLookedUp,
+        })
+        .collect();
     let entries = output::entry::iter_from_counts(
         counts,
         repo.odb.clone(),
@@ -506,6 +510,13 @@ fn send_pack<W: Write>(repo: &Repo, fetch: &Fetch, out: &mut SideBand<W>) -> Res
         started.elapsed().as_secs_f64()
     ))?;
     out.inner().flush()?;
-    tracing::debug!(repo = repo.name(), objects = count, commits = plan.commits, "pack sent");
+    tracing::debug!(
+        repo = repo.name(),
+        objects = count,
+        commits = plan.commits,
+        ?planned,
+        total = ?started.elapsed(),
+        "pack sent"
+    );
     Ok(())
 }

@@ -767,14 +767,20 @@ async fn refs_update_by_compare_and_swap() {
     };
     store.update_refs("r", &[set(None, Some("a"))]).expect("create");
     // A stale old value loses, and an all-or-nothing batch changes nothing.
-    assert!(matches!(store.update_refs("r", &[set(None, Some("b"))]), Err(Error::RefChanged { .. })));
+    assert!(matches!(
+        store.update_refs("r", &[set(None, Some("b"))]),
+        Err(Error::RefChanged { .. })
+    ));
     let other = RefUpdate {
         name: "refs/heads/x".into(),
         old: None,
         new: Some("x".into()),
     };
     assert!(store.update_refs("r", &[other, set(Some("zzz"), Some("b"))]).is_err());
-    assert_eq!(store.refs("r").expect("refs"), vec![("refs/heads/main".to_owned(), "a".to_owned())]);
+    assert_eq!(
+        store.refs("r").expect("refs"),
+        vec![("refs/heads/main".to_owned(), "a".to_owned())]
+    );
     store.update_refs("r", &[set(Some("a"), None)]).expect("delete");
     assert!(store.refs("r").expect("refs").is_empty());
 }

@@ -84,7 +84,7 @@ clone_ref=$(median_time "rm -rf $W/c" "git clone -q --bare $REF_URL $W/c")
 ref_pack=$(pack_bytes "$W/c")
 clone_alk=$(median_time "rm -rf $W/c" "git clone -q --bare \$(alk_url) $W/c")
 alk_pack=$(pack_bytes "$W/c")
-git -C "$W/c" fsck -q --connectivity-only
+git -C "$W/c" fsck --no-progress --connectivity-only
 alk_rss=$(awk '/VmHWM/ {print $2}' "/proc/$ALK_PID/status")
 rm -rf "$W/c"
 git clone -q --bare -u "/usr/bin/time -f %M -o $W/ref-rss git-upload-pack" "$REF_URL" "$W/c"
@@ -95,8 +95,9 @@ rm -rf "$W/base-ref" "$W/base-alk" "$W/work"
 git clone -q --bare "$REF_URL" "$W/base-ref"
 git clone -q --bare "$(alk_url)" "$W/base-alk"
 git clone -q "$SRC" "$W/work"
+nfiles=$(git -C "$W/work" ls-files | wc -l)
 for i in $(seq 10); do
-  f=$(git -C "$W/work" ls-files | sed -n "$((i * 97))p")
+  f=$(git -C "$W/work" ls-files | sed -n "$((i * 97 % nfiles + 1))p")
   echo "edit $i" >> "$W/work/$f"
   git -C "$W/work" -c user.name=b -c user.email=b@x commit -q -am "new $i"
 done
@@ -107,7 +108,7 @@ fetch_ref=$(median_time "rm -rf $W/f && cp -r $W/base-ref $W/f" "fetch $W/f $REF
 ref_fetch_pack=$(( $(pack_bytes "$W/f") - $(pack_bytes "$W/base-ref") ))
 fetch_alk=$(median_time "rm -rf $W/f && cp -r $W/base-alk $W/f" "fetch $W/f \$(alk_url)")
 alk_fetch_pack=$(( $(pack_bytes "$W/f") - $(pack_bytes "$W/base-alk") ))
-git -C "$W/f" fsck -q --connectivity-only
+git -C "$W/f" fsck --no-progress --connectivity-only
 
 echo "git over SSH on loopback, $COMMITS commits x $FILES files, median of $RUNS runs (ratio = alknet / stock git + OpenSSH)"
 row "push whole history into an empty repo" "$push_alk" "$push_ref"

@@ -704,3 +704,31 @@ fn packs_live_in_the_store_and_survive_gc() {
     f.ok(&copy, &["fsck", "--full"]);
     assert_eq!(stdout(&f, &copy, &["rev-parse", "HEAD"]), head);
 }
+
+#[test]
+fn an_admins_first_push_creates_the_repository_when_configured() {
+    let f = Forge::start_with(Via::Tcp, 2, |node| {
+        let path = node.data.join("alknet.toml");
+        let text = std::fs::read_to_string(&path).expect("settings");
+        std::fs::write(&path, text.replace("create_on_push = false", "create_on_push = true")).expect("write");
+        let bob = client_key(node, "bob");
+        node.ok(&["user", "add", "bob", "--key", &format!("{}.pub", bob.display())]);
+    });
+    let src = f.work("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    f.ok(&src, &["init", "-q", "-b", "main"]);
+    commit(&f, &src, &[("a", "1\n")], "one");
+    // Not an admin: refused, nothing created.
+    let out = f
+        .git_as(&f.work("bob"), &src, &["push", &f.url("fresh"), "HEAD:main"])
+        .output()
+        .expect("git");
+    assert!(!out.status.success(), "{}", combined(&out));
+    assert!(!f.node.ok(&["repo", "list"]).contains("fresh"));
+    // An admin's push creates it.
+    f.ok(&src, &["push", "-q", &f.url("fresh.git"), "HEAD:main"]);
+    assert!(f.node.ok(&["repo", "list"]).contains("fresh"));
+    let out = f.git(&f.node.work, &["clone", "-q", &f.url("fresh"), "copy"]);
+    assert!(out.status.success(), "{}", combined(&out));
+    assert_eq!(std::fs::read_to_string(f.work("copy/a")).expect("a"), "1\n");
+}
