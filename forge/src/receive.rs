@@ -96,14 +96,15 @@ pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Wr
 
     let started = std::time::Instant::now();
     let needs_pack = commands.iter().any(|c| !c.new.is_null());
-    let quarantine = repo
-        .objects
-        .parent()
-        .unwrap_or(&repo.objects)
-        .join("incoming")
-        .join(format!("{:016x}", rand::random::<u64>()));
+    let quarantine = Quarantine(
+        repo.objects
+            .parent()
+            .unwrap_or(&repo.objects)
+            .join("incoming")
+            .join(format!("{:016x}", rand::random::<u64>())),
+    );
     let unpacked = if needs_pack {
-        receive_objects(&repo, input.raw(), &quarantine, &commands)
+        receive_objects(&repo, input.raw(), &quarantine.0, &commands)
     } else {
         Ok(None)
     };
@@ -150,7 +151,7 @@ pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Wr
             }
         }
     }
-    std::fs::remove_dir_all(&quarantine).ok();
+    drop(quarantine);
     tracing::debug!(repo = repo.name(), total = ?started.elapsed(), "push done");
 
     // The report: unpack status, then ok/ng per ref.
@@ -205,6 +206,16 @@ fn parse_command(line: &[u8]) -> Result<Command, Error> {
         name: name.to_owned(),
         error: None,
     })
+}
+
+/// The directory a pushed pack is indexed into; removed however the push
+/// ends (once accepted, the pack lives on in the blob store).
+struct Quarantine(PathBuf);
+
+impl Drop for Quarantine {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
 }
 
 /// A pack received and indexed in quarantine.
