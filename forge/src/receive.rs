@@ -373,7 +373,7 @@ fn is_ancestor(repo: &Repo, received: Option<&Odb>, ancestor: ObjectId, tip: Obj
     Ok(false)
 }
 
-fn valid_ref_name(name: &str) -> bool {
+pub(crate) fn valid_ref_name(name: &str) -> bool {
     name.starts_with("refs/")
         && !name.ends_with('/')
         && !name.ends_with(".lock")

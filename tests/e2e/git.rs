@@ -195,7 +195,11 @@ fn push_clone_fetch(via: Via, version: u8) {
     commit(&f, &src, &[("src/more.rs", "// more\n")], "second");
     f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
 
-    let copy = f.clone("copy", &[]);
+    // Progress reaches the client over side-band.
+    let url = f.url("hello");
+    let text = f.ok(&f.node.work, &["clone", "--progress", &url, "copy"]);
+    assert!(text.contains("remote: Enumerating objects"), "{text}");
+    let copy = f.work("copy");
     f.ok(&copy, &["fsck", "--full", "--strict"]);
     assert_eq!(
         stdout(&f, &copy, &["ls-tree", "-r", "HEAD"]),
@@ -212,7 +216,7 @@ fn push_clone_fetch(via: Via, version: u8) {
             &format!("edit {i}"),
         );
     }
-    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
+    f.ok(&src, &["push", "-q", "-o", "ci.skip", "origin", "HEAD:main"]);
     f.ok(&copy, &["fetch", "-q"]);
     assert_eq!(
         stdout(&f, &copy, &["rev-parse", "origin/main"]),
@@ -603,22 +607,49 @@ fn bad_packs_and_bad_lines_change_nothing() {
     corrupt[mid] ^= 0xff;
     let truncated = good[..good.len() / 2].to_vec();
     let missing_tree = pack_of(&format!("{head}\n"));
+    // A thin pack whose delta base is a commit the server never got.
+    commit(
+        &f,
+        &src,
+        &[("b", &format!("{}more\n", "content ".repeat(500)))],
+        "three",
+    );
+    let three = stdout(&f, &src, &["rev-parse", "HEAD"]).trim().to_owned();
+    let missing_base = {
+        let mut child = Command::new("git")
+            .args(["pack-objects", "--stdout", "--thin", "--revs"])
+            .current_dir(&src)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("pack-objects");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{three}\n^{head}\n").as_bytes())
+            .expect("revs");
+        child.wait_with_output().expect("wait").stdout
+    };
 
-    let command = |create: &str| {
+    let command_for = |create: &str, tip: &str| {
         let mut input = pkt(format!(
-            "{} {head} refs/heads/{create}\0report-status side-band-64k\n",
+            "{} {tip} refs/heads/{create}\0report-status side-band-64k\n",
             "0".repeat(40)
         )
         .as_bytes());
         input.extend_from_slice(b"0000");
         input
     };
-    for (name, pack) in [
-        ("corrupt", &corrupt),
-        ("truncated", &truncated),
-        ("missing", &missing_tree),
+    let command = |create: &str| command_for(create, &head);
+    for (name, pack, tip) in [
+        ("corrupt", &corrupt, &head),
+        ("truncated", &truncated, &head),
+        ("missing", &missing_tree, &head),
+        ("thin", &missing_base, &three),
     ] {
-        let mut input = command(name);
+        let mut input = command_for(name, tip);
         input.extend_from_slice(pack);
         let answer = raw_receive_pack(&f, &input);
         assert!(
