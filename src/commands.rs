@@ -20,6 +20,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init { admin_key, admin_name } => return init(&cli.data, admin_key.as_deref(), &admin_name, json),
         Command::GitRemoteHelper { url, .. } => return crate::git_helper::run(&url),
+        Command::Umount { mountpoint } => return crate::mount::umount(&mountpoint),
         Command::Proxy { node } => {
             alknet_protocols::proxy(&node).await?;
             return Ok(ExitCode::SUCCESS);
@@ -42,10 +43,15 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCode> {
     match command {
-        Command::Init { .. } | Command::Proxy { .. } | Command::GitRemoteHelper { .. } => {
+        Command::Init { .. } | Command::Proxy { .. } | Command::GitRemoteHelper { .. } | Command::Umount { .. } => {
             unreachable!("handled before the store is opened")
         }
         Command::Serve { ssh, quic, no_quic } => return crate::server::run(store, ssh, quic, no_quic).await,
+        Command::Mount {
+            addr,
+            mountpoint,
+            read_only,
+        } => return crate::mount::run(store, &addr, &mountpoint, read_only).await,
         Command::User(UserCmd::Add { name, key, admin }) => {
             let access = access(store)?;
             let text = std::fs::read_to_string(&key).with_context(|| format!("{}: cannot read", key.display()))?;

@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod git_helper;
 mod keys;
+mod mount;
 mod server;
 
 use std::path::PathBuf;
@@ -81,6 +82,18 @@ enum Command {
     /// Create, list or delete branches of a bucket.
     #[command(subcommand)]
     Branch(BranchCmd),
+    /// Mount BUCKET[@BRANCH[@VERSION]] at a directory (FUSE) until SIGINT, SIGTERM or `alknet umount`.
+    Mount {
+        /// BUCKET[@BRANCH[@VERSION|@SNAPSHOT]]; a version or snapshot mounts read-only.
+        addr: String,
+        /// An existing directory.
+        mountpoint: PathBuf,
+        /// Refuse every change.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Unmount a directory mounted by `alknet mount` (also when its process died).
+    Umount { mountpoint: PathBuf },
     /// Create, list or delete git repositories.
     #[command(subcommand)]
     Repo(RepoCmd),
@@ -272,8 +285,13 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(args);
     // A server logs its sessions; a one-shot command only what went wrong.
-    let serving = matches!(cli.command, Command::Serve { .. });
-    let default_level = if serving { "info" } else { "warn" };
+    let serving = matches!(cli.command, Command::Serve { .. } | Command::Mount { .. });
+    // iroh-blobs reports each idle GC poll at info; fuser each unsupported call.
+    let default_level = if serving {
+        "info,iroh_blobs=warn,fuser=error"
+    } else {
+        "warn"
+    };
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -218,6 +218,16 @@ impl Tree {
         })
     }
 
+    /// The entry `name` in the directory with id `parent`.
+    pub fn lookup_in(&self, parent: EntryId, name: &str) -> Result<Option<Entry>> {
+        self.inner.db.read(|c| self.lookup(c, parent, name))
+    }
+
+    /// [`Tree::read_dir`] of the directory with id `dir`.
+    pub fn read_dir_of(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<Entry>> {
+        self.inner.db.read(|c| self.children(c, dir, after, limit))
+    }
+
     /// One page of a directory, sorted by name: at most `limit` entries whose
     /// names sort after `after`. Pass the last name of a page to get the next.
     pub fn read_dir(&self, path: &BucketPath, after: Option<&str>, limit: usize) -> Result<Vec<Entry>> {

@@ -1,5 +1,877 @@
-//! alknet-mount: a FUSE filesystem of any `bucket@branch`.
+//! alknet-mount: a FUSE filesystem of one `bucket@branch` (fuser 0.18).
 //!
-//! Not built yet. This crate will adapt the `alknet-fs` tree API (stat, read
-//! at offset, write sessions, readdir pages) to fuser, against a local data
-//! directory or a remote node with a verified content cache.
+//! An adapter from FUSE requests to the `alknet-fs` tree API, as `sftp.rs`
+//! is for SFTP: inode numbers are entry ids plus one (entry ids survive
+//! renames, so the kernel's inodes do too); an open-for-write file is a
+//! [`WriteSession`] (readers see the old content until the writer's `close`
+//! — FUSE `flush` — publishes the new one; a crash leaves the old file);
+//! an open-for-read file is a [`FileReader`] on its blob, so a reader keeps
+//! the version it opened.
+//!
+//! This build mounts a data directory directly (the process holds its blob
+//! store). The remote mode — the same filesystem over a node's endpoint with
+//! a content cache by hash — is the next step (see `docs/architecture.md`).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alknet_fs::{BucketPath, Entry, EntryId, Error, FileReader, Kind, OpenOptions, SetAttr, Store, Tree, WriteSession};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+/// How long the kernel may cache names and attributes. Short: other clients
+/// (SFTP, git, another mount) change the tree behind the kernel's back.
+const TTL: Duration = Duration::from_secs(1);
+/// Directory entries read from the store per page.
+const PAGE: usize = 1024;
+/// The block size reported to `stat` (and so the size `cp` and friends
+/// write in).
+const BLOCK: u32 = 128 * 1024;
+
+/// The filesystem of one tree.
+pub struct Mount {
+    store: Store,
+    tree: Tree,
+    runtime: tokio::runtime::Handle,
+    /// Owner shown on every entry (ownership is not stored).
+    owner: (u32, u32),
+    read_only: bool,
+    handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    /// The write handles open on each file, for sizes before close.
+    writers: Mutex<HashMap<EntryId, Vec<Arc<Mutex<Handle>>>>>,
+    next_handle: AtomicU64,
+    /// The root has no stored mtime: it shows the time of mounting.
+    mounted_ns: i64,
+}
+
+enum Handle {
+    Read(FileReader),
+    /// A writer. Its session opens at the first change and closes when
+    /// published.
+    Write {
+        id: EntryId,
+        session: Option<WriteSession>,
+        /// The session holds a change (a write, a truncation) not published.
+        changed: bool,
+        /// Bytes were written since the last publish.
+        written: bool,
+    },
+    /// A snapshot of a directory's entries for readdir: (inode, kind, name).
+    Dir(Vec<(u64, FileType, String)>),
+}
+
+fn ino_of(id: EntryId) -> INodeNo {
+    INodeNo(id.0 as u64 + 1)
+}
+
+fn id_of(ino: INodeNo) -> EntryId {
+    EntryId(ino.0 as i64 - 1)
+}
+
+fn errno(e: &Error) -> Errno {
+    match e {
+        Error::NotFound(_) | Error::NoSuchBucket(_) | Error::NoSuchBranch { .. } => Errno::ENOENT,
+        Error::Exists(_) => Errno::EEXIST,
+        Error::NotADirectory(_) => Errno::ENOTDIR,
+        Error::IsADirectory(_) => Errno::EISDIR,
+        Error::NotEmpty(_) => Errno::ENOTEMPTY,
+        Error::ReadOnly(_) => Errno::EROFS,
+        Error::RenameIntoSelf { .. } => Errno::EINVAL,
+        Error::InvalidName { value, .. } | Error::InvalidPath { path: value, .. }
+            if value.len() > alknet_fs::MAX_COMPONENT =>
+        {
+            Errno::ENAMETOOLONG
+        }
+        Error::InvalidName { .. } | Error::InvalidPath { .. } => Errno::EINVAL,
+        other => {
+            tracing::warn!("mount: {other}");
+            Errno::EIO
+        }
+    }
+}
+
+fn kind(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn nanos(t: TimeOrNow) -> i64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn name_of(name: &OsStr) -> Result<&str, Errno> {
+    let name = name.to_str().ok_or(Errno::EINVAL)?;
+    if name.len() > alknet_fs::MAX_COMPONENT {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(name)
+}
+
+impl Mount {
+    /// The filesystem of `tree`; `read_only` refuses every change (a tree
+    /// at a past version refuses them anyway).
+    pub fn new(store: &Store, tree: Tree, owner: (u32, u32), read_only: bool) -> Mount {
+        Mount {
+            store: store.clone(),
+            read_only: read_only || tree.is_read_only(),
+            tree,
+            runtime: tokio::runtime::Handle::current(),
+            owner,
+            handles: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            mounted_ns: nanos(TimeOrNow::Now),
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn attr(&self, e: &Entry) -> FileAttr {
+        let mtime_ns = if e.id == EntryId::ROOT {
+            self.mounted_ns
+        } else {
+            e.mtime_ns
+        };
+        let size = match e.kind {
+            Kind::File => self.open_size(e.id).unwrap_or(e.size),
+            Kind::Symlink => e.target.as_ref().map(|t| t.len() as u64).unwrap_or(e.size),
+            _ => 0,
+        };
+        let t = time(mtime_ns);
+        FileAttr {
+            ino: ino_of(e.id),
+            size,
+            blocks: size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: kind(e.kind),
+            perm: (e.mode & 0o7777) as u16,
+            nlink: if e.kind == Kind::Dir { 2 } else { 1 },
+            uid: self.owner.0,
+            gid: self.owner.1,
+            rdev: 0,
+            blksize: BLOCK,
+            flags: 0,
+        }
+    }
+
+    /// The size of a file as its open writers see it (unpublished writes).
+    fn open_size(&self, id: EntryId) -> Option<u64> {
+        let writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        writers
+            .get(&id)?
+            .iter()
+            .find_map(|h| match &*h.lock().unwrap_or_else(|e| e.into_inner()) {
+                Handle::Write {
+                    session: Some(s),
+                    changed: true,
+                    ..
+                } => s.len().ok(),
+                _ => None,
+            })
+    }
+
+    fn entry(&self, ino: INodeNo) -> Result<Entry, Errno> {
+        match self.tree.entry(id_of(ino)) {
+            Ok(Some(e)) => Ok(e),
+            Ok(None) => Err(Errno::ENOENT),
+            Err(e) => Err(errno(&e)),
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<BucketPath, Errno> {
+        match self.tree.path_of(id_of(ino)) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(Errno::ENOENT),
+            Err(e) => Err(errno(&e)),
+        }
+    }
+
+    fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<BucketPath, Errno> {
+        let name = name_of(name)?;
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.path(parent)?.join(name))
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.read_only { Err(Errno::EROFS) } else { Ok(()) }
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    fn add_handle(&self, h: Handle) -> (FileHandle, Arc<Mutex<Handle>>) {
+        let n = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let h = Arc::new(Mutex::new(h));
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n, h.clone());
+        (FileHandle(n), h)
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Mutex<Handle>>, Errno> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    /// A write handle; `session` is a change already made (a truncation or
+    /// a creation), else the session opens at the first change.
+    fn open_writer(&self, id: EntryId, session: Option<WriteSession>) -> FileHandle {
+        let changed = session.is_some();
+        let (fh, h) = self.add_handle(Handle::Write {
+            id,
+            session,
+            changed,
+            written: false,
+        });
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .push(h);
+        fh
+    }
+
+    /// Publishes a writer's content. `flush` (every `close`, also of a
+    /// duplicated descriptor) publishes written bytes, so what a process
+    /// wrote is visible once it closes; `release` (the last close) and
+    /// `fsync` publish any change, a bare truncation included. The handle
+    /// stays usable: a later change opens a new session.
+    fn publish(&self, h: &mut Handle, only_written: bool) -> Result<(), Errno> {
+        let Handle::Write {
+            session,
+            changed,
+            written,
+            ..
+        } = h
+        else {
+            return Ok(());
+        };
+        if !*changed || (only_written && !*written) {
+            return Ok(());
+        }
+        if let Some(s) = session.take() {
+            self.block_on(s.close()).map_err(|e| errno(&e))?;
+        }
+        *changed = false;
+        *written = false;
+        Ok(())
+    }
+
+    /// The session of a write handle, to change the file through it.
+    fn session<'h>(&self, h: &'h mut Handle) -> Result<&'h mut WriteSession, Errno> {
+        let Handle::Write {
+            id, session, changed, ..
+        } = h
+        else {
+            return Err(Errno::EBADF);
+        };
+        if session.is_none() {
+            let path = self.path(ino_of(*id))?;
+            let s = self
+                .block_on(self.tree.open_write(&path, OpenOptions::modify()))
+                .map_err(|e| errno(&e))?;
+            *session = Some(s);
+        }
+        *changed = true;
+        session.as_mut().ok_or(Errno::EIO)
+    }
+
+    fn reply_entry(&self, path: &BucketPath, reply: ReplyEntry) {
+        match self.tree.stat(path) {
+            Ok(e) => reply.entry(&TTL, &self.attr(&e), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+impl Filesystem for Mount {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // O_TRUNC arrives with open, so a truncation goes into the write
+        // session (published at close) instead of a separate, immediate
+        // setattr: a writer that dies leaves the old content.
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            tracing::warn!("the kernel lacks {missing:?}: O_TRUNC commits at open");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.tree.lookup_in(id_of(parent), name) {
+            Ok(Some(e)) => reply.entry(&TTL, &self.attr(&e), Generation(0)),
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.entry(ino) {
+            Ok(e) => reply.attr(&TTL, &self.attr(&e)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let run = || -> Result<Entry, Errno> {
+            self.writable()?;
+            // Ownership is not stored: only a no-op chown succeeds.
+            if uid.is_some_and(|u| u != self.owner.0) || gid.is_some_and(|g| g != self.owner.1) {
+                return Err(Errno::EPERM);
+            }
+            let mode = mode.map(|m| m & 0o7777);
+            let mtime = mtime.map(nanos);
+            if let Some(len) = size {
+                // On an open writer (ftruncate), or as its own commit.
+                let writer = match fh {
+                    Some(fh) => Some(self.handle(fh)?),
+                    None => self
+                        .writers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&id_of(ino))
+                        .and_then(|v| v.first().cloned()),
+                };
+                match writer {
+                    Some(h) if matches!(&*h.lock().unwrap_or_else(|e| e.into_inner()), Handle::Write { .. }) => {
+                        let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+                        let s = self.session(&mut h)?;
+                        self.block_on(s.set_len(len)).map_err(|e| errno(&e))?;
+                        s.set_attr(mode, mtime);
+                    }
+                    _ => {
+                        let path = self.path(ino)?;
+                        let e = self.entry(ino)?;
+                        if e.kind == Kind::Dir {
+                            return Err(Errno::EISDIR);
+                        }
+                        self.block_on(self.tree.truncate(&path, len)).map_err(|e| errno(&e))?;
+                    }
+                }
+            }
+            if mode.is_some() || mtime.is_some() {
+                let path = self.path(ino)?;
+                let attr = SetAttr::new(mode, mtime);
+                self.tree.set_attr(&path, &attr).map_err(|e| errno(&e))?;
+                // An open writer publishes these too, or its close would undo them.
+                if let Some(v) = self.writers.lock().unwrap_or_else(|e| e.into_inner()).get(&id_of(ino)) {
+                    for h in v {
+                        if let Handle::Write { session: Some(s), .. } =
+                            &mut *h.lock().unwrap_or_else(|e| e.into_inner())
+                        {
+                            s.set_attr(mode, mtime);
+                        }
+                    }
+                }
+            }
+            self.entry(ino)
+        };
+        match run() {
+            Ok(e) => reply.attr(&TTL, &self.attr(&e)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.entry(ino) {
+            Ok(e) if e.kind == Kind::Symlink => reply.data(e.target.unwrap_or_default().as_bytes()),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let run = || -> Result<BucketPath, Errno> {
+            self.writable()?;
+            let path = self.child_path(parent, name)?;
+            self.tree
+                .mkdir(&path, Some(mode & !umask & 0o7777))
+                .map_err(|e| errno(&e))?;
+            Ok(path)
+        };
+        match run() {
+            Ok(path) => self.reply_entry(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let run = || -> Result<(), Errno> {
+            self.writable()?;
+            let path = self.child_path(parent, name)?;
+            self.tree.remove(&path).map_err(|e| errno(&e))
+        };
+        match run() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let run = || -> Result<(), Errno> {
+            self.writable()?;
+            let path = self.child_path(parent, name)?;
+            self.tree.rmdir(&path).map_err(|e| errno(&e))
+        };
+        match run() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let run = || -> Result<BucketPath, Errno> {
+            self.writable()?;
+            let path = self.child_path(parent, link_name)?;
+            let target = target.to_str().ok_or(Errno::EINVAL)?;
+            self.tree.symlink(&path, target).map_err(|e| errno(&e))?;
+            Ok(path)
+        };
+        match run() {
+            Ok(path) => self.reply_entry(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let run = || -> Result<(), Errno> {
+            self.writable()?;
+            if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                return Err(Errno::EINVAL);
+            }
+            let from = self.child_path(parent, name)?;
+            let to = self.child_path(newparent, newname)?;
+            let replace = !flags.contains(RenameFlags::RENAME_NOREPLACE);
+            match self.tree.rename(&from, &to, replace) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(errno(&e)),
+            }
+        };
+        match run() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let run = || -> Result<FileHandle, Errno> {
+            let e = self.entry(ino)?;
+            if e.kind == Kind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+                let reader = self.block_on(self.tree.open_read(&e)).map_err(|e| errno(&e))?;
+                return Ok(self.add_handle(Handle::Read(reader)).0);
+            }
+            self.writable()?;
+            let session = if flags.0 & libc::O_TRUNC != 0 {
+                let path = self.path(ino)?;
+                let opts = OpenOptions::modify().truncate(true);
+                Some(
+                    self.block_on(self.tree.open_write(&path, opts))
+                        .map_err(|e| errno(&e))?,
+                )
+            } else {
+                None
+            };
+            Ok(self.open_writer(e.id, session))
+        };
+        match run() {
+            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let run = || -> Result<(Entry, FileHandle), Errno> {
+            self.writable()?;
+            let path = self.child_path(parent, name)?;
+            let opts = OpenOptions::replace()
+                .create(true)
+                .exclusive(flags & libc::O_EXCL != 0)
+                .mode(mode & !umask & 0o7777)
+                .create_visible(true);
+            let session = self
+                .block_on(self.tree.open_write(&path, opts))
+                .map_err(|e| errno(&e))?;
+            let e = self.tree.stat(&path).map_err(|e| errno(&e))?;
+            let fh = self.open_writer(e.id, Some(session));
+            Ok((e, fh))
+        };
+        match run() {
+            Ok((e, fh)) => reply.created(&TTL, &self.attr(&e), Generation(0), fh, FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let run = || -> Result<Vec<u8>, Errno> {
+            let h = self.handle(fh)?;
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *h {
+                Handle::Read(r) => self.block_on(r.read_at(offset, size as u64)).map_err(|e| errno(&e)),
+                Handle::Write { session: Some(s), .. } => {
+                    let mut buf = vec![0u8; size as usize];
+                    let n = self.block_on(s.read_at(offset, &mut buf)).map_err(|e| errno(&e))?;
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Handle::Write { id, .. } => {
+                    let e = self.entry(ino_of(*id))?;
+                    self.block_on(self.tree.read_entry(&e, offset, size as u64))
+                        .map_err(|e| errno(&e))
+                }
+                Handle::Dir(_) => Err(Errno::EISDIR),
+            }
+        };
+        match run() {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let run = || -> Result<u32, Errno> {
+            let h = self.handle(fh)?;
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            let s = self.session(&mut h)?;
+            let offset = if flags.0 & libc::O_APPEND != 0 {
+                s.len().map_err(|e| errno(&e))?
+            } else {
+                offset
+            };
+            self.block_on(s.write_at(offset, data)).map_err(|e| errno(&e))?;
+            if let Handle::Write { written, .. } = &mut *h {
+                *written = true;
+            }
+            Ok(data.len() as u32)
+        };
+        match run() {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let run = || -> Result<(), Errno> {
+            let h = self.handle(fh)?;
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            self.publish(&mut h, true)
+        };
+        match run() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let run = || -> Result<(), Errno> {
+            let h = self.handle(fh)?;
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            self.publish(&mut h, false)
+        };
+        match run() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let removed = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        let Some(h) = removed else {
+            return reply.error(Errno::EBADF);
+        };
+        {
+            let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = writers.get_mut(&id_of(ino)) {
+                v.retain(|w| !Arc::ptr_eq(w, &h));
+                if v.is_empty() {
+                    writers.remove(&id_of(ino));
+                }
+            }
+        }
+        let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+        match self.publish(&mut h, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let run = || -> Result<FileHandle, Errno> {
+            let dir = self.entry(ino)?;
+            if dir.kind != Kind::Dir {
+                return Err(Errno::ENOTDIR);
+            }
+            let parent = if dir.id == EntryId::ROOT {
+                INodeNo::ROOT
+            } else {
+                ino_of(dir.parent)
+            };
+            let mut entries = vec![
+                (ino.0, FileType::Directory, ".".to_owned()),
+                (parent.0, FileType::Directory, "..".to_owned()),
+            ];
+            let mut after: Option<String> = None;
+            loop {
+                let page = self
+                    .tree
+                    .read_dir_of(dir.id, after.as_deref(), PAGE)
+                    .map_err(|e| errno(&e))?;
+                let full = page.len() == PAGE;
+                after = page.last().map(|e| e.name.clone());
+                entries.extend(page.into_iter().map(|e| (ino_of(e.id).0, kind(e.kind), e.name)));
+                if !full {
+                    break;
+                }
+            }
+            Ok(self.add_handle(Handle::Dir(entries)).0)
+        };
+        match run() {
+            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let h = h.lock().unwrap_or_else(|e| e.into_inner());
+        let Handle::Dir(entries) = &*h else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Every directory change is already a commit.
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        // Extended attributes are not stored; ENOTSUP makes the kernel stop asking.
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.store.space() {
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.blocks_free,
+                s.blocks_available,
+                s.files,
+                s.files_free,
+                s.block_size as u32,
+                alknet_fs::MAX_COMPONENT as u32,
+                s.block_size as u32,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+/// A mounted filesystem; unmounted by [`Mounted::unmount`] or when dropped.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl Mounted {
+    /// Whether the kernel side went away (an external `umount`).
+    pub fn is_finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    /// Unmounts and waits for the request threads to end.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.umount_and_join().ok();
+        }
+    }
+}
+
+/// Mounts `fs` at `mountpoint`; `name` shows as the source in `/proc/mounts`.
+pub fn mount(fs: Mount, mountpoint: &std::path::Path, name: &str) -> std::io::Result<Mounted> {
+    use fuser::MountOption;
+    let mut options = vec![
+        MountOption::FSName(name.to_owned()),
+        MountOption::Subtype("alknet".into()),
+        // The kernel checks permissions against mode, owner and group.
+        MountOption::DefaultPermissions,
+    ];
+    if fs.is_read_only() {
+        options.push(MountOption::RO);
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = options;
+    config.n_threads = Some(4);
+    let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+    Ok(Mounted { session: Some(session) })
+}
+
+/// Unmounts whatever is mounted at `mountpoint`, also a mount whose process
+/// died (lazily, so a busy mountpoint is detached rather than refused).
+pub fn unmount(mountpoint: &std::path::Path) -> std::io::Result<()> {
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .arg(mountpoint)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if run("fusermount3", &["-u", "-z"]) || run("umount", &["-l"]) {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{} is not mounted",
+            mountpoint.display()
+        )))
+    }
+}

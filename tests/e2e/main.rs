@@ -8,5 +8,6 @@ mod cli;
 mod concurrency;
 mod crash;
 mod git;
+mod mount;
 mod sftp;
 mod util;
