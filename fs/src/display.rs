@@ -50,6 +50,13 @@ pub fn mode_string(kind: Kind, mode: u32) -> String {
         Kind::Dir => 'd',
         Kind::Symlink => 'l',
         Kind::File => '-',
+        Kind::Special => match mode & 0o170000 {
+            0o010000 => 'p',
+            0o140000 => 's',
+            0o020000 => 'c',
+            0o060000 => 'b',
+            _ => '?',
+        },
     });
     for shift in [6, 3, 0] {
         let bits = (mode >> shift) & 7;

@@ -192,7 +192,32 @@ impl Tree {
             .1)
     }
 
-    /// Removes a file or symlink.
+    /// Creates a FIFO, socket or device node: `mode` includes its file type
+    /// bits (`S_IFIFO`, `S_IFSOCK`, `S_IFCHR`, `S_IFBLK`), `rdev` is kept
+    /// for devices. The parent must exist and the name be free.
+    pub fn mknod(&self, path: &BucketPath, mode: u32, rdev: u64) -> Result<Entry> {
+        let kind_bits = mode & 0o170000;
+        if ![0o010000, 0o140000, 0o020000, 0o060000].contains(&kind_bits) {
+            return Err(Error::InvalidPath {
+                path: path.to_string(),
+                reason: "mknod makes FIFOs, sockets and device nodes only",
+            });
+        }
+        Ok(self
+            .commit("mknod", &[path], |rows| {
+                let (parent, name) = self.parent_dir(rows, path, false)?;
+                if self.lookup(rows.tx, parent.id, name)?.is_some() {
+                    return Err(Error::Exists(path.to_string()));
+                }
+                let mut e = new_entry(parent.id, name, Kind::Special, mode & 0o177777, rows.version());
+                e.size = rdev;
+                rows.put(&e)?;
+                Ok(e)
+            })?
+            .1)
+    }
+
+    /// Removes a file, symlink or special file.
     pub fn remove(&self, path: &BucketPath) -> Result<()> {
         self.commit("remove", &[path], |rows| {
             let e = self.resolve(rows.tx, path)?;
@@ -308,7 +333,8 @@ impl Tree {
                     });
                 }
                 if let Some(mode) = attr.mode {
-                    e.mode = mode & 0o7777;
+                    // A special file keeps its type bits.
+                    e.mode = (e.mode & 0o170000) | (mode & 0o7777);
                 }
                 if let Some(mtime) = attr.mtime_ns {
                     e.mtime_ns = mtime;

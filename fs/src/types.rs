@@ -76,6 +76,9 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    /// A FIFO, socket or device node: no content; `mode` carries the file
+    /// type bits (`S_IFIFO`, …) and `size` the device number.
+    Special,
 }
 
 impl Kind {
@@ -84,6 +87,7 @@ impl Kind {
             Kind::File => 1,
             Kind::Dir => 2,
             Kind::Symlink => 3,
+            Kind::Special => 4,
         }
     }
 
@@ -93,6 +97,7 @@ impl Kind {
             1 => Some(Kind::File),
             2 => Some(Kind::Dir),
             3 => Some(Kind::Symlink),
+            4 => Some(Kind::Special),
             _ => None,
         }
     }

@@ -96,10 +96,16 @@ fn errno(e: &Error) -> Errno {
     }
 }
 
-fn kind(k: Kind) -> FileType {
-    match k {
+fn kind(e: &Entry) -> FileType {
+    match e.kind {
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Special => match e.mode & libc::S_IFMT {
+            libc::S_IFIFO => FileType::NamedPipe,
+            libc::S_IFSOCK => FileType::Socket,
+            libc::S_IFCHR => FileType::CharDevice,
+            _ => FileType::BlockDevice,
+        },
         _ => FileType::RegularFile,
     }
 }
@@ -161,7 +167,7 @@ impl Mount {
         let size = match e.kind {
             Kind::File => self.open_size(e.id).unwrap_or(e.size),
             Kind::Symlink => e.target.as_ref().map(|t| t.len() as u64).unwrap_or(e.size),
-            _ => 0,
+            Kind::Dir | Kind::Special => 0,
         };
         let t = time(mtime_ns);
         FileAttr {
@@ -172,12 +178,12 @@ impl Mount {
             mtime: t,
             ctime: t,
             crtime: t,
-            kind: kind(e.kind),
+            kind: kind(e),
             perm: (e.mode & 0o7777) as u16,
             nlink: if e.kind == Kind::Dir { 2 } else { 1 },
             uid: self.owner.0,
             gid: self.owner.1,
-            rdev: 0,
+            rdev: if e.kind == Kind::Special { e.size as u32 } else { 0 },
             blksize: BLOCK,
             flags: 0,
         }
@@ -444,6 +450,43 @@ impl Filesystem for Mount {
             self.tree
                 .mkdir(&path, Some(mode & !umask & 0o7777))
                 .map_err(|e| errno(&e))?;
+            Ok(path)
+        };
+        match run() {
+            Ok(path) => self.reply_entry(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let run = || -> Result<BucketPath, Errno> {
+            self.writable()?;
+            let path = self.child_path(parent, name)?;
+            let perm = mode & !umask & 0o7777;
+            if mode & libc::S_IFMT == libc::S_IFREG {
+                let opts = OpenOptions::replace()
+                    .create(true)
+                    .exclusive(true)
+                    .mode(perm)
+                    .create_visible(true);
+                // The empty file is committed at open; nothing more to write.
+                self.block_on(self.tree.open_write(&path, opts))
+                    .map_err(|e| errno(&e))?
+                    .abort();
+            } else {
+                self.tree
+                    .mknod(&path, (mode & libc::S_IFMT) | perm, rdev.into())
+                    .map_err(|e| errno(&e))?;
+            }
             Ok(path)
         };
         match run() {
@@ -725,7 +768,7 @@ impl Filesystem for Mount {
                     .map_err(|e| errno(&e))?;
                 let full = page.len() == PAGE;
                 after = page.last().map(|e| e.name.clone());
-                entries.extend(page.into_iter().map(|e| (ino_of(e.id).0, kind(e.kind), e.name)));
+                entries.extend(page.into_iter().map(|e| (ino_of(e.id).0, kind(&e), e.name)));
                 if !full {
                     break;
                 }

@@ -896,6 +896,7 @@ fn entry_attrs(e: &Entry, owner: (u32, u32)) -> FileAttributes {
         Kind::File => S_IFREG,
         Kind::Dir => S_IFDIR,
         Kind::Symlink => S_IFLNK,
+        Kind::Special => e.mode & 0o170000,
     };
     let mtime = u32::try_from(e.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0);
     file_attrs(kind | (e.mode & 0o7777), e.size, mtime, owner)

@@ -339,7 +339,15 @@ fn fsx_finds_no_mismatch() {
 #[test]
 fn pjdfstest_fails_only_where_expected() {
     let node = node_with_bucket();
-    let m = Mounted::start(&node, "photos", "m", &[]);
+    // pjdfstest 0.2.2's create_path_max underflows (and panics with
+    // "capacity overflow") when the mountpoint's length is 9 modulo 127:
+    // pick a name that avoids it.
+    let name = if (node.work.to_string_lossy().len() + 2) % 127 == 9 {
+        "mm"
+    } else {
+        "m"
+    };
+    let m = Mounted::start(&node, "photos", name, &[]);
     let config = node.work.join("pjdfstest.toml");
     std::fs::write(
         &config,
@@ -356,11 +364,18 @@ fn pjdfstest_fails_only_where_expected() {
         .output()
         .expect("run pjdfstest");
     let text = combined(&out);
-    let failed: Vec<String> = text
-        .lines()
-        .filter(|l| l.trim_end().ends_with("FAILED"))
-        .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+    let lines: Vec<&str> = text.lines().collect();
+    // "NAME   FAILED" then a tab-indented line with the reason.
+    let failures: Vec<(String, &str)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("::") && l.trim_end().ends_with("FAILED"))
+        .map(|(i, l)| {
+            let name = l.split_whitespace().next().unwrap_or("").to_owned();
+            (name, lines.get(i + 1).map(|r| r.trim()).unwrap_or(""))
+        })
         .collect();
+    let failed: Vec<String> = failures.iter().map(|(n, _)| n.clone()).collect();
     let expected_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pjdfstest-expected-failures.txt");
     let expected: Vec<String> = std::fs::read_to_string(&expected_file)
         .expect("the expected-failures list")
@@ -368,12 +383,15 @@ fn pjdfstest_fails_only_where_expected() {
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
         .collect();
-    let unexpected: Vec<&String> = failed.iter().filter(|f| !expected.contains(f)).collect();
+    let summary = lines.iter().find(|l| l.starts_with("Summary:")).copied();
+    assert!(summary.is_some(), "pjdfstest did not run to the end:\n{text}");
+    let unexpected: Vec<&(String, &str)> = failures.iter().filter(|(f, _)| !expected.contains(f)).collect();
     let fixed: Vec<&String> = expected.iter().filter(|e| !failed.contains(e)).collect();
     assert!(
         unexpected.is_empty() && fixed.is_empty(),
-        "pjdfstest: unexpected failures {unexpected:?}; now passing (remove from the list) {fixed:?}\n{text}"
+        "pjdfstest ({}): unexpected failures {unexpected:#?}; now passing, remove them from {}: {fixed:?}",
+        summary.unwrap_or_default(),
+        expected_file.display()
     );
-    assert!(text.contains("Summary"), "pjdfstest ran to the end:\n{text}");
     assert!(m.stop());
 }
