@@ -28,6 +28,8 @@ use fuser::{
 /// How long the kernel may cache names and attributes. Short: other clients
 /// (SFTP, git, another mount) change the tree behind the kernel's back.
 const TTL: Duration = Duration::from_secs(1);
+/// The largest write (and readahead) the kernel is asked to send at once.
+const MAX_IO: u32 = 1 << 20;
 /// Directory entries read from the store per page.
 const PAGE: usize = 1024;
 /// The block size reported to `stat` (and so the size `cp` and friends
@@ -62,8 +64,8 @@ enum Handle {
         /// Bytes were written since the last publish.
         written: bool,
     },
-    /// A snapshot of a directory's entries for readdir: (inode, kind, name).
-    Dir(Vec<(u64, FileType, String)>),
+    /// A snapshot of a directory's entries for readdir: name and attributes.
+    Dir(Vec<(String, FileAttr)>),
 }
 
 fn ino_of(id: EntryId) -> INodeNo {
@@ -336,6 +338,11 @@ impl Filesystem for Mount {
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
             tracing::warn!("the kernel lacks {missing:?}: O_TRUNC commits at open");
         }
+        // Listings carry attributes (no lookup per entry afterwards).
+        config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS).ok();
+        // Fewer, larger requests for sequential I/O.
+        config.set_max_write(MAX_IO).ok();
+        config.set_max_readahead(MAX_IO).ok();
         Ok(())
     }
 
@@ -752,14 +759,11 @@ impl Filesystem for Mount {
                 return Err(Errno::ENOTDIR);
             }
             let parent = if dir.id == EntryId::ROOT {
-                INodeNo::ROOT
+                dir.clone()
             } else {
-                ino_of(dir.parent)
+                self.entry(ino_of(dir.parent))?
             };
-            let mut entries = vec![
-                (ino.0, FileType::Directory, ".".to_owned()),
-                (parent.0, FileType::Directory, "..".to_owned()),
-            ];
+            let mut entries = vec![(".".to_owned(), self.attr(&dir)), ("..".to_owned(), self.attr(&parent))];
             let mut after: Option<String> = None;
             loop {
                 let page = self
@@ -768,7 +772,10 @@ impl Filesystem for Mount {
                     .map_err(|e| errno(&e))?;
                 let full = page.len() == PAGE;
                 after = page.last().map(|e| e.name.clone());
-                entries.extend(page.into_iter().map(|e| (ino_of(e.id).0, kind(&e), e.name)));
+                entries.extend(page.into_iter().map(|e| {
+                    let attr = self.attr(&e);
+                    (e.name, attr)
+                }));
                 if !full {
                     break;
                 }
@@ -790,8 +797,34 @@ impl Filesystem for Mount {
         let Handle::Dir(entries) = &*h else {
             return reply.error(Errno::EBADF);
         };
-        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+        for (i, (name, attr)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(attr.ino, (i + 1) as u64, attr.kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// readdir with each entry's attributes: `ls -l` of a large directory
+    /// needs no lookup per entry.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let h = h.lock().unwrap_or_else(|e| e.into_inner());
+        let Handle::Dir(entries) = &*h else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (name, attr)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(attr.ino, (i + 1) as u64, name, &TTL, attr, Generation(0)) {
                 break;
             }
         }
