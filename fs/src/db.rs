@@ -20,10 +20,15 @@ use crate::error::{Error, Result};
 ///   pruned and can no longer be read (except protected ones).
 /// - 3: `refs` (named values with compare-and-swap updates) and `attachments`
 ///   (named blobs outside the tree), per bucket. Created by `SCHEMA` itself.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+/// - 4: `nodes.ctime_ns`: when the row was written (the entry's ctime);
+///   NULL in older rows, which read as their mtime.
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// Steps from each older schema to the next, applied in order.
-const MIGRATIONS: &[(i64, &str)] = &[(1, "ALTER TABLE branches ADD COLUMN pruned_before INTEGER;")];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, "ALTER TABLE branches ADD COLUMN pruned_before INTEGER;"),
+    (3, "ALTER TABLE nodes ADD COLUMN ctime_ns INTEGER;"),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alknet_meta (
@@ -72,7 +77,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     size      INTEGER NOT NULL,
     mode      INTEGER NOT NULL,
     mtime_ns  INTEGER NOT NULL,
-    target    TEXT
+    target    TEXT,
+    ctime_ns  INTEGER
 );
 CREATE INDEX IF NOT EXISTS nodes_by_name ON nodes (branch_id, parent, name, version);
 CREATE INDEX IF NOT EXISTS nodes_by_eid ON nodes (branch_id, eid, version);
@@ -264,8 +270,11 @@ mod tests {
         let path = dir.path().join("alknet.db");
         drop(Db::open(&path).expect("create"));
         let conn = Connection::open(&path).expect("raw connection");
-        conn.execute_batch("ALTER TABLE branches DROP COLUMN pruned_before; PRAGMA user_version = 1;")
-            .expect("make it look like schema 1");
+        conn.execute_batch(
+            "ALTER TABLE branches DROP COLUMN pruned_before; ALTER TABLE nodes DROP COLUMN ctime_ns;
+             PRAGMA user_version = 1;",
+        )
+        .expect("make it look like schema 1");
         drop(conn);
         let db = Db::open(&path).expect("open and migrate");
         let (version, has_column): (i64, bool) = db
@@ -273,7 +282,8 @@ mod tests {
                 Ok((
                     c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
                     c.query_row(
-                        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('branches') WHERE name = 'pruned_before')",
+                        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('branches') WHERE name = 'pruned_before')
+                            AND EXISTS (SELECT 1 FROM pragma_table_info('nodes') WHERE name = 'ctime_ns')",
                         [],
                         |r| r.get(0),
                     )?,

@@ -22,6 +22,8 @@ pub(crate) struct Rows<'a> {
     pub(crate) tx: &'a Transaction<'a>,
     branch_id: i64,
     version: Version,
+    /// Directories already given a new mtime in this commit.
+    touched: std::cell::RefCell<Vec<EntryId>>,
 }
 
 impl Rows<'_> {
@@ -29,8 +31,8 @@ impl Rows<'_> {
     pub(crate) fn put(&self, e: &Entry) -> Result<()> {
         self.tx
             .prepare_cached(
-                "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, hash, size, mode, mtime_ns, target)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, hash, size, mode, mtime_ns, target, ctime_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 self.branch_id,
@@ -44,7 +46,23 @@ impl Rows<'_> {
                 e.mode as i64,
                 e.mtime_ns,
                 e.target,
+                now_ns(),
             ])?;
+        Ok(())
+    }
+
+    /// Gives directory `dir` a new mtime (an entry in it was added, removed
+    /// or renamed), once per commit. The root has no row of its own.
+    pub(crate) fn touch(&self, tree: &Tree, dir: EntryId) -> Result<()> {
+        if dir == EntryId::ROOT || self.touched.borrow().contains(&dir) {
+            return Ok(());
+        }
+        if let Some(mut d) = tree.by_id(self.tx, dir)? {
+            d.mtime_ns = now_ns();
+            d.version = self.version;
+            self.put(&d)?;
+        }
+        self.touched.borrow_mut().push(dir);
         Ok(())
     }
 
@@ -101,6 +119,7 @@ impl Tree {
                 tx,
                 branch_id: self.branch_id,
                 version: Version(version as u64),
+                touched: Default::default(),
             };
             let out = f(&rows)?;
             notify(
@@ -138,6 +157,7 @@ impl Tree {
                 None => {
                     let e = new_entry(cur.id, name, Kind::Dir, DEFAULT_DIR_MODE, rows.version());
                     rows.put(&e)?;
+                    rows.touch(self, cur.id)?;
                     e
                 }
             };
@@ -160,6 +180,7 @@ impl Tree {
                 rows.version(),
             );
             rows.put(&e)?;
+            rows.touch(self, parent.id)?;
             Ok(e)
         })?;
         Ok(e)
@@ -187,6 +208,7 @@ impl Tree {
                 e.size = target.len() as u64;
                 e.target = Some(target.to_owned());
                 rows.put(&e)?;
+                rows.touch(self, parent.id)?;
                 Ok(e)
             })?
             .1)
@@ -212,6 +234,7 @@ impl Tree {
                 let mut e = new_entry(parent.id, name, Kind::Special, mode & 0o177777, rows.version());
                 e.size = rdev;
                 rows.put(&e)?;
+                rows.touch(self, parent.id)?;
                 Ok(e)
             })?
             .1)
@@ -224,7 +247,8 @@ impl Tree {
             if e.is_dir() {
                 return Err(Error::IsADirectory(path.to_string()));
             }
-            rows.tombstone(&e)
+            rows.tombstone(&e)?;
+            rows.touch(self, e.parent)
         })?;
         Ok(())
     }
@@ -245,7 +269,8 @@ impl Tree {
             if self.has_children(rows.tx, e.id)? {
                 return Err(Error::NotEmpty(path.to_string()));
             }
-            rows.tombstone(&e)
+            rows.tombstone(&e)?;
+            rows.touch(self, e.parent)
         })?;
         Ok(())
     }
@@ -267,6 +292,7 @@ impl Tree {
         }
         if !path.is_root() {
             rows.tombstone(top)?;
+            rows.touch(self, top.parent)?;
         }
         Ok(())
     }
@@ -316,6 +342,8 @@ impl Tree {
                     ..src
                 };
                 rows.put(&moved)?;
+                rows.touch(self, src.parent)?;
+                rows.touch(self, parent.id)?;
                 Ok(moved)
             })?
             .1)
@@ -360,6 +388,7 @@ impl Tree {
                 if existing.as_ref().is_some_and(Entry::is_dir) {
                     return Err(Error::IsADirectory(to.to_string()));
                 }
+                let new = existing.is_none();
                 let e = Entry {
                     id: existing.map(|e| e.id).unwrap_or_else(EntryId::random),
                     parent: parent.id,
@@ -368,6 +397,9 @@ impl Tree {
                     ..src
                 };
                 rows.put(&e)?;
+                if new {
+                    rows.touch(self, parent.id)?;
+                }
                 Ok(e)
             })?
             .1)
@@ -449,6 +481,7 @@ impl Tree {
                 );
                 e.hash = Some(empty);
                 rows.put(&e)?;
+                rows.touch(self, parent.id)?;
                 Ok(e)
             })?
             .1)
@@ -478,10 +511,14 @@ impl Tree {
                 .or(existing.as_ref().map(|e| e.mode))
                 .unwrap_or(DEFAULT_FILE_MODE),
             mtime_ns: place.mtime_ns.unwrap_or_else(now_ns),
+            ctime_ns: now_ns(),
             target: None,
             version: rows.version(),
         };
         rows.put(&e)?;
+        if existing.is_none() {
+            rows.touch(self, parent.id)?;
+        }
         Ok(e)
     }
 
@@ -559,6 +596,7 @@ fn new_entry(parent: EntryId, name: &str, kind: Kind, mode: u32, version: Versio
         size: 0,
         mode,
         mtime_ns: now_ns(),
+        ctime_ns: now_ns(),
         target: None,
         version,
     }

@@ -256,6 +256,9 @@ impl Tree {
             self.remove_tree_in(rows, path, e)?;
         }
         let keep = existing.filter(|e| !e.is_dir());
+        if keep.is_none() {
+            rows.touch(self, parent.id)?;
+        }
         rows.put(&Entry {
             id: keep.map(|e| e.id).unwrap_or_else(EntryId::random),
             parent: parent.id,
@@ -267,6 +270,7 @@ impl Tree {
                 .unwrap_or_else(|| target.map(|t| t.len() as u64).unwrap_or(0)),
             mode: if kind == Kind::File { mode } else { 0o777 },
             mtime_ns: now_ns(),
+            ctime_ns: now_ns(),
             target: target.map(str::to_owned),
             version: rows.version(),
         })

@@ -78,7 +78,8 @@ impl SetAttr {
 /// The columns [`entry_from_row`] reads, as a literal for `concat!`.
 macro_rules! columns {
     () => {
-        "n.eid, n.parent, n.name, n.kind, n.hash, n.size, n.mode, n.mtime_ns, n.target, n.version"
+        "n.eid, n.parent, n.name, n.kind, n.hash, n.size, n.mode, n.mtime_ns, n.target, n.version, \
+         coalesce(n.ctime_ns, n.mtime_ns)"
     };
 }
 
@@ -137,6 +138,7 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<Option<Entry>> {
         mtime_ns: row.get(7)?,
         target: row.get(8)?,
         version: Version(row.get::<_, i64>(9)? as u64),
+        ctime_ns: row.get(10)?,
     }))
 }
 

@@ -122,6 +122,9 @@ pub struct Entry {
     pub mode: u32,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
+    /// Change time: when this state of the entry was committed (any change
+    /// of content, attributes, name or place), nanoseconds.
+    pub ctime_ns: i64,
     /// Symlink target.
     pub target: Option<String>,
     /// The version that wrote this state of the entry.
@@ -140,6 +143,7 @@ impl Entry {
             size: 0,
             mode: 0o755,
             mtime_ns: 0,
+            ctime_ns: 0,
             target: None,
             version: Version(0),
         }

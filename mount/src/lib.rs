@@ -61,6 +61,8 @@ enum Handle {
         session: Option<WriteSession>,
         /// The session holds a change (a write, a truncation) not published.
         changed: bool,
+        /// When it last changed: the file's mtime and ctime until published.
+        changed_ns: i64,
         /// Bytes were written since the last publish.
         written: bool,
     },
@@ -161,24 +163,34 @@ impl Mount {
     }
 
     fn attr(&self, e: &Entry) -> FileAttr {
-        let mtime_ns = if e.id == EntryId::ROOT {
-            self.mounted_ns
+        let open = if e.kind == Kind::File {
+            self.open_state(e.id)
         } else {
-            e.mtime_ns
+            None
+        };
+        let mtime_ns = match open {
+            _ if e.id == EntryId::ROOT => self.mounted_ns,
+            Some((_, changed)) => changed,
+            None => e.mtime_ns,
         };
         let size = match e.kind {
-            Kind::File => self.open_size(e.id).unwrap_or(e.size),
+            Kind::File => open.map(|(len, _)| len).unwrap_or(e.size),
             Kind::Symlink => e.target.as_ref().map(|t| t.len() as u64).unwrap_or(e.size),
             Kind::Dir | Kind::Special => 0,
         };
         let t = time(mtime_ns);
+        let ctime = if e.id == EntryId::ROOT || open.is_some() {
+            t
+        } else {
+            time(e.ctime_ns)
+        };
         FileAttr {
             ino: ino_of(e.id),
             size,
             blocks: size.div_ceil(512),
             atime: t,
             mtime: t,
-            ctime: t,
+            ctime,
             crtime: t,
             kind: kind(e),
             perm: (e.mode & 0o7777) as u16,
@@ -191,8 +203,9 @@ impl Mount {
         }
     }
 
-    /// The size of a file as its open writers see it (unpublished writes).
-    fn open_size(&self, id: EntryId) -> Option<u64> {
+    /// Size and change time of a file as its open writers see it
+    /// (unpublished writes).
+    fn open_state(&self, id: EntryId) -> Option<(u64, i64)> {
         let writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         writers
             .get(&id)?
@@ -201,8 +214,9 @@ impl Mount {
                 Handle::Write {
                     session: Some(s),
                     changed: true,
+                    changed_ns,
                     ..
-                } => s.len().ok(),
+                } => s.len().ok().map(|len| (len, *changed_ns)),
                 _ => None,
             })
     }
@@ -266,6 +280,7 @@ impl Mount {
             id,
             session,
             changed,
+            changed_ns: nanos(TimeOrNow::Now),
             written: false,
         });
         self.writers
@@ -306,11 +321,16 @@ impl Mount {
     /// The session of a write handle, to change the file through it.
     fn session<'h>(&self, h: &'h mut Handle) -> Result<&'h mut WriteSession, Errno> {
         let Handle::Write {
-            id, session, changed, ..
+            id,
+            session,
+            changed,
+            changed_ns,
+            ..
         } = h
         else {
             return Err(Errno::EBADF);
         };
+        *changed_ns = nanos(TimeOrNow::Now);
         if session.is_none() {
             let path = self.path(ino_of(*id))?;
             let s = self
