@@ -848,19 +848,33 @@ async fn directories_take_a_new_mtime_and_every_change_a_new_ctime() {
     tick();
     put(&t, "/d/f", b"x").await;
     let after_create = t.stat(&p("/d")).expect("stat");
-    assert!(after_create.mtime_ns > before.mtime_ns, "a new entry moves the directory's mtime");
+    assert!(
+        after_create.mtime_ns > before.mtime_ns,
+        "a new entry moves the directory's mtime"
+    );
     let f = t.stat(&p("/d/f")).expect("stat");
     tick();
     t.set_attr(&p("/d/f"), &SetAttr::mode(0o600)).expect("chmod");
     let chmodded = t.stat(&p("/d/f")).expect("stat");
     assert_eq!(chmodded.mtime_ns, f.mtime_ns, "chmod keeps mtime");
     assert!(chmodded.ctime_ns > f.ctime_ns, "chmod moves ctime");
-    assert_eq!(t.stat(&p("/d")).expect("stat").mtime_ns, after_create.mtime_ns, "chmod leaves the directory");
+    assert_eq!(
+        t.stat(&p("/d")).expect("stat").mtime_ns,
+        after_create.mtime_ns,
+        "chmod leaves the directory"
+    );
     tick();
     t.rename(&p("/d/f"), &p("/g"), false).expect("rename");
-    assert!(t.stat(&p("/d")).expect("stat").mtime_ns > after_create.mtime_ns, "a move out moves it");
+    assert!(
+        t.stat(&p("/d")).expect("stat").mtime_ns > after_create.mtime_ns,
+        "a move out moves it"
+    );
     let d = t.stat(&p("/d")).expect("stat");
     tick();
     t.remove(&p("/g")).expect("rm");
-    assert_eq!(t.stat(&p("/d")).expect("stat").mtime_ns, d.mtime_ns, "other directories stay");
+    assert_eq!(
+        t.stat(&p("/d")).expect("stat").mtime_ns,
+        d.mtime_ns,
+        "other directories stay"
+    );
 }

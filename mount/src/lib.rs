@@ -311,7 +311,12 @@ impl Mount {
             return Ok(());
         }
         if let Some(s) = session.take() {
-            self.block_on(s.close()).map_err(|e| errno(&e))?;
+            match self.block_on(s.close()) {
+                // Unlinked while open: as on a disk, the content goes with
+                // the last reference.
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(errno(&e)),
+            }
         }
         *changed = false;
         *written = false;
