@@ -3,6 +3,8 @@
 //! The namespace: `/` lists the buckets the user may read; `/NAME/…` is branch
 //! `main` of bucket NAME, `/NAME@BRANCH/…` another branch, and
 //! `/NAME@BRANCH@VERSION/…` a past version or named snapshot (read-only).
+//! A branch name may contain `/` (git's `feature/x`): the longest existing
+//! branch the path spells wins.
 //!
 //! Requests are answered in order, one connection at a time, like OpenSSH's
 //! sftp-server; responses are flushed when no further request is waiting, so
@@ -257,7 +259,13 @@ impl Session {
         if head.contains(':') {
             return Err(Fail::new(StatusCode::NoSuchFile, format!("{norm}: no such bucket")));
         }
-        let addr = Address::parse(head).map_err(|e| Fail::new(StatusCode::NoSuchFile, e.to_string()))?;
+        let mut addr = Address::parse(head).map_err(|e| Fail::new(StatusCode::NoSuchFile, e.to_string()))?;
+        let mut rest = parts.next().unwrap_or("").to_owned();
+        // A branch name may hold '/' (git's feature/x): `/b@feature/x/f`
+        // names the longest existing branch that the path can spell.
+        if head.contains('@') && !rest.is_empty() {
+            (addr, rest) = self.longest_branch(head, addr, rest);
+        }
         let level = self.level(&addr.bucket)?;
         if level < need {
             return Err(Fail::denied(format!(
@@ -269,11 +277,34 @@ impl Session {
             return Err(Fail::denied(format!("{head}: a past version is read-only")));
         }
         let tree = self.ctx.store.tree(&addr.bucket, &addr.branch, &addr.at)?;
-        let path = BucketPath::parse(parts.next().unwrap_or("")).map_err(Fail::from)?;
+        let path = BucketPath::parse(&rest).map_err(Fail::from)?;
         if !self.touched.contains(&addr.bucket) {
             self.touched.push(addr.bucket.clone());
         }
         Ok(Place::Bucket { tree, path })
+    }
+
+    /// `head` (`b@feature`) and `rest` (`x/f`) re-split so that the branch is
+    /// the longest existing one: `b@feature/x` and `f` if that branch exists.
+    fn longest_branch(&self, head: &str, addr: Address, rest: String) -> (Address, String) {
+        let Ok(branches) = self.ctx.store.list_branches(&addr.bucket) else {
+            return (addr, rest);
+        };
+        let prefix = format!("{}/", addr.branch);
+        if !branches.iter().any(|b| b.name.starts_with(&prefix)) {
+            return (addr, rest);
+        }
+        let parts: Vec<&str> = rest.split('/').collect();
+        for k in (1..=parts.len()).rev() {
+            let candidate = format!("{head}/{}", parts[..k].join("/"));
+            if let Ok(a) = Address::parse(&candidate)
+                && a.bucket == addr.bucket
+                && branches.iter().any(|b| b.name == a.branch)
+            {
+                return (a, parts[k..].join("/"));
+            }
+        }
+        (addr, rest)
     }
 
     /// The user's level on a bucket; no grant reads as "no such bucket".

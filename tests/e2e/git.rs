@@ -459,7 +459,10 @@ fn a_pushed_branch_reads_as_files_over_sftp() {
     std::os::unix::fs::symlink("docs/guide.md", src.join("link")).expect("symlink");
     f.ok(&src, &["add", "link"]);
     f.ok(&src, &["commit", "-q", "-m", "link"]);
-    f.ok(&src, &["push", "-q", "origin", "HEAD:main", "HEAD:refs/heads/topic"]);
+    f.ok(
+        &src,
+        &["push", "-q", "origin", "HEAD:main", "HEAD:refs/heads/feature/x"],
+    );
     commit(&f, &src, &[("docs/guide.md", "# guide, v2\n")], "two");
     std::fs::remove_file(src.join("gone.txt")).expect("rm");
     f.ok(&src, &["commit", "-q", "-am", "three"]);
@@ -470,7 +473,7 @@ fn a_pushed_branch_reads_as_files_over_sftp() {
         &f.server,
         &f.key,
         Via::Tcp,
-        "get /hello@main/docs/guide.md guide\nget /hello@topic/gone.txt gone\nls -l /hello@main/\n",
+        "get /hello@main/docs/guide.md guide\nget /hello@feature/x/gone.txt gone\nls -l /hello@main/\n",
     );
     assert!(ok, "{out}");
     assert_eq!(
@@ -494,9 +497,9 @@ fn a_pushed_branch_reads_as_files_over_sftp() {
     let (ok, out) = sftp_batch(&f.node, &f.server, &f.key, Via::Tcp, "put x /hello@main/x\n");
     assert!(!ok && out.contains("Permission denied"), "{out}");
     // Deleting the git branch deletes the fs branch.
-    f.ok(&src, &["push", "-q", "origin", ":topic"]);
+    f.ok(&src, &["push", "-q", "origin", ":feature/x"]);
     let branches = f.node.ok(&["branch", "list", "hello"]);
-    assert!(!branches.contains("topic"), "{branches}");
+    assert!(!branches.contains("feature/x"), "{branches}");
 }
 
 #[test]
