@@ -160,6 +160,29 @@ impl Fetch {
         }
     }
 
+    /// The client's new shallow boundary as `shallow` / `unshallow` lines.
+    /// It depends on the wants and the deepen request only, not on the
+    /// haves (commits only: no trees are walked).
+    fn shallow_lines(&self, repo: &Repo, out: &mut impl Write) -> Result<(), Error> {
+        let boundary = repo.plan(&Request {
+            wants: self.req.wants.clone(),
+            client_shallow: self.req.client_shallow.clone(),
+            depth: self.req.depth,
+            relative: self.req.relative,
+            since: self.req.since,
+            not: self.req.not.clone(),
+            filter: Filter::TreeDepth(0),
+            ..Request::default()
+        })?;
+        for id in &boundary.shallow {
+            pkt::text(out, &format!("shallow {id}\n"))?;
+        }
+        for id in &boundary.unshallow {
+            pkt::text(out, &format!("unshallow {id}\n"))?;
+        }
+        Ok(())
+    }
+
     /// The haves we have as well, as commits.
     fn common(&self, repo: &Repo) -> Vec<ObjectId> {
         self.haves.iter().filter(|h| repo.contains(h)).copied().collect()
@@ -206,22 +229,7 @@ fn serve_v0<R: Read, W: Write>(repo: &Repo, input: &mut PktReader<R>, out: &mut 
         return Ok(());
     }
     if fetch.req.deepens() {
-        let boundary = repo.plan(&Request {
-            wants: fetch.req.wants.clone(),
-            client_shallow: fetch.req.client_shallow.clone(),
-            depth: fetch.req.depth,
-            relative: fetch.req.relative,
-            since: fetch.req.since,
-            not: fetch.req.not.clone(),
-            filter: Filter::TreeDepth(0),
-            ..Request::default()
-        })?;
-        for id in &boundary.shallow {
-            pkt::text(out, &format!("shallow {id}\n"))?;
-        }
-        for id in &boundary.unshallow {
-            pkt::text(out, &format!("unshallow {id}\n"))?;
-        }
+        fetch.shallow_lines(repo, out)?;
         pkt::flush(out)?;
     }
     // Negotiation: acknowledge haves until the client says done.
@@ -405,23 +413,8 @@ fn fetch_v2(repo: &Repo, args: &[Vec<u8>], out: &mut impl Write) -> Result<(), E
         pkt::delim(out)?;
     }
     if fetch.req.deepens() {
-        let boundary = repo.plan(&Request {
-            wants: fetch.req.wants.clone(),
-            client_shallow: fetch.req.client_shallow.clone(),
-            depth: fetch.req.depth,
-            relative: fetch.req.relative,
-            since: fetch.req.since,
-            not: fetch.req.not.clone(),
-            filter: Filter::TreeDepth(0),
-            ..Request::default()
-        })?;
         pkt::text(out, "shallow-info\n")?;
-        for id in &boundary.shallow {
-            pkt::text(out, &format!("shallow {id}\n"))?;
-        }
-        for id in &boundary.unshallow {
-            pkt::text(out, &format!("unshallow {id}\n"))?;
-        }
+        fetch.shallow_lines(repo, out)?;
         pkt::delim(out)?;
     }
     pkt::text(out, "packfile\n")?;
