@@ -272,10 +272,11 @@ impl Mount {
             .ok_or(Errno::EBADF)
     }
 
-    /// A write handle; `session` is a change already made (a truncation or
-    /// a creation), else the session opens at the first change.
-    fn open_writer(&self, id: EntryId, session: Option<WriteSession>) -> FileHandle {
-        let changed = session.is_some();
+    /// A write handle. `session`, if given, is already open: `changed` says
+    /// whether it holds a change to publish (a truncation) or not (a file
+    /// just created, already committed empty). Without one, a session opens
+    /// at the first change.
+    fn open_writer(&self, id: EntryId, session: Option<WriteSession>, changed: bool) -> FileHandle {
         let (fh, h) = self.add_handle(Handle::Write {
             id,
             session,
@@ -615,7 +616,8 @@ impl Filesystem for Mount {
             } else {
                 None
             };
-            Ok(self.open_writer(e.id, session))
+            let truncated = session.is_some();
+            Ok(self.open_writer(e.id, session, truncated))
         };
         match run() {
             Ok(fh) => reply.opened(fh, FopenFlags::empty()),
@@ -645,7 +647,7 @@ impl Filesystem for Mount {
                 .block_on(self.tree.open_write(&path, opts))
                 .map_err(|e| errno(&e))?;
             let e = self.tree.stat(&path).map_err(|e| errno(&e))?;
-            let fh = self.open_writer(e.id, Some(session));
+            let fh = self.open_writer(e.id, Some(session), false);
             Ok((e, fh))
         };
         match run() {
@@ -912,6 +914,8 @@ impl Filesystem for Mount {
 /// A mounted filesystem; unmounted by [`Mounted::unmount`] or when dropped.
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
+    /// Tells the invalidation thread to end.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Mounted {
@@ -922,6 +926,7 @@ impl Mounted {
 
     /// Unmounts and waits for the request threads to end.
     pub fn unmount(mut self) -> std::io::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
         match self.session.take() {
             Some(s) => s.umount_and_join(),
             None => Ok(()),
@@ -931,6 +936,7 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(s) = self.session.take() {
             s.umount_and_join().ok();
         }
@@ -952,8 +958,61 @@ pub fn mount(fs: Mount, mountpoint: &std::path::Path, name: &str) -> std::io::Re
     let mut config = fuser::Config::default();
     config.mount_options = options;
     config.n_threads = Some(4);
+    let (store, tree) = (fs.store.clone(), fs.tree.clone());
     let session = fuser::spawn_mount(fs, mountpoint, &config)?;
-    Ok(Mounted { session: Some(session) })
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if tree.at().is_none() {
+        let notifier = session.notifier();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("alknet-invalidate".into())
+            .spawn(move || {
+                if let Err(e) = invalidate(&store, &tree, &notifier, &stop) {
+                    tracing::warn!("mount: following changes stopped: {e}");
+                }
+            })?;
+    }
+    Ok(Mounted {
+        session: Some(session),
+        stop,
+    })
+}
+
+/// Follows the branch's commits — by this mount, the CLI, SFTP, a push —
+/// and tells the kernel to forget the names they added, removed or moved,
+/// so such changes by other writers show at once rather than after [`TTL`].
+/// Attributes are left to the TTL: dropping them for this mount's own
+/// writes would show a published file's times change under a reader.
+fn invalidate(
+    store: &Store,
+    tree: &Tree,
+    notifier: &fuser::Notifier,
+    stop: &std::sync::atomic::AtomicBool,
+) -> alknet_fs::Result<()> {
+    let head = store
+        .list_branches(tree.bucket())?
+        .into_iter()
+        .find(|b| b.name == tree.branch())
+        .and_then(|b| b.head)
+        .unwrap_or(alknet_fs::Version(0));
+    let mut watch = store.watch(tree.bucket(), tree.branch(), head)?;
+    while !stop.load(Ordering::Relaxed) {
+        for commit in watch.next(Duration::from_millis(500))? {
+            if matches!(commit.op.as_str(), "write" | "setattr" | "snapshot") {
+                continue;
+            }
+            for path in &commit.paths {
+                let Ok(path) = BucketPath::parse(path) else { continue };
+                // An error means the kernel holds nothing for it: fine.
+                if let Some((parent, name)) = path.split_last()
+                    && let Ok(dir) = tree.stat(&parent)
+                {
+                    notifier.inval_entry(ino_of(dir.id), OsStr::new(name)).ok();
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Unmounts whatever is mounted at `mountpoint`, also a mount whose process

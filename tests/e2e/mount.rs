@@ -234,6 +234,18 @@ fn changes_from_the_cli_show_in_the_mount() {
         assert!(Instant::now() < deadline, "a CLI rename shows in the mount");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The kernel caches what it looked up for a second; a change by another
+    // writer invalidates it at once (the mount follows the watch stream).
+    assert!(m.path("made-by-cli/moved.txt").exists());
+    node.ok(&["rm", "photos:/made-by-cli/moved.txt"]);
+    let removed = Instant::now();
+    while m.path("made-by-cli/moved.txt").exists() {
+        assert!(
+            removed.elapsed() < Duration::from_millis(500),
+            "a file removed by the CLI still shows in the mount"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // A file written through the mount is in the store once closed.
     std::fs::write(m.path("made-by-mount.txt"), b"mount\n").expect("write");
     let ls = node.ok(&["ls", "-l", "photos:/"]);
