@@ -18,6 +18,9 @@ pub(crate) async fn run(store: &Store, addr: &str, mountpoint: &Path, read_only:
         bail!("{}: not a directory", mountpoint.display());
     }
     let tree = store.tree(&address.bucket, &address.branch, &address.at)?;
+    // Mount only once the blob store is ours: a mount that appeared while
+    // `alknet serve` holds the data directory would hang on its first read.
+    store.claim_blobs().await?;
     let owner = {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(store.dir()).with_context(|| format!("{}", store.dir().display()))?;

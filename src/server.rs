@@ -20,6 +20,9 @@ pub(crate) async fn run(
     no_quic: bool,
 ) -> Result<ExitCode> {
     let config = Config::load(store.dir())?;
+    // The server owns the blob store from the start (one process may hold
+    // it): a mount or CLI command waits for it, not the other way round.
+    store.claim_blobs().await?;
     let ssh_addr = ssh.unwrap_or(config.ssh.listen);
     let quic_addr = (!no_quic).then(|| quic.unwrap_or(config.quic.listen));
 

@@ -112,6 +112,12 @@ impl Blobs {
         Ok(&opened.store)
     }
 
+    /// Opens the store now rather than at the first use (waiting, with a
+    /// message, while another process holds it).
+    pub(crate) async fn open_now(&self) -> Result<()> {
+        self.store().await.map(drop)
+    }
+
     /// Copies the file at `path` into the store, hashing it as it streams.
     /// `progress(done, total)` is called now and then; the import copies the
     /// bytes, then hashes them, so `total` is twice the file size.

@@ -117,6 +117,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Claims the blob store now, waiting (with a message on the log) while
+    /// another process holds it. A long-running process that serves reads
+    /// (a mount) calls this before it starts, so that it never starts
+    /// serving and then blocks its first read.
+    pub async fn claim_blobs(&self) -> Result<()> {
+        self.inner.blobs.open_now().await
+    }
+
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
