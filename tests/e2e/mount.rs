@@ -416,7 +416,7 @@ fn a_mount_waits_while_the_server_holds_the_data_directory() {
     let server = crate::util::Server::start(&node);
     let dir = node.work.join("m");
     std::fs::create_dir_all(&dir).expect("mountpoint");
-    let mut mount = node
+    let mount = node
         .cmd(&["mount", "photos", dir.to_str().expect("utf-8")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
