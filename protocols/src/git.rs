@@ -94,7 +94,7 @@ where
                 ..
             } = req;
             let name = repo.clone();
-            let (result, back) = tokio::task::spawn_blocking(move || {
+            let joined = tokio::task::spawn_blocking(move || {
                 let input = SyncIoBridge::new(read);
                 let mut output = SyncIoBridge::new(write);
                 let result = match service {
@@ -103,8 +103,17 @@ where
                 };
                 (result, output.into_inner())
             })
-            .await
-            .unwrap_or_else(|e| panic!("a git session panicked: {e}"));
+            .await;
+            let (result, back) = match joined {
+                Ok(done) => done,
+                Err(e) => {
+                    // A bug, not the client's doing: end this session only.
+                    tracing::error!(%peer, %user, %repo, "git session crashed: {e}");
+                    handle.exit_status_request(channel, 1).await.ok();
+                    handle.close(channel).await.ok();
+                    return;
+                }
+            };
             write = back;
             match result {
                 Ok(Some(push)) => {
