@@ -855,8 +855,14 @@ impl Watch {
             if left.is_zero() {
                 return Ok(Vec::new());
             }
-            // A wake means "something committed"; spurious ones just loop.
-            let _ = self.wake.recv_timeout(left.min(Duration::from_secs(1)));
+            // A wake means "something committed"; spurious ones just loop. A
+            // watcher that is gone (its database vanished) wakes nobody:
+            // poll slowly instead of spinning.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                self.wake.recv_timeout(left.min(Duration::from_secs(1)))
+            {
+                std::thread::sleep(left.min(Duration::from_millis(200)));
+            }
         }
     }
 }

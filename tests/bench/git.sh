@@ -17,7 +17,7 @@ build_alknet
 COMMITS="${COMMITS:-5000}"; FILES="${FILES:-3000}"; EDITS="${EDITS:-3}"
 W="$BENCH_DIR/git"; rm -rf "$W"; mkdir -p "$W"
 SRC="$BENCH_DIR/git-src-$COMMITS-$FILES"
-cleanup() { [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null; [ -n "${ALK_PID:-}" ] && kill "$ALK_PID" 2>/dev/null; true; }
+cleanup() { stop "${SSHD_PID:-}" "${ALK_PID:-}"; }
 trap cleanup EXIT
 
 if [ ! -d "$SRC/.git" ]; then

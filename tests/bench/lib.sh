@@ -39,6 +39,10 @@ row() { # row LABEL OURS REFERENCE
   printf '%-44s alknet %8ss   reference %8ss   ratio %sx\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"
 }
 
+# stop PID...: ends background processes, ignoring ones already gone (a
+# failing kill must not end an EXIT trap early under set -e).
+stop() { for p in "$@"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; }; done; true; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_sshd DIR: an OpenSSH sshd of our own on a free loopback port that lets

@@ -16,10 +16,10 @@ build_alknet
 SIZE_MIB="${SIZE_MIB:-1024}"; SMALL="${SMALL:-10000}"; LS_COUNT="${LS_COUNT:-100000}"
 W="$BENCH_DIR/mount"
 cleanup() {
-  for m in "$W/mnt" "$W/sshfs"; do mountpoint -q "$m" 2>/dev/null && { fusermount3 -u -z "$m" || umount -l "$m"; }; done
-  [ -n "${MNT_PID:-}" ] && kill "$MNT_PID" 2>/dev/null
-  [ -n "${ALK_PID:-}" ] && kill "$ALK_PID" 2>/dev/null
-  true
+  for m in "$W/mnt" "$W/sshfs"; do
+    if grep -q " $m fuse" /proc/mounts; then fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" || true; fi
+  done
+  stop "${MNT_PID:-}" "${ALK_PID:-}"
 }
 trap cleanup EXIT
 cleanup

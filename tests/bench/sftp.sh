@@ -12,7 +12,7 @@ build_alknet
 SIZE_MIB="${SIZE_MIB:-1024}"; SMALL_COUNT="${SMALL_COUNT:-2000}"; LS_COUNT="${LS_COUNT:-10000}"
 CIPHER="${CIPHER:-aes256-gcm@openssh.com}"
 W="$BENCH_DIR/sftp"; rm -rf "$W"; mkdir -p "$W"/{in,ref,small,many,out}
-cleanup() { [ -n "${SSHD_PID:-}" ] && kill "$SSHD_PID" 2>/dev/null; [ -n "${ALK_PID:-}" ] && kill "$ALK_PID" 2>/dev/null; true; }
+cleanup() { stop "${SSHD_PID:-}" "${ALK_PID:-}"; }
 trap cleanup EXIT
 
 head -c "$((SIZE_MIB << 20))" /dev/urandom > "$W/in/big"

@@ -416,12 +416,18 @@ fn a_mount_waits_while_the_server_holds_the_data_directory() {
     let server = crate::util::Server::start(&node);
     let dir = node.work.join("m");
     std::fs::create_dir_all(&dir).expect("mountpoint");
-    let mount = node
+    let child = node
         .cmd(&["mount", "photos", dir.to_str().expect("utf-8")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn mount");
+    // Killed and unmounted however the test ends.
+    let mut mount = Mounted {
+        child: Some(child),
+        dir: dir.clone(),
+        done: Arc::new(AtomicBool::new(true)),
+    };
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         !is_mounted(&dir),
@@ -434,11 +440,12 @@ fn a_mount_waits_while_the_server_holds_the_data_directory() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(std::fs::read(dir.join("f")).expect("read"), b"data");
+    let child = mount.child.take().expect("running");
     Command::new("kill")
-        .args(["-s", "TERM", &mount.id().to_string()])
+        .args(["-s", "TERM", &child.id().to_string()])
         .status()
         .expect("kill");
-    let out = mount.wait_with_output().expect("wait");
+    let out = child.wait_with_output().expect("wait");
     assert!(out.status.success(), "{}", combined(&out));
     assert!(!is_mounted(&dir));
 }
