@@ -64,11 +64,12 @@ impl Repo {
         };
         let mut buf = Vec::new();
         let old_tree = match old_commit {
-            Some(c) => self.commit_tree(&c, &mut buf)?,
+            Some(c) => self.commit_info(&c, &mut buf)?.map(|c| c.tree),
             None => None,
         };
         let new_tree = self
-            .commit_tree(&new, &mut buf)?
+            .commit_info(&new, &mut buf)?
+            .map(|c| c.tree)
             .ok_or_else(|| Error::Objects(format!("{git_ref} points at {new}, which is not a commit")))?;
         let mut changes = Vec::new();
         if old_commit.is_none() {
@@ -87,17 +88,6 @@ impl Repo {
             }],
         )?;
         Ok(())
-    }
-
-    fn commit_tree(&self, commit: &ObjectId, buf: &mut Vec<u8>) -> Result<Option<ObjectId>, Error> {
-        let Some(data) = self.find(commit, buf)? else {
-            return Ok(None);
-        };
-        if data.kind != Kind::Commit {
-            return Ok(None);
-        }
-        let c = gix_object::CommitRef::from_bytes(data.data, gix_hash::Kind::Sha1).map_err(Error::objects)?;
-        Ok(Some(c.tree()))
     }
 
     fn tree_entries(

@@ -46,14 +46,7 @@ pub struct PushOutcome {
 /// Serves one receive-pack session on `input`/`output`.
 pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Write) -> Result<PushOutcome, Error> {
     let mut out = std::io::BufWriter::new(output);
-    let repo = match forge.open(repo) {
-        Ok(r) => r,
-        Err(e) => {
-            gix_packetline::blocking_io::encode::error_to_write(e.to_string().as_bytes(), &mut out)?;
-            out.flush()?;
-            return Err(e);
-        }
-    };
+    let repo = forge.open_or_tell(repo, &mut out)?;
     advertise_v0(&repo, &mut out, CAPS)?;
     let mut input = PktReader::new(input);
     let mut commands = Vec::new();

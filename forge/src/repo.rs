@@ -210,6 +210,16 @@ impl Forge {
         })
     }
 
+    /// [`Forge::open`], telling the client why not as an `ERR` pkt-line
+    /// (git prints "fatal: remote error: …").
+    pub(crate) fn open_or_tell(&self, name: &str, out: &mut impl std::io::Write) -> Result<Repo, Error> {
+        self.open(name).or_else(|e| {
+            gix_packetline::blocking_io::encode::error_to_write(e.to_string().as_bytes(), &mut *out)?;
+            out.flush()?;
+            Err(e)
+        })
+    }
+
     /// The lock a push holds while it publishes `repo`'s branches.
     pub(crate) fn publish_lock(&self, repo: &str) -> Arc<Mutex<()>> {
         let mut locks = self.inner.publishing.lock().unwrap_or_else(|e| e.into_inner());

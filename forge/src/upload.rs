@@ -25,14 +25,7 @@ const V0_CAPS: &str = "multi_ack multi_ack_detailed thin-pack side-band side-ban
 /// repository is reported to the client as an `ERR` line.
 pub fn upload_pack(forge: &Forge, repo: &str, v2: bool, input: impl Read, output: impl Write) -> Result<(), Error> {
     let mut out = BufWriter::with_capacity(64 * 1024, output);
-    let repo = match forge.open(repo) {
-        Ok(r) => r,
-        Err(e) => {
-            gix_packetline::blocking_io::encode::error_to_write(e.to_string().as_bytes(), &mut out)?;
-            out.flush()?;
-            return Err(e);
-        }
-    };
+    let repo = forge.open_or_tell(repo, &mut out)?;
     let mut input = PktReader::new(input);
     let served = if v2 {
         serve_v2(&repo, &mut input, &mut out)

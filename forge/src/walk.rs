@@ -92,14 +92,15 @@ pub(crate) struct Plan {
     pub(crate) unshallow: Vec<ObjectId>,
 }
 
-struct CommitInfo {
-    tree: ObjectId,
-    parents: Vec<ObjectId>,
-    time: i64,
+pub(crate) struct CommitInfo {
+    pub(crate) tree: ObjectId,
+    pub(crate) parents: Vec<ObjectId>,
+    pub(crate) time: i64,
 }
 
 impl Repo {
-    fn commit_info(&self, id: &ObjectId, buf: &mut Vec<u8>) -> Result<Option<CommitInfo>, Error> {
+    /// A commit's tree, parents and time; `None` if `id` is no commit here.
+    pub(crate) fn commit_info(&self, id: &ObjectId, buf: &mut Vec<u8>) -> Result<Option<CommitInfo>, Error> {
         let Some(data) = self.find(id, buf)? else {
             return Ok(None);
         };

@@ -100,6 +100,14 @@ fn errno(e: &Error) -> Errno {
     }
 }
 
+/// Answers a request that returns nothing but success or an errno.
+fn done(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn kind(e: &Entry) -> FileType {
     match e.kind {
         Kind::Dir => FileType::Directory,
@@ -534,10 +542,7 @@ impl Filesystem for Mount {
             let path = self.child_path(parent, name)?;
             self.tree.remove(&path).map_err(|e| errno(&e))
         };
-        match run() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, run());
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -546,10 +551,7 @@ impl Filesystem for Mount {
             let path = self.child_path(parent, name)?;
             self.tree.rmdir(&path).map_err(|e| errno(&e))
         };
-        match run() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, run());
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
@@ -589,10 +591,7 @@ impl Filesystem for Mount {
                 Err(e) => Err(errno(&e)),
             }
         };
-        match run() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, run());
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -731,10 +730,7 @@ impl Filesystem for Mount {
             let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
             self.publish(&mut h, true)
         };
-        match run() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, run());
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -743,10 +739,7 @@ impl Filesystem for Mount {
             let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
             self.publish(&mut h, false)
         };
-        match run() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, run());
     }
 
     fn release(
@@ -773,10 +766,7 @@ impl Filesystem for Mount {
             }
         }
         let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-        match self.publish(&mut h, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.publish(&mut h, false));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

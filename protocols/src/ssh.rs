@@ -104,6 +104,17 @@ struct Conn {
 }
 
 impl Conn {
+    /// The session channel a subsystem or exec request is for, answered
+    /// with success; `None` (after a failure reply) if there is none.
+    fn take_channel(&mut self, id: ChannelId, session: &mut Session) -> Result<Option<Channel<Msg>>, russh::Error> {
+        let Some(channel) = self.channels.remove(&id) else {
+            session.channel_failure(id)?;
+            return Ok(None);
+        };
+        session.channel_success(id)?;
+        Ok(Some(channel))
+    }
+
     fn lookup(&self, key: &russh::keys::PublicKey) -> Option<String> {
         match self.shared.access.user_for_key(key) {
             Ok(user) => user,
@@ -156,11 +167,9 @@ impl russh::server::Handler for Conn {
             session.channel_failure(id)?;
             return Ok(());
         };
-        let Some(channel) = self.channels.remove(&id) else {
-            session.channel_failure(id)?;
+        let Some(channel) = self.take_channel(id, session)? else {
             return Ok(());
         };
-        session.channel_success(id)?;
         let ctx = sftp::Context {
             store: self.shared.store.clone(),
             access: self.shared.access.clone(),
@@ -202,11 +211,9 @@ impl russh::server::Handler for Conn {
             session.channel_failure(id)?;
             return Ok(());
         };
-        let Some(channel) = self.channels.remove(&id) else {
-            session.channel_failure(id)?;
+        let Some(channel) = self.take_channel(id, session)? else {
             return Ok(());
         };
-        session.channel_success(id)?;
         let v2 = self
             .git_protocol
             .remove(&id)

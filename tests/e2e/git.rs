@@ -586,9 +586,11 @@ fn bad_packs_and_bad_lines_change_nothing() {
     let before = stdout(&f, &src, &["ls-remote", &remote]);
 
     // A good pack of the new objects, then broken variants of it.
-    let pack_of = |objects: &str| {
+    // `git pack-objects --stdout` with `flags`, fed `input` (ids or revs).
+    let pack_of = |flags: &[&str], input: &str| {
         let mut child = Command::new("git")
             .args(["pack-objects", "--stdout"])
+            .args(flags)
             .current_dir(&src)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -599,17 +601,17 @@ fn bad_packs_and_bad_lines_change_nothing() {
             .stdin
             .take()
             .expect("stdin")
-            .write_all(objects.as_bytes())
+            .write_all(input.as_bytes())
             .expect("ids");
         child.wait_with_output().expect("wait").stdout
     };
     let blob = stdout(&f, &src, &["rev-parse", "HEAD:b"]).trim().to_owned();
-    let good = pack_of(&format!("{head}\n{tree}\n{blob}\n"));
+    let good = pack_of(&[], &format!("{head}\n{tree}\n{blob}\n"));
     let mut corrupt = good.clone();
     let mid = corrupt.len() / 2;
     corrupt[mid] ^= 0xff;
     let truncated = good[..good.len() / 2].to_vec();
-    let missing_tree = pack_of(&format!("{head}\n"));
+    let missing_tree = pack_of(&[], &format!("{head}\n"));
     // A thin pack whose delta base is a commit the server never got.
     commit(
         &f,
@@ -618,23 +620,7 @@ fn bad_packs_and_bad_lines_change_nothing() {
         "three",
     );
     let three = stdout(&f, &src, &["rev-parse", "HEAD"]).trim().to_owned();
-    let missing_base = {
-        let mut child = Command::new("git")
-            .args(["pack-objects", "--stdout", "--thin", "--revs"])
-            .current_dir(&src)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("pack-objects");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{three}\n^{head}\n").as_bytes())
-            .expect("revs");
-        child.wait_with_output().expect("wait").stdout
-    };
+    let missing_base = pack_of(&["--thin", "--revs"], &format!("{three}\n^{head}\n"));
 
     let command_for = |create: &str, tip: &str| {
         let mut input = pkt(format!(
