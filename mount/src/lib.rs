@@ -176,6 +176,11 @@ impl Mount {
         } else {
             None
         };
+        self.attr_as(e, open)
+    }
+
+    /// Attributes of `e` with `open`, the state of its open writers.
+    fn attr_as(&self, e: &Entry, open: Option<(u64, i64)>) -> FileAttr {
         let mtime_ns = match open {
             _ if e.id == EntryId::ROOT => self.mounted_ns,
             Some((_, changed)) => changed,
@@ -393,7 +398,11 @@ impl Filesystem for Mount {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        // Writers first: a release publishing now has either not finished
+        // (its state shows) or finished (the entry read next shows it).
+        let open = self.open_state(id_of(ino));
         match self.entry(ino) {
+            Ok(e) if e.kind == Kind::File => reply.attr(&TTL, &self.attr_as(&e, open)),
             Ok(e) => reply.attr(&TTL, &self.attr(&e)),
             Err(e) => reply.error(e),
         }
@@ -756,17 +765,18 @@ impl Filesystem for Mount {
         let Some(h) = removed else {
             return reply.error(Errno::EBADF);
         };
-        {
-            let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(v) = writers.get_mut(&id_of(ino)) {
-                v.retain(|w| !Arc::ptr_eq(w, &h));
-                if v.is_empty() {
-                    writers.remove(&id_of(ino));
-                }
+        // Publish before leaving the writers, so a stat between close(2)
+        // and the end of this release sees the new state, never the old.
+        let published = self.publish(&mut h.lock().unwrap_or_else(|e| e.into_inner()), false);
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = writers.get_mut(&id_of(ino)) {
+            v.retain(|w| !Arc::ptr_eq(w, &h));
+            if v.is_empty() {
+                writers.remove(&id_of(ino));
             }
         }
-        let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-        done(reply, self.publish(&mut h, false));
+        drop(writers);
+        done(reply, published);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
