@@ -21,6 +21,23 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init { admin_key, admin_name } => return init(&cli.data, admin_key.as_deref(), &admin_name, json),
         Command::GitRemoteHelper { url, .. } => return crate::git_helper::run(&url),
         Command::Umount { mountpoint } => return crate::mount::umount(&mountpoint),
+        Command::Mount {
+            addr,
+            mountpoint,
+            read_only,
+            node: Some(node),
+            identity,
+            cache_dir,
+            cache_mib,
+        } => {
+            let remote = crate::mount::RemoteOptions {
+                node,
+                identity,
+                cache_dir,
+                cache_bytes: cache_mib << 20,
+            };
+            return crate::mount::run_remote(&remote, &addr, &mountpoint, read_only).await;
+        }
         Command::Proxy { node } => {
             alknet_protocols::proxy(&node).await?;
             return Ok(ExitCode::SUCCESS);
@@ -51,6 +68,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             addr,
             mountpoint,
             read_only,
+            ..
         } => return crate::mount::run(store, &addr, &mountpoint, read_only).await,
         Command::User(UserCmd::Add { name, key, admin }) => {
             let access = access(store)?;

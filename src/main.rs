@@ -91,6 +91,20 @@ enum Command {
         /// Refuse every change.
         #[arg(long)]
         read_only: bool,
+        /// Mount from a running node: NODE_ID@HOST:PORT (QUIC) or HOST:PORT
+        /// (SSH over TCP, host key from ~/.ssh/known_hosts). Without it, the
+        /// data directory is opened directly.
+        #[arg(long)]
+        node: Option<String>,
+        /// With --node: the private key to sign in with (default ~/.ssh/id_ed25519, id_ecdsa, id_rsa).
+        #[arg(long, short = 'i')]
+        identity: Option<PathBuf>,
+        /// With --node: where file contents are cached by hash (default ~/.cache/alknet/blobs).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// With --node: the most the cache holds, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        cache_mib: u64,
     },
     /// Unmount a directory mounted by `alknet mount` (also when its process died).
     Umount { mountpoint: PathBuf },

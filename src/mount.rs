@@ -1,15 +1,67 @@
 //! `alknet mount` and `alknet umount`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use alknet_fs::{Address, Store};
 use anyhow::{Context, Result, bail};
 
-/// Mounts `addr` at `mountpoint` and serves it until it is unmounted or the
-/// process gets SIGINT or SIGTERM (then it unmounts).
+/// Mounts `addr` of the data directory at `mountpoint` and serves it until
+/// it is unmounted or the process gets SIGINT or SIGTERM (then it unmounts).
 pub(crate) async fn run(store: &Store, addr: &str, mountpoint: &Path, read_only: bool) -> Result<ExitCode> {
+    let address = checked(addr, mountpoint)?;
+    let tree = store.tree(&address.bucket, &address.branch, &address.at)?;
+    // Mount only once the blob store is ours: a mount that appeared while
+    // `alknet serve` holds the data directory would hang on its first read.
+    store.claim_blobs().await?;
+    let owner = owner_of(store.dir())?;
+    let backend = alknet_mount::Local::new(store, tree, read_only);
+    serve(Arc::new(backend), addr, &address, mountpoint, owner).await
+}
+
+/// How to reach a node for `alknet mount --node`.
+pub(crate) struct RemoteOptions {
+    pub node: String,
+    pub identity: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_bytes: u64,
+}
+
+/// Mounts `addr` on a running node, signed in with the user's key; file
+/// contents are cached by hash in a local directory.
+pub(crate) async fn run_remote(
+    opts: &RemoteOptions,
+    addr: &str,
+    mountpoint: &Path,
+    read_only: bool,
+) -> Result<ExitCode> {
+    let address = checked(addr, mountpoint)?;
+    let identity = match &opts.identity {
+        Some(p) => p.clone(),
+        None => alknet_protocols::default_identity()
+            .context("no SSH key in ~/.ssh (id_ed25519, id_ecdsa, id_rsa): give one with --identity")?,
+    };
+    let cache_dir = match &opts.cache_dir {
+        Some(p) => p.clone(),
+        None => std::env::home_dir()
+            .context("no home directory for the cache: give one with --cache-dir")?
+            .join(".cache/alknet/blobs"),
+    };
+    let cache = alknet_mount::Cache::open(&cache_dir, opts.cache_bytes)
+        .with_context(|| format!("cache at {}", cache_dir.display()))?;
+    let channel = alknet_protocols::open_subsystem(&opts.node, &identity, alknet_mount::SUBSYSTEM).await?;
+    let remote = alknet_mount::Remote::connect(channel.stream, addr, read_only, Arc::new(cache))
+        .await
+        .with_context(|| format!("{} refused {addr}", opts.node))?;
+    let owner = owner_of(mountpoint)?;
+    let result = serve(Arc::new(remote), addr, &address, mountpoint, owner).await;
+    channel.link.close().await;
+    result
+}
+
+fn checked(addr: &str, mountpoint: &Path) -> Result<Address> {
     let address = Address::parse(addr)?;
     if !address.path.is_root() {
         bail!("{addr}: mount a bucket or branch, not a path inside it");
@@ -17,16 +69,26 @@ pub(crate) async fn run(store: &Store, addr: &str, mountpoint: &Path, read_only:
     if !mountpoint.is_dir() {
         bail!("{}: not a directory", mountpoint.display());
     }
-    let tree = store.tree(&address.bucket, &address.branch, &address.at)?;
-    // Mount only once the blob store is ours: a mount that appeared while
-    // `alknet serve` holds the data directory would hang on its first read.
-    store.claim_blobs().await?;
-    let owner = {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(store.dir()).with_context(|| format!("{}", store.dir().display()))?;
-        (m.uid(), m.gid())
-    };
-    let fs = alknet_mount::Mount::new(store, tree, owner, read_only);
+    Ok(address)
+}
+
+/// Ownership is not stored: every entry shows the owner of `path`.
+fn owner_of(path: &Path) -> Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    Ok((m.uid(), m.gid()))
+}
+
+/// Mounts `backend` and serves it until it is unmounted or the process gets
+/// SIGINT or SIGTERM (then it unmounts).
+async fn serve(
+    backend: Arc<dyn alknet_mount::Backend>,
+    addr: &str,
+    address: &Address,
+    mountpoint: &Path,
+    owner: (u32, u32),
+) -> Result<ExitCode> {
+    let fs = alknet_mount::Mount::new(backend, owner);
     let ro = fs.is_read_only();
     let name = format!("alknet:{}@{}", address.bucket, address.branch);
     let mounted = tokio::task::block_in_place(|| alknet_mount::mount(fs, mountpoint, &name))

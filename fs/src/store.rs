@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::blobs::Blobs;
 use crate::db::{Db, notify, now_ms};
@@ -72,7 +72,7 @@ pub struct FsckReport {
 }
 
 /// Filesystem space under the data directory, as `statvfs` reports it.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Space {
     pub block_size: u64,
     pub blocks: u64,

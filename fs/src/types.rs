@@ -1,6 +1,6 @@
 //! The identifiers and records the store hands out.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A BLAKE3 hash of a blob's bytes; also its name in the blob store.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,10 +39,17 @@ impl Serialize for BlobHash {
     }
 }
 
+impl<'de> Deserialize<'de> for BlobHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hex = String::deserialize(d)?;
+        BlobHash::from_hex(&hex).ok_or_else(|| serde::de::Error::custom(format!("not a BLAKE3 hash: {hex:?}")))
+    }
+}
+
 /// A stable identity of a file, directory or symlink within a bucket. It
 /// survives rename and is shared by a branch and its forks; sync matches
 /// entries by it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EntryId(pub i64);
 
@@ -59,7 +66,7 @@ impl EntryId {
 /// A committed mutation's number. Versions are global to a data directory and
 /// only grow; a branch's state at version `v` is every change it committed up
 /// to `v` over its parent's state at the fork point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Version(pub u64);
 
@@ -70,7 +77,7 @@ impl std::fmt::Display for Version {
 }
 
 /// What an entry is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     File,
@@ -107,7 +114,7 @@ impl Kind {
 pub(crate) const TOMBSTONE: i64 = 0;
 
 /// One file, directory or symlink as stored at some version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub id: EntryId,
     /// The directory that holds it.

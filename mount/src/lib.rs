@@ -1,16 +1,14 @@
 //! alknet-mount: a FUSE filesystem of one `bucket@branch` (fuser 0.18).
 //!
-//! An adapter from FUSE requests to the `alknet-fs` tree API, as `sftp.rs`
-//! is for SFTP: inode numbers are entry ids plus one (entry ids survive
-//! renames, so the kernel's inodes do too); an open-for-write file is a
-//! [`WriteSession`] (readers see the old content until the writer's `close`
-//! — FUSE `flush` — publishes the new one; a crash leaves the old file);
-//! an open-for-read file is a [`FileReader`] on its blob, so a reader keeps
-//! the version it opened.
-//!
-//! This build mounts a data directory directly (the process holds its blob
-//! store). The remote mode — the same filesystem over a node's endpoint with
-//! a content cache by hash — is the next step (see `docs/architecture.md`).
+//! An adapter from FUSE requests to a [`Backend`] — a tree of a data
+//! directory this process holds ([`Local`]), or a tree on a node reached
+//! through its endpoint ([`Remote`], whose node answers with a [`Local`]):
+//! one code path for both. Inode numbers are entry ids plus one (entry ids
+//! survive renames, so the kernel's inodes do too); an open-for-write file
+//! is a [`Writer`] session (readers see the old content until the writer's
+//! `close` — FUSE `flush` — publishes the new one; a crash leaves the old
+//! file); an open-for-read file is a [`Reader`] of one content, so a reader
+//! keeps the version it opened.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -18,12 +16,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alknet_fs::{BucketPath, Entry, EntryId, Error, FileReader, Kind, OpenOptions, SetAttr, Store, Tree, WriteSession};
+use alknet_fs::{BucketPath, Entry, EntryId, Kind};
+
+mod backend;
+mod cache;
+mod remote;
+
+pub use backend::{Backend, Local, Reader, Writer};
+pub use cache::Cache;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+pub use remote::{Remote, SUBSYSTEM, Summary, serve};
 
 /// How long the kernel may cache names and attributes. Short: other clients
 /// (SFTP, git, another mount) change the tree behind the kernel's back.
@@ -38,9 +44,7 @@ const BLOCK: u32 = 128 * 1024;
 
 /// The filesystem of one tree.
 pub struct Mount {
-    store: Store,
-    tree: Tree,
-    runtime: tokio::runtime::Handle,
+    backend: Arc<dyn Backend>,
     /// Owner shown on every entry (ownership is not stored).
     owner: (u32, u32),
     read_only: bool,
@@ -53,12 +57,12 @@ pub struct Mount {
 }
 
 enum Handle {
-    Read(FileReader),
+    Read(Box<dyn Reader>),
     /// A writer. Its session opens at the first change and closes when
     /// published.
     Write {
         id: EntryId,
-        session: Option<WriteSession>,
+        session: Option<Box<dyn Writer>>,
         /// The session holds a change (a write, a truncation) not published.
         changed: bool,
         /// When it last changed: the file's mtime and ctime until published.
@@ -76,28 +80,6 @@ fn ino_of(id: EntryId) -> INodeNo {
 
 fn id_of(ino: INodeNo) -> EntryId {
     EntryId(ino.0 as i64 - 1)
-}
-
-fn errno(e: &Error) -> Errno {
-    match e {
-        Error::NotFound(_) | Error::NoSuchBucket(_) | Error::NoSuchBranch { .. } => Errno::ENOENT,
-        Error::Exists(_) => Errno::EEXIST,
-        Error::NotADirectory(_) => Errno::ENOTDIR,
-        Error::IsADirectory(_) => Errno::EISDIR,
-        Error::NotEmpty(_) => Errno::ENOTEMPTY,
-        Error::ReadOnly(_) => Errno::EROFS,
-        Error::RenameIntoSelf { .. } => Errno::EINVAL,
-        Error::InvalidName { value, .. } | Error::InvalidPath { path: value, .. }
-            if value.len() > alknet_fs::MAX_COMPONENT =>
-        {
-            Errno::ENAMETOOLONG
-        }
-        Error::InvalidName { .. } | Error::InvalidPath { .. } => Errno::EINVAL,
-        other => {
-            tracing::warn!("mount: {other}");
-            Errno::EIO
-        }
-    }
 }
 
 /// Answers a request that returns nothing but success or an errno.
@@ -150,14 +132,11 @@ fn name_of(name: &OsStr) -> Result<&str, Errno> {
 }
 
 impl Mount {
-    /// The filesystem of `tree`; `read_only` refuses every change (a tree
-    /// at a past version refuses them anyway).
-    pub fn new(store: &Store, tree: Tree, owner: (u32, u32), read_only: bool) -> Mount {
+    /// The filesystem of `backend`'s tree, every entry shown as `owner`'s.
+    pub fn new(backend: Arc<dyn Backend>, owner: (u32, u32)) -> Mount {
         Mount {
-            store: store.clone(),
-            read_only: read_only || tree.is_read_only(),
-            tree,
-            runtime: tokio::runtime::Handle::current(),
+            read_only: backend.read_only(),
+            backend,
             owner,
             handles: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
@@ -229,24 +208,24 @@ impl Mount {
                     changed: true,
                     changed_ns,
                     ..
-                } => s.len().ok().map(|len| (len, *changed_ns)),
+                } => Some((s.size(), *changed_ns)),
                 _ => None,
             })
     }
 
     fn entry(&self, ino: INodeNo) -> Result<Entry, Errno> {
-        match self.tree.entry(id_of(ino)) {
+        match self.backend.entry(id_of(ino)) {
             Ok(Some(e)) => Ok(e),
             Ok(None) => Err(Errno::ENOENT),
-            Err(e) => Err(errno(&e)),
+            Err(e) => Err(e),
         }
     }
 
     fn path(&self, ino: INodeNo) -> Result<BucketPath, Errno> {
-        match self.tree.path_of(id_of(ino)) {
+        match self.backend.path_of(id_of(ino)) {
             Ok(Some(p)) => Ok(p),
             Ok(None) => Err(Errno::ENOENT),
-            Err(e) => Err(errno(&e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -260,10 +239,6 @@ impl Mount {
 
     fn writable(&self) -> Result<(), Errno> {
         if self.read_only { Err(Errno::EROFS) } else { Ok(()) }
-    }
-
-    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.runtime.block_on(f)
     }
 
     fn add_handle(&self, h: Handle) -> (FileHandle, Arc<Mutex<Handle>>) {
@@ -289,7 +264,7 @@ impl Mount {
     /// whether it holds a change to publish (a truncation) or not (a file
     /// just created, already committed empty). Without one, a session opens
     /// at the first change.
-    fn open_writer(&self, id: EntryId, session: Option<WriteSession>, changed: bool) -> FileHandle {
+    fn open_writer(&self, id: EntryId, session: Option<Box<dyn Writer>>, changed: bool) -> FileHandle {
         let (fh, h) = self.add_handle(Handle::Write {
             id,
             session,
@@ -325,12 +300,7 @@ impl Mount {
             return Ok(());
         }
         if let Some(s) = session.take() {
-            match self.block_on(s.close()) {
-                // Unlinked while open: as on a disk, the content goes with
-                // the last reference.
-                Ok(_) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(errno(&e)),
-            }
+            s.close()?;
         }
         *changed = false;
         *written = false;
@@ -338,7 +308,7 @@ impl Mount {
     }
 
     /// The session of a write handle, to change the file through it.
-    fn session<'h>(&self, h: &'h mut Handle) -> Result<&'h mut WriteSession, Errno> {
+    fn session<'h>(&self, h: &'h mut Handle) -> Result<&'h mut Box<dyn Writer>, Errno> {
         let Handle::Write {
             id,
             session,
@@ -352,19 +322,16 @@ impl Mount {
         *changed_ns = nanos(TimeOrNow::Now);
         if session.is_none() {
             let path = self.path(ino_of(*id))?;
-            let s = self
-                .block_on(self.tree.open_write(&path, OpenOptions::modify()))
-                .map_err(|e| errno(&e))?;
-            *session = Some(s);
+            *session = Some(self.backend.open_write(&path, false)?);
         }
         *changed = true;
         session.as_mut().ok_or(Errno::EIO)
     }
 
     fn reply_entry(&self, path: &BucketPath, reply: ReplyEntry) {
-        match self.tree.stat(path) {
+        match self.backend.stat(path) {
             Ok(e) => reply.entry(&TTL, &self.attr(&e), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 }
@@ -390,10 +357,10 @@ impl Filesystem for Mount {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match self.tree.lookup_in(id_of(parent), name) {
+        match self.backend.lookup(id_of(parent), name) {
             Ok(Some(e)) => reply.entry(&TTL, &self.attr(&e), Generation(0)),
             Ok(None) => reply.error(Errno::ENOENT),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -449,8 +416,8 @@ impl Filesystem for Mount {
                     Some(h) if matches!(&*h.lock().unwrap_or_else(|e| e.into_inner()), Handle::Write { .. }) => {
                         let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
                         let s = self.session(&mut h)?;
-                        self.block_on(s.set_len(len)).map_err(|e| errno(&e))?;
-                        s.set_attr(mode, mtime);
+                        s.set_len(len)?;
+                        s.set_attr(mode, mtime)?;
                     }
                     _ => {
                         let path = self.path(ino)?;
@@ -458,21 +425,20 @@ impl Filesystem for Mount {
                         if e.kind == Kind::Dir {
                             return Err(Errno::EISDIR);
                         }
-                        self.block_on(self.tree.truncate(&path, len)).map_err(|e| errno(&e))?;
+                        self.backend.truncate(&path, len)?;
                     }
                 }
             }
             if mode.is_some() || mtime.is_some() {
                 let path = self.path(ino)?;
-                let attr = SetAttr::new(mode, mtime);
-                self.tree.set_attr(&path, &attr).map_err(|e| errno(&e))?;
+                self.backend.set_attr(&path, mode, mtime)?;
                 // An open writer publishes these too, or its close would undo them.
                 if let Some(v) = self.writers.lock().unwrap_or_else(|e| e.into_inner()).get(&id_of(ino)) {
                     for h in v {
                         if let Handle::Write { session: Some(s), .. } =
                             &mut *h.lock().unwrap_or_else(|e| e.into_inner())
                         {
-                            s.set_attr(mode, mtime);
+                            s.set_attr(mode, mtime)?;
                         }
                     }
                 }
@@ -497,9 +463,7 @@ impl Filesystem for Mount {
         let run = || -> Result<BucketPath, Errno> {
             self.writable()?;
             let path = self.child_path(parent, name)?;
-            self.tree
-                .mkdir(&path, Some(mode & !umask & 0o7777))
-                .map_err(|e| errno(&e))?;
+            self.backend.mkdir(&path, mode & !umask & 0o7777)?;
             Ok(path)
         };
         match run() {
@@ -523,19 +487,10 @@ impl Filesystem for Mount {
             let path = self.child_path(parent, name)?;
             let perm = mode & !umask & 0o7777;
             if mode & libc::S_IFMT == libc::S_IFREG {
-                let opts = OpenOptions::replace()
-                    .create(true)
-                    .exclusive(true)
-                    .mode(perm)
-                    .create_visible(true);
-                // The empty file is committed at open; nothing more to write.
-                self.block_on(self.tree.open_write(&path, opts))
-                    .map_err(|e| errno(&e))?
-                    .abort();
+                // The empty file is committed at create; nothing more to write.
+                drop(self.backend.create(&path, perm, true)?);
             } else {
-                self.tree
-                    .mknod(&path, (mode & libc::S_IFMT) | perm, rdev.into())
-                    .map_err(|e| errno(&e))?;
+                self.backend.mknod(&path, (mode & libc::S_IFMT) | perm, rdev.into())?;
             }
             Ok(path)
         };
@@ -549,7 +504,7 @@ impl Filesystem for Mount {
         let run = || -> Result<(), Errno> {
             self.writable()?;
             let path = self.child_path(parent, name)?;
-            self.tree.remove(&path).map_err(|e| errno(&e))
+            self.backend.remove(&path)
         };
         done(reply, run());
     }
@@ -558,7 +513,7 @@ impl Filesystem for Mount {
         let run = || -> Result<(), Errno> {
             self.writable()?;
             let path = self.child_path(parent, name)?;
-            self.tree.rmdir(&path).map_err(|e| errno(&e))
+            self.backend.rmdir(&path)
         };
         done(reply, run());
     }
@@ -568,7 +523,7 @@ impl Filesystem for Mount {
             self.writable()?;
             let path = self.child_path(parent, link_name)?;
             let target = target.to_str().ok_or(Errno::EINVAL)?;
-            self.tree.symlink(&path, target).map_err(|e| errno(&e))?;
+            self.backend.symlink(&path, target)?;
             Ok(path)
         };
         match run() {
@@ -595,10 +550,7 @@ impl Filesystem for Mount {
             let from = self.child_path(parent, name)?;
             let to = self.child_path(newparent, newname)?;
             let replace = !flags.contains(RenameFlags::RENAME_NOREPLACE);
-            match self.tree.rename(&from, &to, replace) {
-                Ok(_) => Ok(()),
-                Err(e) => Err(errno(&e)),
-            }
+            self.backend.rename(&from, &to, replace)
         };
         done(reply, run());
     }
@@ -610,17 +562,13 @@ impl Filesystem for Mount {
                 return Err(Errno::EISDIR);
             }
             if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
-                let reader = self.block_on(self.tree.open_read(&e)).map_err(|e| errno(&e))?;
+                let reader = self.backend.open_read(&e)?;
                 return Ok(self.add_handle(Handle::Read(reader)).0);
             }
             self.writable()?;
             let session = if flags.0 & libc::O_TRUNC != 0 {
                 let path = self.path(ino)?;
-                let opts = OpenOptions::modify().truncate(true);
-                Some(
-                    self.block_on(self.tree.open_write(&path, opts))
-                        .map_err(|e| errno(&e))?,
-                )
+                Some(self.backend.open_write(&path, true)?)
             } else {
                 None
             };
@@ -646,15 +594,10 @@ impl Filesystem for Mount {
         let run = || -> Result<(Entry, FileHandle), Errno> {
             self.writable()?;
             let path = self.child_path(parent, name)?;
-            let opts = OpenOptions::replace()
-                .create(true)
-                .exclusive(flags & libc::O_EXCL != 0)
-                .mode(mode & !umask & 0o7777)
-                .create_visible(true);
             let session = self
-                .block_on(self.tree.open_write(&path, opts))
-                .map_err(|e| errno(&e))?;
-            let e = self.tree.stat(&path).map_err(|e| errno(&e))?;
+                .backend
+                .create(&path, mode & !umask & 0o7777, flags & libc::O_EXCL != 0)?;
+            let e = self.backend.stat(&path)?;
             let fh = self.open_writer(e.id, Some(session), false);
             Ok((e, fh))
         };
@@ -679,17 +622,11 @@ impl Filesystem for Mount {
             let h = self.handle(fh)?;
             let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
             match &mut *h {
-                Handle::Read(r) => self.block_on(r.read_at(offset, size as u64)).map_err(|e| errno(&e)),
-                Handle::Write { session: Some(s), .. } => {
-                    let mut buf = vec![0u8; size as usize];
-                    let n = self.block_on(s.read_at(offset, &mut buf)).map_err(|e| errno(&e))?;
-                    buf.truncate(n);
-                    Ok(buf)
-                }
+                Handle::Read(r) => r.read_at(offset, size),
+                Handle::Write { session: Some(s), .. } => s.read_at(offset, size),
                 Handle::Write { id, .. } => {
                     let e = self.entry(ino_of(*id))?;
-                    self.block_on(self.tree.read_entry(&e, offset, size as u64))
-                        .map_err(|e| errno(&e))
+                    self.backend.open_read(&e)?.read_at(offset, size)
                 }
                 Handle::Dir(_) => Err(Errno::EISDIR),
             }
@@ -717,11 +654,11 @@ impl Filesystem for Mount {
             let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
             let s = self.session(&mut h)?;
             let offset = if flags.0 & libc::O_APPEND != 0 {
-                s.len().map_err(|e| errno(&e))?
+                s.size()
             } else {
                 offset
             };
-            self.block_on(s.write_at(offset, data)).map_err(|e| errno(&e))?;
+            s.write_at(offset, data)?;
             if let Handle::Write { written, .. } = &mut *h {
                 *written = true;
             }
@@ -793,10 +730,7 @@ impl Filesystem for Mount {
             let mut entries = vec![(".".to_owned(), self.attr(&dir)), ("..".to_owned(), self.attr(&parent))];
             let mut after: Option<String> = None;
             loop {
-                let page = self
-                    .tree
-                    .read_dir_of(dir.id, after.as_deref(), PAGE)
-                    .map_err(|e| errno(&e))?;
+                let page = self.backend.read_dir(dir.id, after.as_deref(), PAGE)?;
                 let full = page.len() == PAGE;
                 after = page.last().map(|e| e.name.clone());
                 entries.extend(page.into_iter().map(|e| {
@@ -895,7 +829,7 @@ impl Filesystem for Mount {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.store.space() {
+        match self.backend.space() {
             Ok(s) => reply.statfs(
                 s.blocks,
                 s.blocks_free,
@@ -906,7 +840,7 @@ impl Filesystem for Mount {
                 alknet_fs::MAX_COMPONENT as u32,
                 s.block_size as u32,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 }
@@ -958,61 +892,44 @@ pub fn mount(fs: Mount, mountpoint: &std::path::Path, name: &str) -> std::io::Re
     let mut config = fuser::Config::default();
     config.mount_options = options;
     config.n_threads = Some(4);
-    let (store, tree) = (fs.store.clone(), fs.tree.clone());
+    let backend = fs.backend.clone();
     let session = fuser::spawn_mount(fs, mountpoint, &config)?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if tree.at().is_none() {
-        let notifier = session.notifier();
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("alknet-invalidate".into())
-            .spawn(move || {
-                if let Err(e) = invalidate(&store, &tree, &notifier, &stop) {
-                    tracing::warn!("mount: following changes stopped: {e}");
-                }
-            })?;
-    }
+    let notifier = session.notifier();
+    let stopped = stop.clone();
+    std::thread::Builder::new()
+        .name("alknet-invalidate".into())
+        .spawn(move || invalidate(&*backend, &notifier, &stopped))?;
     Ok(Mounted {
         session: Some(session),
         stop,
     })
 }
 
-/// Follows the branch's commits — by this mount, the CLI, SFTP, a push —
-/// and tells the kernel to forget the names they added, removed or moved,
-/// so such changes by other writers show at once rather than after [`TTL`].
-/// Attributes are left to the TTL: dropping them for this mount's own
-/// writes would show a published file's times change under a reader.
-fn invalidate(
-    store: &Store,
-    tree: &Tree,
-    notifier: &fuser::Notifier,
-    stop: &std::sync::atomic::AtomicBool,
-) -> alknet_fs::Result<()> {
-    let head = store
-        .list_branches(tree.bucket())?
-        .into_iter()
-        .find(|b| b.name == tree.branch())
-        .and_then(|b| b.head)
-        .unwrap_or(alknet_fs::Version(0));
-    let mut watch = store.watch(tree.bucket(), tree.branch(), head)?;
+/// Follows the branch's commits — by this mount, the CLI, SFTP, a push,
+/// another mount — and tells the kernel to forget the names they added,
+/// removed or moved, so such changes by other writers show at once rather
+/// than after [`TTL`]. Attributes are left to the TTL: dropping them for
+/// this mount's own writes would show a published file's times change
+/// under a reader.
+fn invalidate(backend: &dyn Backend, notifier: &fuser::Notifier, stop: &std::sync::atomic::AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        for commit in watch.next(Duration::from_millis(500))? {
-            if matches!(commit.op.as_str(), "write" | "setattr" | "snapshot") {
-                continue;
+        let paths = match backend.changes(Duration::from_millis(500)) {
+            Ok(paths) => paths,
+            Err(e) => {
+                tracing::warn!("mount: following changes stopped: {e:?}");
+                return;
             }
-            for path in &commit.paths {
-                let Ok(path) = BucketPath::parse(path) else { continue };
-                // An error means the kernel holds nothing for it: fine.
-                if let Some((parent, name)) = path.split_last()
-                    && let Ok(dir) = tree.stat(&parent)
-                {
-                    notifier.inval_entry(ino_of(dir.id), OsStr::new(name)).ok();
-                }
+        };
+        for path in paths {
+            // An error means the kernel holds nothing for it: fine.
+            if let Some((parent, name)) = path.split_last()
+                && let Ok(dir) = backend.stat(&parent)
+            {
+                notifier.inval_entry(ino_of(dir.id), OsStr::new(name)).ok();
             }
         }
     }
-    Ok(())
 }
 
 /// Unmounts whatever is mounted at `mountpoint`, also a mount whose process

@@ -112,9 +112,10 @@ pub fn parse_node_addr(s: &str) -> Result<EndpointAddr, Error> {
     Ok(EndpointAddr::new(id).with_ip_addr(sock))
 }
 
-/// Joins stdin and stdout to an `alknet/ssh` stream on the node at `addr`,
-/// so OpenSSH can use `ProxyCommand='alknet proxy NODE_ID@HOST:PORT'`.
-pub async fn proxy(addr: &str) -> Result<(), Error> {
+/// Connects to the `alknet/ssh` service of the node at `addr`
+/// (`NODE_ID@HOST:PORT`) from a fresh endpoint; keep the endpoint as long as
+/// the connection.
+pub(crate) async fn connect_quic(addr: &str) -> Result<(Endpoint, Connection), Error> {
     let target = parse_node_addr(addr)?;
     let local: SocketAddr = if target.ip_addrs().any(|a| a.is_ipv6()) {
         "[::]:0"
@@ -124,15 +125,25 @@ pub async fn proxy(addr: &str) -> Result<(), Error> {
     .parse()
     .expect("a literal socket address");
     let ep = bind_quic(SecretKey::generate(), local).await?;
-    let fail = |e: &dyn std::fmt::Display| Error::Connect {
-        addr: addr.to_owned(),
-        reason: e.to_string(),
-    };
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(target, ALPN_SSH))
         .await
-        .map_err(|_| fail(&format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-        .map_err(|e| fail(&e))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
+        .map_err(|_| connect_error(addr, &format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|e| connect_error(addr, &e))?;
+    Ok((ep, conn))
+}
+
+pub(crate) fn connect_error(addr: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Connect {
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Joins stdin and stdout to an `alknet/ssh` stream on the node at `addr`,
+/// so OpenSSH can use `ProxyCommand='alknet proxy NODE_ID@HOST:PORT'`.
+pub async fn proxy(addr: &str) -> Result<(), Error> {
+    let (ep, conn) = connect_quic(addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connect_error(addr, &e))?;
     let up = async {
         tokio::io::copy(&mut tokio::io::stdin(), &mut send).await?;
         send.finish().ok();

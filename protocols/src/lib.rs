@@ -6,15 +6,19 @@
 //! and git's exec requests (`git.rs`, an adapter onto `alknet-forge`).
 //! [`serve`] runs that server on a TCP listener and on a QUIC endpoint under
 //! the ALPN `alknet/ssh`; [`proxy`] is the client side of that bridge.
+//! The server also runs the remote mount's `alknet-fs` subsystem (the
+//! protocol lives in `alknet-mount`); [`open_subsystem`] is its client side.
 //!
 //! Read `sftp.rs` first: it shows how a protocol maps onto the store.
 
 mod access;
+mod client;
 mod endpoint;
 mod git;
 mod sftp;
 mod ssh;
 
 pub use access::{Access, Error as AccessError, Level, User, parse_key};
+pub use client::{Channel, Link, default_identity, open_subsystem};
 pub use endpoint::{ALPN_SSH, Error as EndpointError, bind_quic, node_addrs, parse_node_addr, proxy, serve};
 pub use ssh::SshServer;

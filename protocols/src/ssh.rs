@@ -1,6 +1,7 @@
 //! The SSH server: public-key authentication against [`Access`], no shell,
 //! the `sftp` subsystem, and git's `git-upload-pack` / `git-receive-pack`
-//! exec requests. The same server runs over TCP and over a QUIC
+//! exec requests, and the remote mount's `alknet-fs` subsystem. The same
+//! server runs over TCP and over a QUIC
 //! bi-stream ([`crate::endpoint`]).
 
 use std::collections::HashMap;
@@ -8,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alknet_forge::Forge;
-use alknet_fs::Store;
+use alknet_fs::{Address, Store};
 use russh::keys::PrivateKey;
 use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::access::Access;
+use crate::access::{Access, Level};
 use crate::{git, sftp};
 
 /// One SSH service shared by every connection. Cheap to clone.
@@ -163,20 +164,38 @@ impl russh::server::Handler for Conn {
     }
 
     async fn subsystem_request(&mut self, id: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
-        let (Some(user), "sftp") = (self.user.clone(), name) else {
+        let Some(user) = self.user.clone() else {
             session.channel_failure(id)?;
             return Ok(());
         };
+        if name != "sftp" && name != alknet_mount::SUBSYSTEM {
+            session.channel_failure(id)?;
+            return Ok(());
+        }
         let Some(channel) = self.take_channel(id, session)? else {
             return Ok(());
         };
+        let peer = self.peer.clone();
+        if name == alknet_mount::SUBSYSTEM {
+            let (store, access) = (self.shared.store.clone(), self.shared.access.clone());
+            let who = user.clone();
+            let open = move |addr: &str, read_only: bool| mount_tree(&store, &access, &who, addr, read_only);
+            tokio::spawn(async move {
+                match alknet_mount::serve(channel.into_stream(), open).await {
+                    Ok(s) => tracing::info!(
+                        %peer, %user, addr = %s.addr, sent = s.sent, received = s.received, outcome = "ok", "remote mount"
+                    ),
+                    Err(e) => tracing::warn!(%peer, %user, outcome = %e, "remote mount ended by the server"),
+                }
+            });
+            return Ok(());
+        }
         let ctx = sftp::Context {
             store: self.shared.store.clone(),
             access: self.shared.access.clone(),
             user: user.clone(),
             owner: self.shared.owner,
         };
-        let peer = self.peer.clone();
         tokio::spawn(async move {
             match sftp::serve(channel.into_stream(), ctx).await {
                 Ok(buckets) => {
@@ -235,4 +254,30 @@ impl russh::server::Handler for Conn {
         session.channel_failure(id)?;
         Ok(())
     }
+}
+
+/// The tree a remote mount asks for, as `user` may use it: refused without
+/// a grant (as "no such bucket", like a missing one), read-only on a `read`
+/// grant.
+fn mount_tree(
+    store: &Store,
+    access: &Access,
+    user: &str,
+    addr: &str,
+    read_only: bool,
+) -> Result<alknet_mount::Local, String> {
+    let a = Address::parse(addr).map_err(|e| e.to_string())?;
+    if !a.path.is_root() {
+        return Err(format!("{addr}: mount a bucket or branch, not a path inside it"));
+    }
+    let level = match access.level(user, &a.bucket) {
+        Ok(Some(level)) => level,
+        Ok(None) => return Err(format!("{}: no such bucket", a.bucket)),
+        Err(e) => {
+            tracing::error!("remote mount: access check: {e}");
+            return Err("access check failed".into());
+        }
+    };
+    let tree = store.tree(&a.bucket, &a.branch, &a.at).map_err(|e| e.to_string())?;
+    Ok(alknet_mount::Local::new(store, tree, read_only || level < Level::Write))
 }

@@ -9,5 +9,6 @@ mod concurrency;
 mod crash;
 mod git;
 mod mount;
+mod remote_mount;
 mod sftp;
 mod util;

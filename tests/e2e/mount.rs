@@ -25,12 +25,24 @@ pub(crate) struct Mounted {
 
 impl Mounted {
     pub(crate) fn start(node: &Node, addr: &str, name: &str, extra: &[&str]) -> Mounted {
-        let dir = node.work.join(name);
-        std::fs::create_dir_all(&dir).expect("mountpoint");
+        let dir = Self::mountpoint(node, name);
         let mut args = vec!["mount", addr, dir.to_str().expect("utf-8 path")];
         args.extend_from_slice(extra);
-        let mut child = node
-            .cmd(&args)
+        Self::spawn(node, name, node.cmd(&args))
+    }
+
+    /// The mountpoint `name` in the node's work dir, created.
+    pub(crate) fn mountpoint(node: &Node, name: &str) -> PathBuf {
+        let dir = node.work.join(name);
+        std::fs::create_dir_all(&dir).expect("mountpoint");
+        dir
+    }
+
+    /// Runs `cmd`, an `alknet mount … MOUNTPOINT` for [`Mounted::mountpoint`]
+    /// `name`, and waits until it has mounted; its log goes to `name.log`.
+    pub(crate) fn spawn(node: &Node, name: &str, mut cmd: Command) -> Mounted {
+        let dir = node.work.join(name);
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(node.work.join(format!("{name}.log"))).expect("log"))
             .spawn()
@@ -127,6 +139,25 @@ impl Drop for Mounted {
             Command::new("umount").arg("-l").arg(&self.dir).status().ok();
         }
     }
+}
+
+/// Starts `dd` writing 4 GB into `file` of the mount, then SIGKILLs the
+/// mount under it; returns the (dead) mountpoint.
+pub(crate) fn kill_mid_write(m: Mounted, file: &str) -> PathBuf {
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec dd if=/dev/zero of={} bs=1M count=4000 2>/dev/null",
+            m.path(file).display()
+        ))
+        .spawn()
+        .expect("dd");
+    std::thread::sleep(Duration::from_millis(1500));
+    let dir = m.dir.clone();
+    m.kill();
+    writer.kill().ok();
+    writer.wait().ok();
+    dir
 }
 
 pub(crate) fn is_mounted(dir: &Path) -> bool {
@@ -292,21 +323,7 @@ fn a_killed_mount_leaves_the_old_content() {
     let node = node_with_bucket();
     node.ok_stdin(&["put", "-", "photos:/f"], b"old content");
     let m = Mounted::start(&node, "photos", "m", &[]);
-    // A writer in another process keeps writing; the mount dies under it.
-    let target = m.path("f");
-    let mut writer = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "exec dd if=/dev/zero of={} bs=1M count=4000 2>/dev/null",
-            target.display()
-        ))
-        .spawn()
-        .expect("dd");
-    std::thread::sleep(Duration::from_millis(1500));
-    let dir = m.dir.clone();
-    m.kill();
-    writer.kill().ok();
-    writer.wait().ok();
+    let dir = kill_mid_write(m, "f");
     assert!(is_mounted(&dir), "a killed mount stays until unmounted");
     node.ok(&["umount", dir.to_str().expect("utf-8")]);
     assert!(!is_mounted(&dir), "alknet umount cleans a dead mount");
@@ -332,19 +349,24 @@ fn tool(name: &str) -> PathBuf {
     path
 }
 
+/// Runs fsx for `ops` operations on `file` (in a mount), its logs in `work`.
+pub(crate) fn run_fsx(work: &Path, file: &Path, ops: u32, seed: u32) {
+    let out = Command::new("timeout")
+        .arg("200")
+        .arg(tool("fsx"))
+        .args(["-N", &ops.to_string(), "-S", &seed.to_string(), "-P"])
+        .arg(work)
+        .arg(file)
+        .output()
+        .expect("run fsx");
+    assert!(out.status.success(), "fsx failed:\n{}", combined(&out));
+}
+
 #[test]
 fn fsx_finds_no_mismatch() {
     let node = node_with_bucket();
     let m = Mounted::start(&node, "photos", "m", &[]);
-    let out = Command::new("timeout")
-        .arg("200")
-        .arg(tool("fsx"))
-        .args(["-N", "20000", "-S", "7", "-P"])
-        .arg(&node.work)
-        .arg(m.path("fsx.file"))
-        .output()
-        .expect("run fsx");
-    assert!(out.status.success(), "fsx failed:\n{}", combined(&out));
+    run_fsx(&node.work, &m.path("fsx.file"), 20_000, 7);
     assert!(m.stop());
 }
 

@@ -282,3 +282,32 @@ pub(crate) fn sftp_batch(node: &Node, server: &Server, key: &Path, via: Via, scr
     let text = combined(&out);
     (out.status.success(), text)
 }
+
+/// Sends `junk` (a Python bytes expression) on a fresh SSH session's
+/// `subsystem` as `user` with `key`, with paramiko; returns whether the
+/// server then closed the channel (within 10 s), and the script's output.
+pub(crate) fn junk_on_subsystem(server: &Server, key: &Path, subsystem: &str, junk: &str) -> (bool, String) {
+    let script = format!(
+        r#"
+import socket, paramiko
+key = paramiko.Ed25519Key.from_private_key_file('{key}')
+t = paramiko.Transport(socket.create_connection(('127.0.0.1', {port})))
+t.connect(username='user', pkey=key)
+ch = t.open_session()
+ch.invoke_subsystem('{subsystem}')
+ch.sendall({junk})
+ch.settimeout(10)
+while ch.recv(4096):
+    pass
+print('closed by server')
+"#,
+        key = key.display(),
+        port = server.ssh_port
+    );
+    let out = Command::new("timeout")
+        .args(["30", "/usr/bin/python3", "-c", &script])
+        .output()
+        .expect("python3");
+    let text = combined(&out);
+    (text.contains("closed by server"), text)
+}

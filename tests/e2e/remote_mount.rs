@@ -1,0 +1,282 @@
+//! The mount against a running node (`alknet mount --node`): the same
+//! filesystem over the node's SSH endpoint (QUIC or TCP), with the user's
+//! key and grants, file contents cached by hash. Cross-frontend checks go
+//! through OpenSSH's sftp against the same server.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::mount::{Mounted, is_mounted, kill_mid_write, run_fsx};
+use crate::util::{Node, Server, Via, client_key, combined, junk_on_subsystem, pattern, sftp_batch};
+
+/// A node with bucket `photos` holding `files`, a running server, and
+/// users alice (write) and bob (read), each with a key in the work dir.
+struct Setup {
+    node: Node,
+    server: Server,
+    alice: PathBuf,
+    bob: PathBuf,
+}
+
+fn setup(files: &[(&str, &[u8])]) -> Setup {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "photos"]);
+    // Before the server starts: it holds the blob store while it runs.
+    for (path, data) in files {
+        node.ok_stdin(&["put", "-", &format!("photos:{path}")], data);
+    }
+    let alice = client_key(&node, "alice");
+    let bob = client_key(&node, "bob");
+    for (name, key, level) in [("alice", &alice, "write"), ("bob", &bob, "read")] {
+        node.ok(&["user", "add", name, "--key", &format!("{}.pub", key.display())]);
+        node.ok(&["grant", name, "photos", level]);
+    }
+    let server = Server::start(&node);
+    Setup {
+        node,
+        server,
+        alice,
+        bob,
+    }
+}
+
+/// `alknet mount ADDR <work>/NAME --node NODE -i KEY --cache-dir <work>/NAME.cache`.
+fn remote_mount(node: &Node, addr: &str, name: &str, at: &str, key: &Path) -> Command {
+    let dir = Mounted::mountpoint(node, name);
+    let cache = node.work.join(format!("{name}.cache"));
+    let mut cmd = node.cmd(&["mount", addr, dir.to_str().expect("utf-8 path"), "--node", at]);
+    cmd.arg("-i").arg(key).arg("--cache-dir").arg(cache);
+    cmd
+}
+
+/// The BLAKE3 of `data`, as the cache names it.
+fn hash_hex(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
+}
+
+/// errno of a write to a read-only filesystem (Linux).
+const EROFS: i32 = 30;
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_remote_mount_reads_and_writes_through_the_node() {
+    let s = setup(&[]);
+    let node = &s.node;
+    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+
+    // Written through the mount, read over SFTP once closed.
+    let written = pattern(300_000, 1);
+    std::fs::write(m.path("from-mount.bin"), &written).expect("write through the mount");
+    let back = node.work.join("back.bin");
+    let (ok, out) = sftp_batch(
+        node,
+        &s.server,
+        &s.alice,
+        Via::Tcp,
+        &format!("get /photos/from-mount.bin {}\n", back.display()),
+    );
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(&back).expect("read back"), written);
+
+    // Put over SFTP, seen in the mount without remounting.
+    let put = pattern(3 << 20, 2);
+    let local = node.write_local("from-sftp.bin", &put);
+    let (ok, out) = sftp_batch(
+        node,
+        &s.server,
+        &s.alice,
+        Via::Quic,
+        &format!("put {} /photos/from-sftp.bin\n", local.display()),
+    );
+    assert!(ok, "{out}");
+    wait_for("the SFTP upload to show in the mount", || {
+        m.path("from-sftp.bin").exists()
+    });
+
+    // The first read fetches the blob into the cache by hash; the second
+    // is served from there (the node's log counts the bytes it sent).
+    assert_eq!(std::fs::read(m.path("from-sftp.bin")).expect("first read"), put);
+    let cached = node.work.join("m.cache").join(hash_hex(&put));
+    assert_eq!(std::fs::metadata(&cached).expect("cached blob").len(), put.len() as u64);
+    assert_eq!(std::fs::read(m.path("from-sftp.bin")).expect("second read"), put);
+
+    // Directories, renames, symlinks, removal: seen over SFTP.
+    std::fs::create_dir(m.path("album")).expect("mkdir");
+    std::fs::rename(m.path("from-mount.bin"), m.path("album/moved.bin")).expect("rename");
+    std::os::unix::fs::symlink("album/moved.bin", m.path("link")).expect("symlink");
+    std::fs::write(m.path("gone"), b"x").expect("write");
+    std::fs::remove_file(m.path("gone")).expect("unlink");
+    let (ok, out) = sftp_batch(
+        node,
+        &s.server,
+        &s.alice,
+        Via::Tcp,
+        "ls -l /photos\nls -l /photos/album\n",
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("moved.bin") && out.contains("link") && !out.contains("gone"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_link(m.path("link")).expect("readlink"),
+        Path::new("album/moved.bin")
+    );
+    assert!(m.stop(), "a remote mount unmounts cleanly on SIGTERM");
+
+    // The node logs the session once it sees the connection close.
+    let session_line = || {
+        let log = std::fs::read_to_string(node.work.join("serve.log")).expect("serve log");
+        log.lines()
+            .find(|l| l.contains("remote mount") && l.contains("addr=photos"))
+            .map(str::to_owned)
+    };
+    wait_for("the node to log the mount session", || session_line().is_some());
+    let line = session_line().expect("the session line");
+    assert!(
+        line.contains(&format!("sent={}", put.len())),
+        "the node sent the 3 MiB file once and nothing else: {line}"
+    );
+    // from-mount.bin and the one byte of "gone".
+    assert!(line.contains(&format!("received={}", written.len() + 1)), "{line}");
+
+    // With the server gone, the CLI reads what the mount wrote; fsck is clean.
+    assert!(s.server.stop());
+    assert_eq!(node.bytes(&["cat", "photos:/album/moved.bin"]), written);
+    let fsck = node.ok(&["fsck"]);
+    assert!(fsck.contains("no problems"), "{fsck}");
+}
+
+#[test]
+fn remote_mounts_follow_keys_and_grants() {
+    let s = setup(&[("/f", b"content")]);
+    let node = &s.node;
+
+    // bob holds a read grant: the mount is read-only and refuses writes.
+    let m = Mounted::spawn(
+        node,
+        "as-bob",
+        remote_mount(node, "photos", "as-bob", &s.server.quic, &s.bob),
+    );
+    assert_eq!(std::fs::read(m.path("f")).expect("bob reads"), b"content");
+    let err = std::fs::write(m.path("new"), b"x").expect_err("bob cannot write");
+    assert_eq!(err.raw_os_error(), Some(EROFS), "{err}");
+    let err = std::fs::remove_file(m.path("f")).expect_err("bob cannot delete");
+    assert_eq!(err.raw_os_error(), Some(EROFS), "{err}");
+    assert!(m.stop());
+    let log = std::fs::read_to_string(node.work.join("as-bob.log")).expect("mount log");
+    assert!(log.contains("read_only=true"), "{log}");
+
+    // A key the node does not know, a user without a grant, a bucket that
+    // does not exist: refused with the reason, nothing mounted.
+    let carol = client_key(node, "carol");
+    let dave = client_key(node, "dave");
+    node.ok(&["user", "add", "dave", "--key", &format!("{}.pub", dave.display())]);
+    for (key, addr, why) in [
+        (&carol, "photos", "refused the key"),
+        (&dave, "photos", "photos: no such bucket"),
+        (&s.alice, "nothing", "nothing: no such bucket"),
+        (&s.alice, "photos:/sub", "not a path inside it"),
+    ] {
+        let out = remote_mount(node, addr, "refused", &s.server.quic, key)
+            .output()
+            .expect("run alknet mount");
+        let text = combined(&out);
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains(why), "expected {why:?} in:\n{text}");
+        assert!(!is_mounted(&node.work.join("refused")));
+    }
+
+    // Over TCP the node's host key must be known, as with OpenSSH.
+    let home = node.work.join("home");
+    std::fs::create_dir_all(home.join(".ssh")).expect("home");
+    let tcp = format!("127.0.0.1:{}", s.server.ssh_port);
+    let out = remote_mount(node, "photos", "tcp", &tcp, &s.alice)
+        .env("HOME", &home)
+        .output()
+        .expect("run alknet mount");
+    let text = combined(&out);
+    assert!(!out.status.success() && text.contains("known_hosts"), "{text}");
+    let scan = Command::new("ssh-keyscan")
+        .args(["-p", &s.server.ssh_port.to_string(), "127.0.0.1"])
+        .output()
+        .expect("run ssh-keyscan");
+    assert!(scan.status.success() && !scan.stdout.is_empty(), "{}", combined(&scan));
+    std::fs::write(home.join(".ssh/known_hosts"), &scan.stdout).expect("known_hosts");
+    let mut cmd = remote_mount(node, "photos", "tcp", &tcp, &s.alice);
+    cmd.env("HOME", &home);
+    let m = Mounted::spawn(node, "tcp", cmd);
+    assert_eq!(std::fs::read(m.path("f")).expect("read over TCP"), b"content");
+    std::fs::write(m.path("f"), b"changed over TCP").expect("alice writes");
+    assert!(m.stop());
+    let (ok, text) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "get /photos/f tcp-check\n");
+    assert!(ok, "{text}");
+    assert_eq!(
+        std::fs::read(node.work.join("tcp-check")).expect("read"),
+        b"changed over TCP"
+    );
+}
+
+#[test]
+fn a_killed_remote_mount_leaves_the_old_content() {
+    let s = setup(&[("/f", b"old content")]);
+    let node = &s.node;
+    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+    let dir = kill_mid_write(m, "f");
+    node.ok(&["umount", dir.to_str().expect("utf-8")]);
+    assert!(!is_mounted(&dir));
+    // The node dropped the dead mount's write session: the old file stays.
+    let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, "get /photos/f after-kill\n");
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read(node.work.join("after-kill")).expect("read"),
+        b"old content"
+    );
+    assert!(s.server.stop());
+    let fsck = node.ok(&["fsck"]);
+    assert!(fsck.contains("no problems"), "{fsck}");
+}
+
+#[test]
+fn fsx_finds_no_mismatch_on_a_remote_mount() {
+    let s = setup(&[]);
+    let node = &s.node;
+    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+    run_fsx(&node.work, &m.path("fsx.file"), 10_000, 11);
+    assert!(m.stop());
+}
+
+#[test]
+fn malformed_requests_end_only_that_connection() {
+    let s = setup(&[("/f", b"content")]);
+    let node = &s.node;
+    // Raw frames on the `alknet-fs` subsystem: a length over the limit,
+    // bytes that decode to nothing, a first request that is not Hello, and
+    // garbage after a good Hello.
+    let hello = r"b'\x00\x00\x00\x0a\x01\x00\x06photos\x00'";
+    for junk in [
+        r"b'\xff\xff\xff\xff' + b'x' * 64".to_owned(),
+        r"b'\x00\x00\x00\x03\xff\xff\xff'".to_owned(),
+        r"b'\x00\x00\x00\x02\x01\x17'".to_owned(),
+        format!(r"{hello} + b'\x00\x00\x00\x04\x02\xff\xff\xff'"),
+    ] {
+        let (closed, text) = junk_on_subsystem(&s.server, &s.alice, "alknet-fs", &junk);
+        assert!(closed, "{junk}: the connection must end:\n{text}");
+    }
+    let log = std::fs::read_to_string(node.work.join("serve.log")).expect("serve log");
+    assert!(log.contains("remote mount ended by the server"), "{log}");
+    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+    assert_eq!(
+        std::fs::read(m.path("f")).expect("a good mount still works"),
+        b"content"
+    );
+    assert!(m.stop());
+}
