@@ -27,8 +27,10 @@ pub(crate) struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// Writes the new state of `e` (its parent, name and attributes).
-    pub(crate) fn put(&self, e: &Entry) -> Result<()> {
+    /// Writes the new state of `e` (its parent, name and attributes) as of
+    /// this commit; its ctime becomes the commit's time.
+    pub(crate) fn put(&self, e: &mut Entry) -> Result<()> {
+        e.ctime_ns = now_ns();
         self.tx
             .prepare_cached(
                 "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, hash, size, mode, mtime_ns, target, ctime_ns)
@@ -46,7 +48,7 @@ impl Rows<'_> {
                 e.mode as i64,
                 e.mtime_ns,
                 e.target,
-                now_ns(),
+                e.ctime_ns,
             ])?;
         Ok(())
     }
@@ -60,7 +62,7 @@ impl Rows<'_> {
         if let Some(mut d) = tree.by_id(self.tx, dir)? {
             d.mtime_ns = now_ns();
             d.version = self.version;
-            self.put(&d)?;
+            self.put(&mut d)?;
         }
         self.touched.borrow_mut().push(dir);
         Ok(())
@@ -155,8 +157,8 @@ impl Tree {
                 Some(e) if e.is_dir() => e,
                 Some(_) => return Err(Error::NotADirectory(walked.to_string())),
                 None => {
-                    let e = new_entry(cur.id, name, Kind::Dir, DEFAULT_DIR_MODE, rows.version());
-                    rows.put(&e)?;
+                    let mut e = new_entry(cur.id, name, Kind::Dir, DEFAULT_DIR_MODE, rows.version());
+                    rows.put(&mut e)?;
                     rows.touch(self, cur.id)?;
                     e
                 }
@@ -172,14 +174,14 @@ impl Tree {
             if self.lookup(rows.tx, parent.id, name)?.is_some() {
                 return Err(Error::Exists(path.to_string()));
             }
-            let e = new_entry(
+            let mut e = new_entry(
                 parent.id,
                 name,
                 Kind::Dir,
                 mode.unwrap_or(DEFAULT_DIR_MODE),
                 rows.version(),
             );
-            rows.put(&e)?;
+            rows.put(&mut e)?;
             rows.touch(self, parent.id)?;
             Ok(e)
         })?;
@@ -207,7 +209,7 @@ impl Tree {
                 let mut e = new_entry(parent.id, name, Kind::Symlink, 0o777, rows.version());
                 e.size = target.len() as u64;
                 e.target = Some(target.to_owned());
-                rows.put(&e)?;
+                rows.put(&mut e)?;
                 rows.touch(self, parent.id)?;
                 Ok(e)
             })?
@@ -233,7 +235,7 @@ impl Tree {
                 }
                 let mut e = new_entry(parent.id, name, Kind::Special, mode & 0o177777, rows.version());
                 e.size = rdev;
-                rows.put(&e)?;
+                rows.put(&mut e)?;
                 rows.touch(self, parent.id)?;
                 Ok(e)
             })?
@@ -335,13 +337,13 @@ impl Tree {
                     rows.tombstone(&dst)?;
                 }
                 rows.tombstone(&src)?;
-                let moved = Entry {
+                let mut moved = Entry {
                     parent: parent.id,
                     name: name.to_owned(),
                     version: rows.version(),
                     ..src
                 };
-                rows.put(&moved)?;
+                rows.put(&mut moved)?;
                 rows.touch(self, src.parent)?;
                 rows.touch(self, parent.id)?;
                 Ok(moved)
@@ -368,7 +370,7 @@ impl Tree {
                     e.mtime_ns = mtime;
                 }
                 e.version = rows.version();
-                rows.put(&e)?;
+                rows.put(&mut e)?;
                 Ok(e)
             })?
             .1)
@@ -389,14 +391,14 @@ impl Tree {
                     return Err(Error::IsADirectory(to.to_string()));
                 }
                 let new = existing.is_none();
-                let e = Entry {
+                let mut e = Entry {
                     id: existing.map(|e| e.id).unwrap_or_else(EntryId::random),
                     parent: parent.id,
                     name: name.to_owned(),
                     version: rows.version(),
                     ..src
                 };
-                rows.put(&e)?;
+                rows.put(&mut e)?;
                 if new {
                     rows.touch(self, parent.id)?;
                 }
@@ -456,7 +458,7 @@ impl Tree {
             e.mode = place.mode.unwrap_or(e.mode);
             e.mtime_ns = place.mtime_ns.unwrap_or_else(now_ns);
             e.version = rows.version();
-            rows.put(&e)?;
+            rows.put(&mut e)?;
             Ok(e)
         })?;
         drop(blob);
@@ -480,7 +482,7 @@ impl Tree {
                     rows.version(),
                 );
                 e.hash = Some(empty);
-                rows.put(&e)?;
+                rows.put(&mut e)?;
                 rows.touch(self, parent.id)?;
                 Ok(e)
             })?
@@ -499,7 +501,7 @@ impl Tree {
                 _ => Error::Exists(path.to_string()),
             });
         }
-        let e = Entry {
+        let mut e = Entry {
             id: existing.as_ref().map(|e| e.id).unwrap_or_else(EntryId::random),
             parent: parent.id,
             name: name.to_owned(),
@@ -515,7 +517,7 @@ impl Tree {
             target: None,
             version: rows.version(),
         };
-        rows.put(&e)?;
+        rows.put(&mut e)?;
         if existing.is_none() {
             rows.touch(self, parent.id)?;
         }

@@ -259,7 +259,7 @@ impl Tree {
         if keep.is_none() {
             rows.touch(self, parent.id)?;
         }
-        rows.put(&Entry {
+        rows.put(&mut Entry {
             id: keep.map(|e| e.id).unwrap_or_else(EntryId::random),
             parent: parent.id,
             name: name.to_owned(),

@@ -16,38 +16,37 @@ use fuser::Errno;
 
 pub(crate) type Result<T> = std::result::Result<T, Errno>;
 
-/// A tree to mount: entries by id and by path, changes, file contents.
+/// A tree to mount, addressed as FUSE addresses it: entries by id, names
+/// in a directory by the directory's id and the name.
 pub trait Backend: Send + Sync + 'static {
     /// Every change is refused (a past version, a git-published branch, a
     /// `read` grant, or asked for).
     fn read_only(&self) -> bool;
     fn entry(&self, id: EntryId) -> Result<Option<Entry>>;
-    fn path_of(&self, id: EntryId) -> Result<Option<BucketPath>>;
     fn lookup(&self, parent: EntryId, name: &str) -> Result<Option<Entry>>;
-    fn stat(&self, path: &BucketPath) -> Result<Entry>;
     /// Up to `limit` entries of a directory, by name, after `after`.
     fn read_dir(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<Entry>>;
-    fn mkdir(&self, path: &BucketPath, mode: u32) -> Result<()>;
+    fn mkdir(&self, parent: EntryId, name: &str, mode: u32) -> Result<Entry>;
     /// A FIFO, socket or device node (`mode` with its file type bits).
-    fn mknod(&self, path: &BucketPath, mode: u32, rdev: u64) -> Result<()>;
-    fn symlink(&self, path: &BucketPath, target: &str) -> Result<()>;
-    fn remove(&self, path: &BucketPath) -> Result<()>;
-    fn rmdir(&self, path: &BucketPath) -> Result<()>;
-    fn rename(&self, from: &BucketPath, to: &BucketPath, replace: bool) -> Result<()>;
-    fn set_attr(&self, path: &BucketPath, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<()>;
-    fn truncate(&self, path: &BucketPath, len: u64) -> Result<()>;
+    fn mknod(&self, parent: EntryId, name: &str, mode: u32, rdev: u64) -> Result<Entry>;
+    fn symlink(&self, parent: EntryId, name: &str, target: &str) -> Result<Entry>;
+    fn remove(&self, parent: EntryId, name: &str) -> Result<()>;
+    fn rmdir(&self, parent: EntryId, name: &str) -> Result<()>;
+    fn rename(&self, from: (EntryId, &str), to: (EntryId, &str), replace: bool) -> Result<()>;
+    fn set_attr(&self, id: EntryId, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<Entry>;
+    fn truncate(&self, id: EntryId, len: u64) -> Result<Entry>;
     /// Creates an empty file, committed at once, and a writer on it.
-    fn create(&self, path: &BucketPath, mode: u32, exclusive: bool) -> Result<Box<dyn Writer>>;
+    fn create(&self, parent: EntryId, name: &str, mode: u32, exclusive: bool) -> Result<(Entry, Box<dyn Writer>)>;
     /// A writer on an existing file, starting empty if `truncate`.
-    fn open_write(&self, path: &BucketPath, truncate: bool) -> Result<Box<dyn Writer>>;
+    fn open_write(&self, id: EntryId, truncate: bool) -> Result<Box<dyn Writer>>;
     /// A reader of a file's content as `e` names it; later commits do not
     /// change what it reads.
     fn open_read(&self, e: &Entry) -> Result<Box<dyn Reader>>;
     fn space(&self) -> Result<Space>;
-    /// Paths whose names other writers added, removed or moved, waiting up
-    /// to `wait` for some: what the kernel must forget. The first call
-    /// starts from the branch's head.
-    fn changes(&self, wait: Duration) -> Result<Vec<BucketPath>>;
+    /// Names other writers added, removed or moved — (directory, name) —
+    /// waiting up to `wait` for some: what the kernel must forget. The
+    /// first call starts from the branch's head.
+    fn changes(&self, wait: Duration) -> Result<Vec<(EntryId, String)>>;
 }
 
 /// A write session: nothing shows until [`Writer::close`]; dropped
@@ -121,6 +120,11 @@ impl Local {
         }
     }
 
+    /// The runtime its blocking calls run on.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
     fn writable(&self) -> Result<()> {
         if self.read_only { Err(Errno::EROFS) } else { Ok(()) }
     }
@@ -137,6 +141,16 @@ impl Local {
     }
 }
 
+impl Local {
+    fn path(&self, id: EntryId) -> Result<BucketPath> {
+        self.tree.path_of(id).map_err(fail)?.ok_or(Errno::ENOENT)
+    }
+
+    fn child(&self, parent: EntryId, name: &str) -> Result<BucketPath> {
+        Ok(self.path(parent)?.join(name))
+    }
+}
+
 impl Backend for Local {
     fn read_only(&self) -> bool {
         self.read_only
@@ -146,80 +160,76 @@ impl Backend for Local {
         self.tree.entry(id).map_err(fail)
     }
 
-    fn path_of(&self, id: EntryId) -> Result<Option<BucketPath>> {
-        self.tree.path_of(id).map_err(fail)
-    }
-
     fn lookup(&self, parent: EntryId, name: &str) -> Result<Option<Entry>> {
         self.tree.lookup_in(parent, name).map_err(fail)
-    }
-
-    fn stat(&self, path: &BucketPath) -> Result<Entry> {
-        self.tree.stat(path).map_err(fail)
     }
 
     fn read_dir(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<Entry>> {
         self.tree.read_dir_of(dir, after, limit).map_err(fail)
     }
 
-    fn mkdir(&self, path: &BucketPath, mode: u32) -> Result<()> {
+    fn mkdir(&self, parent: EntryId, name: &str, mode: u32) -> Result<Entry> {
         self.writable()?;
-        self.tree.mkdir(path, Some(mode)).map(drop).map_err(fail)
+        self.tree.mkdir(&self.child(parent, name)?, Some(mode)).map_err(fail)
     }
 
-    fn mknod(&self, path: &BucketPath, mode: u32, rdev: u64) -> Result<()> {
+    fn mknod(&self, parent: EntryId, name: &str, mode: u32, rdev: u64) -> Result<Entry> {
         self.writable()?;
-        self.tree.mknod(path, mode, rdev).map(drop).map_err(fail)
+        self.tree.mknod(&self.child(parent, name)?, mode, rdev).map_err(fail)
     }
 
-    fn symlink(&self, path: &BucketPath, target: &str) -> Result<()> {
+    fn symlink(&self, parent: EntryId, name: &str, target: &str) -> Result<Entry> {
         self.writable()?;
-        self.tree.symlink(path, target).map(drop).map_err(fail)
+        self.tree.symlink(&self.child(parent, name)?, target).map_err(fail)
     }
 
-    fn remove(&self, path: &BucketPath) -> Result<()> {
+    fn remove(&self, parent: EntryId, name: &str) -> Result<()> {
         self.writable()?;
-        self.tree.remove(path).map(drop).map_err(fail)
+        self.tree.remove(&self.child(parent, name)?).map_err(fail)
     }
 
-    fn rmdir(&self, path: &BucketPath) -> Result<()> {
+    fn rmdir(&self, parent: EntryId, name: &str) -> Result<()> {
         self.writable()?;
-        self.tree.rmdir(path).map(drop).map_err(fail)
+        self.tree.rmdir(&self.child(parent, name)?).map_err(fail)
     }
 
-    fn rename(&self, from: &BucketPath, to: &BucketPath, replace: bool) -> Result<()> {
+    fn rename(&self, from: (EntryId, &str), to: (EntryId, &str), replace: bool) -> Result<()> {
         self.writable()?;
-        self.tree.rename(from, to, replace).map(drop).map_err(fail)
+        let (from, to) = (self.child(from.0, from.1)?, self.child(to.0, to.1)?);
+        self.tree.rename(&from, &to, replace).map(drop).map_err(fail)
     }
 
-    fn set_attr(&self, path: &BucketPath, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<()> {
+    fn set_attr(&self, id: EntryId, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<Entry> {
         self.writable()?;
         self.tree
-            .set_attr(path, &SetAttr::new(mode, mtime_ns))
-            .map(drop)
+            .set_attr(&self.path(id)?, &SetAttr::new(mode, mtime_ns))
             .map_err(fail)
     }
 
-    fn truncate(&self, path: &BucketPath, len: u64) -> Result<()> {
+    fn truncate(&self, id: EntryId, len: u64) -> Result<Entry> {
         self.writable()?;
-        self.block_on(self.tree.truncate(path, len)).map(drop).map_err(fail)
+        self.block_on(self.tree.truncate(&self.path(id)?, len)).map_err(fail)
     }
 
-    fn create(&self, path: &BucketPath, mode: u32, exclusive: bool) -> Result<Box<dyn Writer>> {
+    fn create(&self, parent: EntryId, name: &str, mode: u32, exclusive: bool) -> Result<(Entry, Box<dyn Writer>)> {
         self.writable()?;
+        let path = self.child(parent, name)?;
         let opts = OpenOptions::replace()
             .create(true)
             .exclusive(exclusive)
             .mode(mode)
             .create_visible(true);
-        let session = self.block_on(self.tree.open_write(path, opts)).map_err(fail)?;
-        Ok(self.writer(session))
+        let session = self.block_on(self.tree.open_write(&path, opts)).map_err(fail)?;
+        let e = self.tree.stat(&path).map_err(fail)?;
+        Ok((e, self.writer(session)))
     }
 
-    fn open_write(&self, path: &BucketPath, truncate: bool) -> Result<Box<dyn Writer>> {
+    fn open_write(&self, id: EntryId, truncate: bool) -> Result<Box<dyn Writer>> {
         self.writable()?;
         let opts = OpenOptions::modify().truncate(truncate);
-        let session = self.block_on(self.tree.open_write(path, opts)).map_err(fail)?;
+        let session = self
+            .block_on(self.tree.open_write(&self.path(id)?, opts))
+            .map_err(fail)?;
         Ok(self.writer(session))
     }
 
@@ -235,7 +245,7 @@ impl Backend for Local {
         self.store.space().map_err(fail)
     }
 
-    fn changes(&self, wait: Duration) -> Result<Vec<BucketPath>> {
+    fn changes(&self, wait: Duration) -> Result<Vec<(EntryId, String)>> {
         if self.tree.at().is_some() {
             // A past version never changes.
             std::thread::sleep(wait);
@@ -258,13 +268,24 @@ impl Backend for Local {
             );
         }
         let commits = watch.as_mut().ok_or(Errno::EIO)?.next(wait).map_err(fail)?;
-        Ok(commits
-            .into_iter()
-            // Content and attribute changes are left to the attribute TTL.
+        drop(watch);
+        let mut names = Vec::new();
+        // Content and attribute changes are left to the attribute TTL.
+        for c in commits
+            .iter()
             .filter(|c| !matches!(c.op.as_str(), "write" | "setattr" | "snapshot"))
-            .flat_map(|c| c.paths)
-            .filter_map(|p| BucketPath::parse(&p).ok())
-            .collect())
+        {
+            for p in &c.paths {
+                // A directory gone since has nothing cached to forget.
+                if let Ok(path) = BucketPath::parse(p)
+                    && let Some((parent, name)) = path.split_last()
+                    && let Ok(dir) = self.tree.stat(&parent)
+                {
+                    names.push((dir.id, name.to_owned()));
+                }
+            }
+        }
+        Ok(names)
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alknet_fs::{BucketPath, Entry, EntryId, Kind};
+use alknet_fs::{Entry, EntryId, Kind};
 
 mod backend;
 mod cache;
@@ -221,20 +221,13 @@ impl Mount {
         }
     }
 
-    fn path(&self, ino: INodeNo) -> Result<BucketPath, Errno> {
-        match self.backend.path_of(id_of(ino)) {
-            Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(Errno::ENOENT),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<BucketPath, Errno> {
+    /// A name to make or find in a directory.
+    fn child_name<'n>(&self, name: &'n OsStr) -> Result<&'n str, Errno> {
         let name = name_of(name)?;
         if name.is_empty() || name == "." || name == ".." || name.contains('/') {
             return Err(Errno::EINVAL);
         }
-        Ok(self.path(parent)?.join(name))
+        Ok(name)
     }
 
     fn writable(&self) -> Result<(), Errno> {
@@ -321,15 +314,14 @@ impl Mount {
         };
         *changed_ns = nanos(TimeOrNow::Now);
         if session.is_none() {
-            let path = self.path(ino_of(*id))?;
-            *session = Some(self.backend.open_write(&path, false)?);
+            *session = Some(self.backend.open_write(*id, false)?);
         }
         *changed = true;
         session.as_mut().ok_or(Errno::EIO)
     }
 
-    fn reply_entry(&self, path: &BucketPath, reply: ReplyEntry) {
-        match self.backend.stat(path) {
+    fn reply_entry(&self, made: Result<Entry, Errno>, reply: ReplyEntry) {
+        match made {
             Ok(e) => reply.entry(&TTL, &self.attr(&e), Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -401,6 +393,8 @@ impl Filesystem for Mount {
             }
             let mode = mode.map(|m| m & 0o7777);
             let mtime = mtime.map(nanos);
+            // The entry as the last commit left it, if one was made.
+            let mut committed = None;
             if let Some(len) = size {
                 // On an open writer (ftruncate), or as its own commit.
                 let writer = match fh {
@@ -419,19 +413,11 @@ impl Filesystem for Mount {
                         s.set_len(len)?;
                         s.set_attr(mode, mtime)?;
                     }
-                    _ => {
-                        let path = self.path(ino)?;
-                        let e = self.entry(ino)?;
-                        if e.kind == Kind::Dir {
-                            return Err(Errno::EISDIR);
-                        }
-                        self.backend.truncate(&path, len)?;
-                    }
+                    _ => committed = Some(self.backend.truncate(id_of(ino), len)?),
                 }
             }
             if mode.is_some() || mtime.is_some() {
-                let path = self.path(ino)?;
-                self.backend.set_attr(&path, mode, mtime)?;
+                committed = Some(self.backend.set_attr(id_of(ino), mode, mtime)?);
                 // An open writer publishes these too, or its close would undo them.
                 if let Some(v) = self.writers.lock().unwrap_or_else(|e| e.into_inner()).get(&id_of(ino)) {
                     for h in v {
@@ -443,7 +429,7 @@ impl Filesystem for Mount {
                     }
                 }
             }
-            self.entry(ino)
+            committed.map_or_else(|| self.entry(ino), Ok)
         };
         match run() {
             Ok(e) => reply.attr(&TTL, &self.attr(&e)),
@@ -460,16 +446,12 @@ impl Filesystem for Mount {
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let run = || -> Result<BucketPath, Errno> {
+        let run = || -> Result<Entry, Errno> {
             self.writable()?;
-            let path = self.child_path(parent, name)?;
-            self.backend.mkdir(&path, mode & !umask & 0o7777)?;
-            Ok(path)
+            let name = self.child_name(name)?;
+            self.backend.mkdir(id_of(parent), name, mode & !umask & 0o7777)
         };
-        match run() {
-            Ok(path) => self.reply_entry(&path, reply),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(run(), reply);
     }
 
     fn mknod(
@@ -482,29 +464,25 @@ impl Filesystem for Mount {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let run = || -> Result<BucketPath, Errno> {
+        let run = || -> Result<Entry, Errno> {
             self.writable()?;
-            let path = self.child_path(parent, name)?;
+            let name = self.child_name(name)?;
             let perm = mode & !umask & 0o7777;
             if mode & libc::S_IFMT == libc::S_IFREG {
                 // The empty file is committed at create; nothing more to write.
-                drop(self.backend.create(&path, perm, true)?);
+                Ok(self.backend.create(id_of(parent), name, perm, true)?.0)
             } else {
-                self.backend.mknod(&path, (mode & libc::S_IFMT) | perm, rdev.into())?;
+                self.backend
+                    .mknod(id_of(parent), name, (mode & libc::S_IFMT) | perm, rdev.into())
             }
-            Ok(path)
         };
-        match run() {
-            Ok(path) => self.reply_entry(&path, reply),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(run(), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let run = || -> Result<(), Errno> {
             self.writable()?;
-            let path = self.child_path(parent, name)?;
-            self.backend.remove(&path)
+            self.backend.remove(id_of(parent), self.child_name(name)?)
         };
         done(reply, run());
     }
@@ -512,24 +490,19 @@ impl Filesystem for Mount {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let run = || -> Result<(), Errno> {
             self.writable()?;
-            let path = self.child_path(parent, name)?;
-            self.backend.rmdir(&path)
+            self.backend.rmdir(id_of(parent), self.child_name(name)?)
         };
         done(reply, run());
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
-        let run = || -> Result<BucketPath, Errno> {
+        let run = || -> Result<Entry, Errno> {
             self.writable()?;
-            let path = self.child_path(parent, link_name)?;
+            let name = self.child_name(link_name)?;
             let target = target.to_str().ok_or(Errno::EINVAL)?;
-            self.backend.symlink(&path, target)?;
-            Ok(path)
+            self.backend.symlink(id_of(parent), name, target)
         };
-        match run() {
-            Ok(path) => self.reply_entry(&path, reply),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(run(), reply);
     }
 
     fn rename(
@@ -547,10 +520,10 @@ impl Filesystem for Mount {
             if flags.contains(RenameFlags::RENAME_EXCHANGE) {
                 return Err(Errno::EINVAL);
             }
-            let from = self.child_path(parent, name)?;
-            let to = self.child_path(newparent, newname)?;
+            let from = (id_of(parent), self.child_name(name)?);
+            let to = (id_of(newparent), self.child_name(newname)?);
             let replace = !flags.contains(RenameFlags::RENAME_NOREPLACE);
-            self.backend.rename(&from, &to, replace)
+            self.backend.rename(from, to, replace)
         };
         done(reply, run());
     }
@@ -567,8 +540,7 @@ impl Filesystem for Mount {
             }
             self.writable()?;
             let session = if flags.0 & libc::O_TRUNC != 0 {
-                let path = self.path(ino)?;
-                Some(self.backend.open_write(&path, true)?)
+                Some(self.backend.open_write(e.id, true)?)
             } else {
                 None
             };
@@ -593,11 +565,10 @@ impl Filesystem for Mount {
     ) {
         let run = || -> Result<(Entry, FileHandle), Errno> {
             self.writable()?;
-            let path = self.child_path(parent, name)?;
-            let session = self
-                .backend
-                .create(&path, mode & !umask & 0o7777, flags & libc::O_EXCL != 0)?;
-            let e = self.backend.stat(&path)?;
+            let name = self.child_name(name)?;
+            let (e, session) =
+                self.backend
+                    .create(id_of(parent), name, mode & !umask & 0o7777, flags & libc::O_EXCL != 0)?;
             let fh = self.open_writer(e.id, Some(session), false);
             Ok((e, fh))
         };
@@ -914,20 +885,16 @@ pub fn mount(fs: Mount, mountpoint: &std::path::Path, name: &str) -> std::io::Re
 /// under a reader.
 fn invalidate(backend: &dyn Backend, notifier: &fuser::Notifier, stop: &std::sync::atomic::AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        let paths = match backend.changes(Duration::from_millis(500)) {
-            Ok(paths) => paths,
+        let names = match backend.changes(Duration::from_millis(500)) {
+            Ok(names) => names,
             Err(e) => {
                 tracing::warn!("mount: following changes stopped: {e:?}");
                 return;
             }
         };
-        for path in paths {
+        for (dir, name) in names {
             // An error means the kernel holds nothing for it: fine.
-            if let Some((parent, name)) = path.split_last()
-                && let Ok(dir) = backend.stat(&parent)
-            {
-                notifier.inval_entry(ino_of(dir.id), OsStr::new(name)).ok();
-            }
+            notifier.inval_entry(ino_of(dir), OsStr::new(&name)).ok();
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alknet_fs::{BlobHash, BucketPath, Entry, EntryId, Space};
+use alknet_fs::{BlobHash, Entry, EntryId, Space};
 use fuser::Errno;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -35,7 +35,7 @@ pub const SUBSYSTEM: &str = "alknet-fs";
 const MAX_FRAME: usize = (1 << 20) + 4096;
 /// Bytes per read request while filling the cache.
 const CHUNK: u32 = 1 << 20;
-/// Read requests in flight while filling the cache.
+/// Read requests in flight while filling the cache or reading in order.
 const FILL_DEPTH: usize = 8;
 /// Handles one connection may hold open on the node.
 const MAX_HANDLES: usize = 4096;
@@ -47,25 +47,23 @@ enum Op {
         read_only: bool,
     },
     Entry(EntryId),
-    PathOf(EntryId),
     Lookup(EntryId, String),
-    Stat(String),
     ReadDir(EntryId, Option<String>, u32),
-    Mkdir(String, u32),
-    Mknod(String, u32, u64),
-    Symlink(String, String),
-    Remove(String),
-    Rmdir(String),
-    Rename(String, String, bool),
-    SetAttr(String, Option<u32>, Option<i64>),
-    Truncate(String, u64),
-    Create(String, u32, bool),
-    OpenWrite(String, bool),
+    Mkdir(EntryId, String, u32),
+    Mknod(EntryId, String, u32, u64),
+    Symlink(EntryId, String, String),
+    Remove(EntryId, String),
+    Rmdir(EntryId, String),
+    Rename(EntryId, String, EntryId, String, bool),
+    SetAttr(EntryId, Option<u32>, Option<i64>),
+    Truncate(EntryId, u64),
+    Create(EntryId, String, u32, bool),
+    OpenWrite(EntryId, bool),
     /// A reader of the file with this id as the node has it now.
     OpenRead(EntryId),
     /// Handle, offset, length: from a reader or a writer.
     Read(u64, u64, u32),
-    Write(u64, u64, Vec<u8>),
+    Write(u64, u64, #[serde(with = "serde_bytes")] Vec<u8>),
     SetLen(u64, u64),
     SetAttrOf(u64, Option<u32>, Option<i64>),
     /// Publishes a writer and ends it.
@@ -85,14 +83,15 @@ enum Reply {
     },
     Entry(Option<Entry>),
     Entries(Vec<Entry>),
-    Path(Option<String>),
     /// A writer: its handle and length.
     Writer(u64, u64),
+    /// A created file and a writer on it.
+    Created(Entry, u64),
     /// A reader: its handle and the entry it reads.
     Reader(u64, Entry),
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     Space(Space),
-    Paths(Vec<String>),
+    Names(Vec<(EntryId, String)>),
 }
 
 /// An errno and, for the first request, a sentence for the user.
@@ -143,10 +142,6 @@ fn bad_data(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
 }
 
-fn path(s: &str) -> Result<BucketPath> {
-    BucketPath::parse(s).map_err(|_| Errno::EINVAL)
-}
-
 // ---------------------------------------------------------------- node side
 
 enum Open {
@@ -159,6 +154,12 @@ struct Session {
     /// Open handles; `None` once closed (a request racing the close finds
     /// nothing).
     handles: Mutex<HashMap<u64, Arc<Mutex<Option<Open>>>>>,
+    /// The queue of each open handle: its requests run one at a time, in
+    /// the order they came, so a client may send writes without waiting.
+    lanes: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, Op)>>>,
+    /// Answers, to the connection.
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    this: std::sync::Weak<Session>,
     next: AtomicU64,
     /// File content bytes sent and received.
     sent: AtomicU64,
@@ -184,7 +185,48 @@ impl Session {
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         handles.insert(n, Arc::new(Mutex::new(Some(open))));
+        let (lane, queue) = mpsc::unbounded_channel();
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).insert(n, lane);
+        if let Some(session) = self.this.upgrade() {
+            self.backend.runtime().spawn(session.lane(queue));
+        }
         Ok(n)
+    }
+
+    /// Runs one request on the blocking pool and sends its answer.
+    async fn answer(self: Arc<Self>, id: u64, op: Op) {
+        let session = self.clone();
+        let reply = tokio::task::spawn_blocking(move || session.run(op))
+            .await
+            .unwrap_or(Err(Errno::EIO));
+        let reply: WireResult = reply.map_err(|e| (e.code(), String::new()));
+        self.out.send(frame(&(id, reply))).ok();
+    }
+
+    /// Runs a handle's requests in order until the handle is gone.
+    async fn lane(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<(u64, Op)>) {
+        while let Some((id, op)) = queue.recv().await {
+            self.clone().answer(id, op).await;
+        }
+    }
+
+    /// Passes a request on a handle to its lane; `false` if there is none.
+    fn route(&self, id: u64, op: Op) -> std::result::Result<(), (u64, Op)> {
+        let h = match &op {
+            Op::Read(h, ..)
+            | Op::Write(h, ..)
+            | Op::SetLen(h, _)
+            | Op::SetAttrOf(h, ..)
+            | Op::Close(h)
+            | Op::Forget(h) => *h,
+            _ => return Err((id, op)),
+        };
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        match lanes.get(&h) {
+            Some(lane) => lane.send((id, op)).map_err(|e| e.0),
+            // Unknown or closed: `run` answers EBADF.
+            None => Err((id, op)),
+        }
     }
 
     /// Runs `f` on an open handle.
@@ -207,8 +249,10 @@ impl Session {
         })
     }
 
-    /// Ends a handle, after any request still using it.
+    /// Ends a handle, after any request still using it. Requests already
+    /// in its lane find nothing (EBADF), then the lane ends.
     fn take(&self, h: u64) -> Result<Open> {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).remove(&h);
         let open = self
             .handles
             .lock()
@@ -224,26 +268,24 @@ impl Session {
         Ok(match op {
             Op::Hello { .. } => return Err(Errno::EPROTO),
             Op::Entry(id) => Reply::Entry(b.entry(id)?),
-            Op::PathOf(id) => Reply::Path(b.path_of(id)?.map(|p| p.as_str().to_owned())),
             Op::Lookup(parent, name) => Reply::Entry(b.lookup(parent, &name)?),
-            Op::Stat(p) => Reply::Entry(Some(b.stat(&path(&p)?)?)),
             Op::ReadDir(dir, after, limit) => {
                 Reply::Entries(b.read_dir(dir, after.as_deref(), limit.min(10_000) as usize)?)
             }
-            Op::Mkdir(p, mode) => done(b.mkdir(&path(&p)?, mode))?,
-            Op::Mknod(p, mode, rdev) => done(b.mknod(&path(&p)?, mode, rdev))?,
-            Op::Symlink(p, target) => done(b.symlink(&path(&p)?, &target))?,
-            Op::Remove(p) => done(b.remove(&path(&p)?))?,
-            Op::Rmdir(p) => done(b.rmdir(&path(&p)?))?,
-            Op::Rename(from, to, replace) => done(b.rename(&path(&from)?, &path(&to)?, replace))?,
-            Op::SetAttr(p, mode, mtime) => done(b.set_attr(&path(&p)?, mode, mtime))?,
-            Op::Truncate(p, len) => done(b.truncate(&path(&p)?, len))?,
-            Op::Create(p, mode, exclusive) => {
-                let w = b.create(&path(&p)?, mode, exclusive)?;
-                Reply::Writer(self.add(Open::Write(w))?, 0)
+            Op::Mkdir(parent, name, mode) => Reply::Entry(Some(b.mkdir(parent, &name, mode)?)),
+            Op::Mknod(parent, name, mode, rdev) => Reply::Entry(Some(b.mknod(parent, &name, mode, rdev)?)),
+            Op::Symlink(parent, name, target) => Reply::Entry(Some(b.symlink(parent, &name, &target)?)),
+            Op::Remove(parent, name) => done(b.remove(parent, &name))?,
+            Op::Rmdir(parent, name) => done(b.rmdir(parent, &name))?,
+            Op::Rename(parent, name, to, to_name, replace) => done(b.rename((parent, &name), (to, &to_name), replace))?,
+            Op::SetAttr(id, mode, mtime) => Reply::Entry(Some(b.set_attr(id, mode, mtime)?)),
+            Op::Truncate(id, len) => Reply::Entry(Some(b.truncate(id, len)?)),
+            Op::Create(parent, name, mode, exclusive) => {
+                let (e, w) = b.create(parent, &name, mode, exclusive)?;
+                Reply::Created(e, self.add(Open::Write(w))?)
             }
-            Op::OpenWrite(p, truncate) => {
-                let w = b.open_write(&path(&p)?, truncate)?;
+            Op::OpenWrite(id, truncate) => {
+                let w = b.open_write(id, truncate)?;
                 let len = w.size();
                 Reply::Writer(self.add(Open::Write(w))?, len)
             }
@@ -278,7 +320,7 @@ impl Session {
             Op::Space => Reply::Space(b.space()?),
             Op::Changes(wait_ms) => {
                 let wait = Duration::from_millis(wait_ms.min(5_000).into());
-                Reply::Paths(b.changes(wait)?.into_iter().map(|p| p.as_str().to_owned()).collect())
+                Reply::Names(b.changes(wait)?)
             }
         })
     }
@@ -324,15 +366,18 @@ where
     tx.write_all(&frame(&(id, hello))).await?;
     tx.flush().await?;
 
-    let session = Arc::new(Session {
+    let (out, queue) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(pump(tx, queue));
+    let session = Arc::new_cyclic(|this| Session {
         backend,
         handles: Mutex::new(HashMap::new()),
+        lanes: Mutex::new(HashMap::new()),
+        out,
+        this: this.clone(),
         next: AtomicU64::new(1),
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
     });
-    let (out, queue) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(pump(tx, queue));
     let result = loop {
         let buf = match read_frame(&mut rx).await {
             Ok(Some(buf)) => buf,
@@ -343,20 +388,22 @@ where
             Ok(m) => m,
             Err(e) => break Err(bad_data(format!("an undecodable request: {e}"))),
         };
-        let session = session.clone();
-        let out = out.clone();
-        tokio::task::spawn_blocking(move || {
-            let reply: WireResult = session.run(op).map_err(|e| (e.code(), String::new()));
-            out.send(frame(&(id, reply))).ok();
-        });
+        if let Err((id, op)) = session.route(id, op) {
+            tokio::spawn(session.clone().answer(id, op));
+        }
     };
-    drop(out);
+    // The client is gone: its lanes end, its unpublished writers are dropped
+    // (their files stay as they were) once requests still running finish.
+    session.lanes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    session.handles.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    let (sent, received) = (
+        session.sent.load(Ordering::Relaxed),
+        session.received.load(Ordering::Relaxed),
+    );
+    // The session holds the last sender of the answer queue.
+    drop(session);
     writer.await.ok();
-    result.map(|()| Summary {
-        addr,
-        sent: session.sent.load(Ordering::Relaxed),
-        received: session.received.load(Ordering::Relaxed),
-    })
+    result.map(|()| Summary { addr, sent, received })
 }
 
 // -------------------------------------------------------------- client side
@@ -372,15 +419,25 @@ struct Conn {
 
 impl Conn {
     async fn call(&self, op: Op) -> std::result::Result<Reply, (i32, String)> {
+        self.start(op).await
+    }
+
+    /// Sends a request; the answer comes through the returned future.
+    fn start(&self, op: Op) -> impl std::future::Future<Output = WireResult> + use<> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-        if self.closed.load(Ordering::Relaxed) || self.out.send(frame(&(id, op))).is_err() {
+        let sent = !self.closed.load(Ordering::Relaxed) && self.out.send(frame(&(id, op))).is_ok();
+        if !sent {
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            return Err((libc::EIO, "the connection to the node is gone".into()));
         }
-        rx.await
-            .unwrap_or_else(|_| Err((libc::EIO, "the connection to the node is gone".into())))
+        async move {
+            let gone = || Err((libc::EIO, "the connection to the node is gone".to_owned()));
+            if !sent {
+                return gone();
+            }
+            rx.await.unwrap_or_else(|_| gone())
+        }
     }
 
     fn call_blocking(&self, op: Op) -> Result<Reply> {
@@ -478,16 +535,26 @@ impl Remote {
         }
     }
 
-    fn writer(&self, op: Op) -> Result<Box<dyn Writer>> {
+    fn entry_of(&self, op: Op) -> Result<Option<Entry>> {
         match self.call(op)? {
-            Reply::Writer(handle, len) => Ok(Box::new(RemoteWriter {
-                conn: self.conn.clone(),
-                handle,
-                len,
-                open: true,
-            })),
+            Reply::Entry(e) => Ok(e),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// The entry a change made or touched.
+    fn new_entry(&self, op: Op) -> Result<Entry> {
+        self.entry_of(op)?.ok_or(Errno::EPROTO)
+    }
+
+    fn writer(&self, handle: u64, len: u64) -> Box<dyn Writer> {
+        Box::new(RemoteWriter {
+            conn: self.conn.clone(),
+            handle,
+            len,
+            open: true,
+            in_flight: VecDeque::new(),
+        })
     }
 }
 
@@ -497,31 +564,11 @@ impl Backend for Remote {
     }
 
     fn entry(&self, id: EntryId) -> Result<Option<Entry>> {
-        match self.call(Op::Entry(id))? {
-            Reply::Entry(e) => Ok(e),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn path_of(&self, id: EntryId) -> Result<Option<BucketPath>> {
-        match self.call(Op::PathOf(id))? {
-            Reply::Path(p) => p.map(|p| path(&p)).transpose(),
-            other => Err(unexpected(other)),
-        }
+        self.entry_of(Op::Entry(id))
     }
 
     fn lookup(&self, parent: EntryId, name: &str) -> Result<Option<Entry>> {
-        match self.call(Op::Lookup(parent, name.to_owned()))? {
-            Reply::Entry(e) => Ok(e),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn stat(&self, path: &BucketPath) -> Result<Entry> {
-        match self.call(Op::Stat(path.as_str().to_owned()))? {
-            Reply::Entry(Some(e)) => Ok(e),
-            other => Err(unexpected(other)),
-        }
+        self.entry_of(Op::Lookup(parent, name.to_owned()))
     }
 
     fn read_dir(&self, dir: EntryId, after: Option<&str>, limit: usize) -> Result<Vec<Entry>> {
@@ -531,44 +578,50 @@ impl Backend for Remote {
         }
     }
 
-    fn mkdir(&self, path: &BucketPath, mode: u32) -> Result<()> {
-        self.done(Op::Mkdir(path.as_str().to_owned(), mode))
+    fn mkdir(&self, parent: EntryId, name: &str, mode: u32) -> Result<Entry> {
+        self.new_entry(Op::Mkdir(parent, name.to_owned(), mode))
     }
 
-    fn mknod(&self, path: &BucketPath, mode: u32, rdev: u64) -> Result<()> {
-        self.done(Op::Mknod(path.as_str().to_owned(), mode, rdev))
+    fn mknod(&self, parent: EntryId, name: &str, mode: u32, rdev: u64) -> Result<Entry> {
+        self.new_entry(Op::Mknod(parent, name.to_owned(), mode, rdev))
     }
 
-    fn symlink(&self, path: &BucketPath, target: &str) -> Result<()> {
-        self.done(Op::Symlink(path.as_str().to_owned(), target.to_owned()))
+    fn symlink(&self, parent: EntryId, name: &str, target: &str) -> Result<Entry> {
+        self.new_entry(Op::Symlink(parent, name.to_owned(), target.to_owned()))
     }
 
-    fn remove(&self, path: &BucketPath) -> Result<()> {
-        self.done(Op::Remove(path.as_str().to_owned()))
+    fn remove(&self, parent: EntryId, name: &str) -> Result<()> {
+        self.done(Op::Remove(parent, name.to_owned()))
     }
 
-    fn rmdir(&self, path: &BucketPath) -> Result<()> {
-        self.done(Op::Rmdir(path.as_str().to_owned()))
+    fn rmdir(&self, parent: EntryId, name: &str) -> Result<()> {
+        self.done(Op::Rmdir(parent, name.to_owned()))
     }
 
-    fn rename(&self, from: &BucketPath, to: &BucketPath, replace: bool) -> Result<()> {
-        self.done(Op::Rename(from.as_str().to_owned(), to.as_str().to_owned(), replace))
+    fn rename(&self, from: (EntryId, &str), to: (EntryId, &str), replace: bool) -> Result<()> {
+        self.done(Op::Rename(from.0, from.1.to_owned(), to.0, to.1.to_owned(), replace))
     }
 
-    fn set_attr(&self, path: &BucketPath, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<()> {
-        self.done(Op::SetAttr(path.as_str().to_owned(), mode, mtime_ns))
+    fn set_attr(&self, id: EntryId, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<Entry> {
+        self.new_entry(Op::SetAttr(id, mode, mtime_ns))
     }
 
-    fn truncate(&self, path: &BucketPath, len: u64) -> Result<()> {
-        self.done(Op::Truncate(path.as_str().to_owned(), len))
+    fn truncate(&self, id: EntryId, len: u64) -> Result<Entry> {
+        self.new_entry(Op::Truncate(id, len))
     }
 
-    fn create(&self, path: &BucketPath, mode: u32, exclusive: bool) -> Result<Box<dyn Writer>> {
-        self.writer(Op::Create(path.as_str().to_owned(), mode, exclusive))
+    fn create(&self, parent: EntryId, name: &str, mode: u32, exclusive: bool) -> Result<(Entry, Box<dyn Writer>)> {
+        match self.call(Op::Create(parent, name.to_owned(), mode, exclusive))? {
+            Reply::Created(e, handle) => Ok((e, self.writer(handle, 0))),
+            other => Err(unexpected(other)),
+        }
     }
 
-    fn open_write(&self, path: &BucketPath, truncate: bool) -> Result<Box<dyn Writer>> {
-        self.writer(Op::OpenWrite(path.as_str().to_owned(), truncate))
+    fn open_write(&self, id: EntryId, truncate: bool) -> Result<Box<dyn Writer>> {
+        match self.call(Op::OpenWrite(id, truncate))? {
+            Reply::Writer(handle, len) => Ok(self.writer(handle, len)),
+            other => Err(unexpected(other)),
+        }
     }
 
     fn open_read(&self, e: &Entry) -> Result<Box<dyn Reader>> {
@@ -587,11 +640,15 @@ impl Backend for Remote {
             return Ok(Box::new(RemoteReader::Cached(file)));
         }
         Ok(Box::new(RemoteReader::Node {
-            conn: self.conn.clone(),
             cache: self.cache.clone(),
-            handle,
             hash,
-            size: e.size,
+            chunks: Chunks {
+                conn: self.conn.clone(),
+                handle,
+                size: e.size,
+                ahead: VecDeque::new(),
+                current: None,
+            },
         }))
     }
 
@@ -602,13 +659,17 @@ impl Backend for Remote {
         }
     }
 
-    fn changes(&self, wait: Duration) -> Result<Vec<BucketPath>> {
+    fn changes(&self, wait: Duration) -> Result<Vec<(EntryId, String)>> {
         match self.call(Op::Changes(wait.as_millis() as u32))? {
-            Reply::Paths(v) => Ok(v.iter().filter_map(|p| path(p).ok()).collect()),
+            Reply::Names(v) => Ok(v),
             other => Err(unexpected(other)),
         }
     }
 }
+
+/// Writes sent and not yet answered, at most: enough to keep the link busy
+/// (the node runs a handle's requests in order).
+const WRITES_IN_FLIGHT: usize = 16;
 
 struct RemoteWriter {
     conn: Arc<Conn>,
@@ -616,10 +677,32 @@ struct RemoteWriter {
     len: u64,
     /// Not yet closed: dropping it tells the node to forget the session.
     open: bool,
+    /// Writes sent, answers to come. A failed one fails the next call on
+    /// this writer, and its close publishes nothing.
+    in_flight: VecDeque<Answer>,
 }
 
 impl RemoteWriter {
-    fn done(&self, op: Op) -> Result<()> {
+    /// Waits for the answers of writes in flight until at most `keep` are
+    /// left; the first failure among them.
+    fn settle(&mut self, keep: usize) -> Result<()> {
+        while self.in_flight.len() > keep {
+            let Some(next) = self.in_flight.pop_front() else { break };
+            match self.conn.runtime.block_on(next) {
+                Ok(Reply::Done) => {}
+                Ok(other) => return Err(unexpected(other)),
+                Err((code, _)) => {
+                    // The session lost a write: it must not be published.
+                    self.in_flight.clear();
+                    return Err(Errno::from_i32(code));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn done(&mut self, op: Op) -> Result<()> {
+        self.settle(0)?;
         match self.conn.call_blocking(op)? {
             Reply::Done => Ok(()),
             other => Err(unexpected(other)),
@@ -628,13 +711,18 @@ impl RemoteWriter {
 }
 
 impl Writer for RemoteWriter {
+    /// Sends the write without waiting for it: the kernel's next write goes
+    /// out while this one crosses the network.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.done(Op::Write(self.handle, offset, data.to_vec()))?;
+        self.settle(WRITES_IN_FLIGHT - 1)?;
+        let answer = self.conn.start(Op::Write(self.handle, offset, data.to_vec()));
+        self.in_flight.push_back(Box::pin(answer));
         self.len = self.len.max(offset + data.len() as u64);
         Ok(())
     }
 
     fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.settle(0)?;
         match self.conn.call_blocking(Op::Read(self.handle, offset, len))? {
             Reply::Bytes(b) => Ok(b),
             other => Err(unexpected(other)),
@@ -656,6 +744,8 @@ impl Writer for RemoteWriter {
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {
+        // Every write must have landed before the content is published.
+        self.settle(0)?;
         self.open = false;
         self.done(Op::Close(self.handle))
     }
@@ -674,67 +764,101 @@ enum RemoteReader {
     Cached(File),
     /// Not yet: a reader on the node.
     Node {
-        conn: Arc<Conn>,
         cache: Arc<Cache>,
-        handle: u64,
         hash: BlobHash,
-        size: u64,
+        chunks: Chunks,
     },
+}
+
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = WireResult> + Send>>;
+
+/// A node reader's content in `CHUNK`-sized pieces, fetched ahead of the
+/// reader when it reads in order.
+struct Chunks {
+    conn: Arc<Conn>,
+    handle: u64,
+    size: u64,
+    /// Chunks asked for and not yet taken, in order.
+    ahead: VecDeque<(u64, Answer)>,
+    /// The last chunk taken.
+    current: Option<(u64, Vec<u8>)>,
+}
+
+impl Chunks {
+    /// Chunk `k`, with up to `depth` chunks from `k` on asked for.
+    fn get(&mut self, k: u64, depth: usize) -> Result<&[u8]> {
+        if self.current.as_ref().is_none_or(|(c, _)| *c != k) {
+            while self.ahead.front().is_some_and(|(c, _)| *c < k) {
+                self.ahead.pop_front();
+            }
+            if self.ahead.front().is_some_and(|(c, _)| *c != k) {
+                // A jump: what was fetched ahead is of no use.
+                self.ahead.clear();
+            }
+            let mut want = self.ahead.back().map_or(k, |(c, _)| c + 1);
+            while self.ahead.len() < depth.max(1) && want * u64::from(CHUNK) < self.size {
+                let answer = self.conn.start(Op::Read(self.handle, want * u64::from(CHUNK), CHUNK));
+                self.ahead.push_back((want, Box::pin(answer)));
+                want += 1;
+            }
+            let Some((_, answer)) = self.ahead.pop_front() else {
+                return Ok(&[]);
+            };
+            match self.conn.runtime.block_on(answer) {
+                Ok(Reply::Bytes(b)) => self.current = Some((k, b)),
+                Ok(other) => return Err(unexpected(other)),
+                Err((code, _)) => return Err(Errno::from_i32(code)),
+            }
+        }
+        Ok(self.current.as_ref().map_or(&[][..], |(_, b)| &b[..]))
+    }
+
+    /// Up to `len` bytes at `offset`, fetching ahead when reads follow one
+    /// another (a random read costs one chunk, not a window).
+    fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let end = (offset + u64::from(len)).min(self.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let k = pos / u64::from(CHUNK);
+            let in_order = self.current.as_ref().is_some_and(|(c, _)| *c == k || *c + 1 == k);
+            let chunk = self.get(k, if in_order { FILL_DEPTH } else { 1 })?;
+            let from = (pos - k * u64::from(CHUNK)) as usize;
+            if from >= chunk.len() {
+                break;
+            }
+            let take = (chunk.len() - from).min((end - pos) as usize);
+            out.extend_from_slice(&chunk[from..from + take]);
+            pos += take as u64;
+        }
+        Ok(out)
+    }
 }
 
 impl RemoteReader {
     /// Fetches the whole blob into the cache, `FILL_DEPTH` chunks in
     /// flight, verifying it as it lands.
-    fn fill(conn: &Arc<Conn>, cache: &Cache, handle: u64, hash: &BlobHash, size: u64) -> Result<File> {
+    fn fill(cache: &Cache, hash: &BlobHash, chunks: &mut Chunks) -> Result<File> {
         let io = |e: std::io::Error| {
             tracing::warn!("mount: caching {hash}: {e}");
             Errno::EIO
         };
         let mut fill = cache.fill(hash).map_err(io)?;
-        conn.runtime.block_on(async {
-            let mut inflight = VecDeque::new();
-            let mut offset = 0u64;
-            loop {
-                while inflight.len() < FILL_DEPTH && offset < size {
-                    let conn = conn.clone();
-                    let at = offset;
-                    inflight.push_back(tokio::spawn(
-                        async move { conn.call(Op::Read(handle, at, CHUNK)).await },
-                    ));
-                    offset += u64::from(CHUNK);
-                }
-                let Some(next) = inflight.pop_front() else { break };
-                match next.await {
-                    Ok(Ok(Reply::Bytes(b))) => fill.push(&b).map_err(io)?,
-                    Ok(Ok(other)) => return Err(unexpected(other)),
-                    Ok(Err((code, _))) => return Err(Errno::from_i32(code)),
-                    Err(_) => return Err(Errno::EIO),
-                }
-            }
-            Ok(())
-        })?;
+        for k in 0..chunks.size.div_ceil(u64::from(CHUNK)) {
+            fill.push(chunks.get(k, FILL_DEPTH)?).map_err(io)?;
+        }
         cache.insert(hash, fill).map_err(io)
     }
 }
 
 impl Reader for RemoteReader {
     fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        if let RemoteReader::Node {
-            conn,
-            cache,
-            handle,
-            hash,
-            size,
-        } = self
-        {
-            if !cache.takes(*size) {
-                // Too big to cache: this range only.
-                return match conn.call_blocking(Op::Read(*handle, offset, len))? {
-                    Reply::Bytes(b) => Ok(b),
-                    other => Err(unexpected(other)),
-                };
+        if let RemoteReader::Node { cache, hash, chunks } = self {
+            if !cache.takes(chunks.size) {
+                // Too big to cache: read by range, ahead when in order.
+                return chunks.read_at(offset, len);
             }
-            let file = Self::fill(conn, cache, *handle, hash, *size)?;
+            let file = Self::fill(cache, hash, chunks)?;
             // Dropping the node reader forgets its handle there.
             *self = RemoteReader::Cached(file);
         }
@@ -756,10 +880,8 @@ impl Reader for RemoteReader {
     }
 }
 
-impl Drop for RemoteReader {
+impl Drop for Chunks {
     fn drop(&mut self) {
-        if let RemoteReader::Node { conn, handle, .. } = self {
-            conn.send(Op::Forget(*handle));
-        }
+        self.conn.send(Op::Forget(self.handle));
     }
 }

@@ -36,7 +36,7 @@ median_time() {
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 
 row() { # row LABEL OURS REFERENCE
-  printf '%-44s alknet %8ss   reference %8ss   ratio %sx\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"
+  printf '%-56s alknet %8ss   reference %8ss   ratio %sx\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"
 }
 
 # stop PID...: ends background processes, ignoring ones already gone (a
@@ -69,10 +69,14 @@ CONF
   /usr/sbin/sshd -D -f "$d/sshd_config" -E "$d/sshd.log" & SSHD_PID=$!
 }
 
-# start_alknet: `alknet serve` on a free SSH port for $ALKNET_DATA, no QUIC.
-# Sets ALK_PORT and ALK_PID; the log goes to $1/serve.log.
+# start_alknet: `alknet serve` on a free SSH port for $ALKNET_DATA, and a QUIC
+# endpoint when ALK_QUIC=1. Sets ALK_PORT, ALK_PID and (with QUIC) ALK_NODE
+# (NODE_ID@127.0.0.1:PORT); the log goes to $1/serve.log.
 start_alknet() {
-  "$ALKNET" serve --ssh 127.0.0.1:0 --no-quic > "$1/serve.out" 2> "$1/serve.log" & ALK_PID=$!
+  local quic=(--no-quic)
+  [ "${ALK_QUIC:-0}" = 1 ] && quic=(--quic 127.0.0.1:0)
+  "$ALKNET" serve --ssh 127.0.0.1:0 "${quic[@]}" > "$1/serve.out" 2> "$1/serve.log" & ALK_PID=$!
   for _ in $(seq 100); do grep -q '^ssh:' "$1/serve.out" 2>/dev/null && break; sleep 0.1; done
   ALK_PORT=$(grep '^ssh:' "$1/serve.out" | sed 's/.*://')
+  ALK_NODE=$(grep '^quic:' "$1/serve.out" | sed 's/^quic: //' || true)
 }

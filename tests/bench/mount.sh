@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The FUSE mount (local mode: `alknet mount` on a data directory) against a
-# plain directory on the same disk, and against sshfs on alknet's own SFTP
-# (`alknet serve` on a second data directory), in one run:
+# The FUSE mount in local mode (`alknet mount` on a data directory) and in
+# remote mode (`alknet mount --node`, over QUIC to `alknet serve` on a second
+# data directory, default 1 GiB content cache) against a plain directory on
+# the same disk, and against sshfs on alknet's own SFTP (the same server), in
+# one run:
 #   - sequential write (dd conv=fsync) and read (cold cache) of SIZE_MIB
 #   - create SMALL files of 4 KiB, stat them all, read them all
 #   - ls -l of a directory of LS_COUNT entries (stored beforehand)
@@ -16,14 +18,14 @@ build_alknet
 SIZE_MIB="${SIZE_MIB:-1024}"; SMALL="${SMALL:-10000}"; LS_COUNT="${LS_COUNT:-100000}"
 W="$BENCH_DIR/mount"
 cleanup() {
-  for m in "$W/mnt" "$W/sshfs"; do
+  for m in "$W/mnt" "$W/sshfs" "$W/rmnt"; do
     if grep -q " $m fuse" /proc/mounts; then fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" || true; fi
   done
-  stop "${MNT_PID:-}" "${ALK_PID:-}"
+  stop "${MNT_PID:-}" "${RMNT_PID:-}" "${ALK_PID:-}"
 }
 trap cleanup EXIT
 cleanup
-rm -rf "$W"; mkdir -p "$W"/{plain,mnt,sshfs,many}
+rm -rf "$W"; mkdir -p "$W"/{plain,mnt,sshfs,rmnt,many}
 head -c "$((SIZE_MIB << 20))" /dev/urandom > "$W/src.bin"
 python3 -c "
 import os, sys
@@ -43,7 +45,9 @@ export ALKNET_DATA="$W/data2"
 HOME="$W" "$ALKNET" init --admin-key "$W/key.pub" >/dev/null
 "$ALKNET" bucket create b >/dev/null
 "$ALKNET" put -r "$W/many" b:/ >/dev/null
-start_alknet "$W"
+ALK_QUIC=1 start_alknet "$W"
+"$ALKNET" mount b "$W/rmnt" --node "$ALK_NODE" -i "$W/key" --cache-dir "$W/cache" > "$W/rmount.out" 2> "$W/rmount.log" & RMNT_PID=$!
+for _ in $(seq 100); do grep -q '^mounted' "$W/rmount.out" 2>/dev/null && break; sleep 0.1; done
 sshfs -p "$ALK_PORT" -o IdentityFile="$W/key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
   -o LogLevel=ERROR "x@127.0.0.1:/b" "$W/sshfs"
 cp -r "$W/many" "$W/plain/many"
@@ -65,7 +69,7 @@ small_read() { drop_caches; cat "$1"/small/* > /dev/null; }
 untar() { mkdir -p "$1/tree" && tar -xf "$W/tree.tar" -C "$1/tree"; }
 
 declare -A T
-for target in plain mnt sshfs; do
+for target in plain mnt rmnt sshfs; do
   d="$W/$target"
   T[$target.write]=$(median_time "rm -f $d/big" "seq_write $d")
   cmp "$W/src.bin" "$d/big"
@@ -79,12 +83,14 @@ for target in plain mnt sshfs; do
   diff -r "$W/plain/tree" "$d/tree" > /dev/null 2>&1 || [ "$target" = plain ] || echo "warning: $target tree differs" >&2
 done
 
-echo "FUSE mount (local mode) vs a plain directory and vs sshfs on alknet SFTP, median of $RUNS runs"
+echo "FUSE mount, local mode (mnt) and remote mode over QUIC (remote), vs a plain directory and vs sshfs on alknet SFTP, median of $RUNS runs"
 echo "(ratio = mount time / reference time; the goal for sequential I/O is throughput >= 0.7x, i.e. ratio <= 1.43)"
 for op in "write:sequential write ${SIZE_MIB} MiB (dd conv=fsync)" "read:sequential read ${SIZE_MIB} MiB (cold)" \
           "create:create $SMALL x 4 KiB" "stat:stat $SMALL files" "sread:read $SMALL files (cold)" \
           "ls:ls -l of $LS_COUNT entries" "untar:untar this repository" "du:du -s of it"; do
   key=${op%%:*}; label=${op#*:}
-  row "$label vs plain" "${T[mnt.$key]}" "${T[plain.$key]}"
-  row "$label vs sshfs" "${T[mnt.$key]}" "${T[sshfs.$key]}"
+  row "$label: mnt vs plain" "${T[mnt.$key]}" "${T[plain.$key]}"
+  row "$label: remote vs plain" "${T[rmnt.$key]}" "${T[plain.$key]}"
+  row "$label: mnt vs sshfs" "${T[mnt.$key]}" "${T[sshfs.$key]}"
+  row "$label: remote vs sshfs" "${T[rmnt.$key]}" "${T[sshfs.$key]}"
 done

@@ -70,7 +70,10 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 fn a_remote_mount_reads_and_writes_through_the_node() {
     let s = setup(&[]);
     let node = &s.node;
-    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+    // A 16 MiB cache: blobs up to 4 MiB are cached whole, larger ones read by range.
+    let mut cmd = remote_mount(node, "photos", "m", &s.server.quic, &s.alice);
+    cmd.args(["--cache-mib", "16"]);
+    let m = Mounted::spawn(node, "m", cmd);
 
     // Written through the mount, read over SFTP once closed.
     let written = pattern(300_000, 1);
@@ -108,6 +111,14 @@ fn a_remote_mount_reads_and_writes_through_the_node() {
     assert_eq!(std::fs::metadata(&cached).expect("cached blob").len(), put.len() as u64);
     assert_eq!(std::fs::read(m.path("from-sftp.bin")).expect("second read"), put);
 
+    // A file over a quarter of the cache is read by range, every time.
+    let large = pattern(6 << 20, 4);
+    std::fs::write(m.path("large.bin"), &large).expect("write a large file");
+    for _ in 0..2 {
+        assert_eq!(std::fs::read(m.path("large.bin")).expect("read by range"), large);
+    }
+    assert!(!node.work.join("m.cache").join(hash_hex(&large)).exists());
+
     // Directories, renames, symlinks, removal: seen over SFTP.
     std::fs::create_dir(m.path("album")).expect("mkdir");
     std::fs::rename(m.path("from-mount.bin"), m.path("album/moved.bin")).expect("rename");
@@ -142,11 +153,14 @@ fn a_remote_mount_reads_and_writes_through_the_node() {
     wait_for("the node to log the mount session", || session_line().is_some());
     let line = session_line().expect("the session line");
     assert!(
-        line.contains(&format!("sent={}", put.len())),
-        "the node sent the 3 MiB file once and nothing else: {line}"
+        line.contains(&format!("sent={}", put.len() + 2 * large.len())),
+        "the node sent the 3 MiB file once, the 6 MiB one twice, nothing else: {line}"
     );
-    // from-mount.bin and the one byte of "gone".
-    assert!(line.contains(&format!("received={}", written.len() + 1)), "{line}");
+    // from-mount.bin, large.bin and the one byte of "gone".
+    assert!(
+        line.contains(&format!("received={}", written.len() + large.len() + 1)),
+        "{line}"
+    );
 
     // With the server gone, the CLI reads what the mount wrote; fsck is clean.
     assert!(s.server.stop());
