@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alknet_fs::{Address, Store};
@@ -51,14 +51,50 @@ pub(crate) async fn run_remote(
     };
     let cache = alknet_mount::Cache::open(&cache_dir, opts.cache_bytes)
         .with_context(|| format!("cache at {}", cache_dir.display()))?;
-    let channel = alknet_protocols::open_subsystem(&opts.node, &identity, alknet_mount::SUBSYSTEM).await?;
-    let remote = alknet_mount::Remote::connect(channel.stream, addr, read_only, Arc::new(cache))
+    let dial = NodeDial {
+        node: opts.node.clone(),
+        identity,
+        link: Arc::new(Mutex::new(None)),
+    };
+    let link = dial.link.clone();
+    let remote = alknet_mount::Remote::connect(dial, addr, read_only, Arc::new(cache))
         .await
-        .with_context(|| format!("{} refused {addr}", opts.node))?;
+        .with_context(|| format!("mounting {addr} from {}", opts.node))?;
     let owner = owner_of(mountpoint)?;
     let result = serve(Arc::new(remote), addr, &address, mountpoint, owner).await;
-    channel.link.close().await;
+    let last = link.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(link) = last {
+        link.close().await;
+    }
     result
+}
+
+/// Connects to the node's `alknet-fs` service with the user's key; keeps the
+/// SSH session (and QUIC endpoint) of the connection in use, to close it
+/// politely at the end.
+struct NodeDial {
+    node: String,
+    identity: PathBuf,
+    link: Arc<Mutex<Option<alknet_protocols::Link>>>,
+}
+
+impl alknet_mount::Dial for NodeDial {
+    fn dial(&self) -> alknet_mount::Dialing<'_> {
+        Box::pin(async move {
+            let channel = alknet_protocols::open_subsystem(&self.node, &self.identity, alknet_mount::SUBSYSTEM)
+                .await
+                .map_err(std::io::Error::other)?;
+            let old = self
+                .link
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(channel.link);
+            if let Some(old) = old {
+                old.close().await;
+            }
+            Ok(Box::pin(channel.stream) as alknet_mount::Stream)
+        })
+    }
 }
 
 fn checked(addr: &str, mountpoint: &Path) -> Result<Address> {

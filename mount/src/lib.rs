@@ -29,7 +29,7 @@ use fuser::{
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-pub use remote::{Remote, SUBSYSTEM, Summary, serve};
+pub use remote::{Dial, Dialing, Duplex, Remote, SUBSYSTEM, Stream, Summary, serve};
 
 /// How long the kernel may cache names and attributes. Short: other clients
 /// (SFTP, git, another mount) change the tree behind the kernel's back.
@@ -884,12 +884,22 @@ pub fn mount(fs: Mount, mountpoint: &std::path::Path, name: &str) -> std::io::Re
 /// this mount's own writes would show a published file's times change
 /// under a reader.
 fn invalidate(backend: &dyn Backend, notifier: &fuser::Notifier, stop: &std::sync::atomic::AtomicBool) {
+    let mut failing = false;
     while !stop.load(Ordering::Relaxed) {
         let names = match backend.changes(Duration::from_millis(500)) {
-            Ok(names) => names,
+            Ok(names) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("mount: following changes again");
+                }
+                names
+            }
             Err(e) => {
-                tracing::warn!("mount: following changes stopped: {e:?}");
-                return;
+                // A remote node may come back: keep asking, once a second.
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!("mount: following changes failed ({e:?}); retrying");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
             }
         };
         for (dir, name) in names {

@@ -463,9 +463,78 @@ impl Conn {
 
 /// A tree on a node, reached over a stream to its `alknet-fs` service.
 pub struct Remote {
-    conn: Arc<Conn>,
+    /// The connection in use; replaced when it is gone.
+    conn: Mutex<Arc<Conn>>,
+    dial: Box<dyn Dial>,
+    addr: String,
+    /// What the user asked for (`--read-only`), for each Hello.
+    asked_read_only: bool,
+    /// When the last reconnection was tried: at most one a second.
+    last_dial: Mutex<std::time::Instant>,
     cache: Arc<Cache>,
     read_only: bool,
+}
+
+/// A byte stream to a node's `alknet-fs` service.
+pub trait Duplex: AsyncRead + AsyncWrite + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Send> Duplex for T {}
+
+/// An open stream to the node.
+pub type Stream = std::pin::Pin<Box<dyn Duplex>>;
+
+/// A connection being opened.
+pub type Dialing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Stream>> + Send + 'a>>;
+
+/// Opens connections to a node (the first, and again after one is lost).
+pub trait Dial: Send + Sync + 'static {
+    fn dial(&self) -> Dialing<'_>;
+}
+
+/// Starts the client side of a connection on `stream` and sends Hello;
+/// the connection and whether the tree is read-only.
+async fn open_conn(stream: Stream, addr: &str, read_only: bool) -> std::io::Result<(Arc<Conn>, bool)> {
+    let (mut rx, tx) = tokio::io::split(stream);
+    let (out, queue) = mpsc::unbounded_channel::<Vec<u8>>();
+    let conn = Arc::new(Conn {
+        next: AtomicU64::new(1),
+        pending: Mutex::new(HashMap::new()),
+        out,
+        closed: AtomicBool::new(false),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    tokio::spawn(pump(tx, queue));
+    let reader = conn.clone();
+    tokio::spawn(async move {
+        let end = loop {
+            match read_frame(&mut rx).await {
+                Ok(Some(buf)) => match postcard::from_bytes::<(u64, WireResult)>(&buf) {
+                    Ok((id, r)) => {
+                        let tx = reader.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                        if let Some(tx) = tx {
+                            tx.send(r).ok();
+                        }
+                    }
+                    Err(e) => break format!("an undecodable answer: {e}"),
+                },
+                Ok(None) => break "the node closed the connection".to_owned(),
+                Err(e) => break e.to_string(),
+            }
+        };
+        tracing::warn!("mount: {end}; requests fail with EIO until the node answers again");
+        reader.fail_all();
+    });
+    let hello = conn
+        .call(Op::Hello {
+            addr: addr.to_owned(),
+            read_only,
+        })
+        .await;
+    match hello {
+        Ok(Reply::Hello { read_only }) => Ok((conn, read_only)),
+        Ok(other) => Err(std::io::Error::other(format!("unexpected answer {other:?}"))),
+        Err((_, why)) => Err(std::io::Error::other(why)),
+    }
 }
 
 fn unexpected(r: Reply) -> Errno {
@@ -477,55 +546,50 @@ impl Remote {
     /// Opens the tree `addr` (`bucket[@branch[@version]]`) on the node at
     /// the other end of `stream`, its contents cached in `cache`. Fails with
     /// the node's reason (no such bucket, no grant).
-    pub async fn connect<S>(stream: S, addr: &str, read_only: bool, cache: Arc<Cache>) -> std::io::Result<Remote>
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        let (mut rx, tx) = tokio::io::split(stream);
-        let (out, queue) = mpsc::unbounded_channel::<Vec<u8>>();
-        let conn = Arc::new(Conn {
-            next: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
-            out,
-            closed: AtomicBool::new(false),
-            runtime: tokio::runtime::Handle::current(),
-        });
-        tokio::spawn(pump(tx, queue));
-        let reader = conn.clone();
-        tokio::spawn(async move {
-            let end = loop {
-                match read_frame(&mut rx).await {
-                    Ok(Some(buf)) => match postcard::from_bytes::<(u64, WireResult)>(&buf) {
-                        Ok((id, r)) => {
-                            let tx = reader.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                            if let Some(tx) = tx {
-                                tx.send(r).ok();
-                            }
+    pub async fn connect(dial: impl Dial, addr: &str, read_only: bool, cache: Arc<Cache>) -> std::io::Result<Remote> {
+        let (conn, tree_read_only) = open_conn(dial.dial().await?, addr, read_only).await?;
+        Ok(Remote {
+            conn: Mutex::new(conn),
+            dial: Box::new(dial),
+            addr: addr.to_owned(),
+            asked_read_only: read_only,
+            last_dial: Mutex::new(std::time::Instant::now()),
+            cache,
+            read_only: tree_read_only,
+        })
+    }
+
+    /// The connection to use: the current one, or a new one if it is gone
+    /// (files open on the old one stay failed: their node-side sessions
+    /// went with it, so unpublished writes are lost as in a crash).
+    fn conn(&self) -> Arc<Conn> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if conn.closed.load(Ordering::Relaxed) {
+            let mut last = self.last_dial.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= Duration::from_secs(1) {
+                *last = std::time::Instant::now();
+                let runtime = conn.runtime.clone();
+                let fresh = runtime.block_on(async {
+                    let stream = self.dial.dial().await?;
+                    open_conn(stream, &self.addr, self.asked_read_only).await
+                });
+                match fresh {
+                    Ok((fresh, read_only)) => {
+                        if read_only != self.read_only {
+                            tracing::warn!("mount: the tree is now read-only={read_only}; remount to follow");
                         }
-                        Err(e) => break format!("an undecodable answer: {e}"),
-                    },
-                    Ok(None) => break "the node closed the connection".to_owned(),
-                    Err(e) => break e.to_string(),
+                        tracing::info!("mount: reconnected to the node");
+                        *conn = fresh;
+                    }
+                    Err(e) => tracing::warn!("mount: reconnecting: {e}"),
                 }
-            };
-            tracing::warn!("mount: {end}; every request now fails with EIO");
-            reader.fail_all();
-        });
-        let hello = conn
-            .call(Op::Hello {
-                addr: addr.to_owned(),
-                read_only,
-            })
-            .await;
-        match hello {
-            Ok(Reply::Hello { read_only }) => Ok(Remote { conn, cache, read_only }),
-            Ok(other) => Err(std::io::Error::other(format!("unexpected answer {other:?}"))),
-            Err((_, why)) => Err(std::io::Error::other(why)),
+            }
         }
+        conn.clone()
     }
 
     fn call(&self, op: Op) -> Result<Reply> {
-        self.conn.call_blocking(op)
+        self.conn().call_blocking(op)
     }
 
     fn done(&self, op: Op) -> Result<()> {
@@ -547,9 +611,9 @@ impl Remote {
         self.entry_of(op)?.ok_or(Errno::EPROTO)
     }
 
-    fn writer(&self, handle: u64, len: u64) -> Box<dyn Writer> {
+    fn writer(&self, conn: Arc<Conn>, handle: u64, len: u64) -> Box<dyn Writer> {
         Box::new(RemoteWriter {
-            conn: self.conn.clone(),
+            conn,
             handle,
             len,
             open: true,
@@ -611,15 +675,18 @@ impl Backend for Remote {
     }
 
     fn create(&self, parent: EntryId, name: &str, mode: u32, exclusive: bool) -> Result<(Entry, Box<dyn Writer>)> {
-        match self.call(Op::Create(parent, name.to_owned(), mode, exclusive))? {
-            Reply::Created(e, handle) => Ok((e, self.writer(handle, 0))),
+        // A handle lives on the connection that opened it.
+        let conn = self.conn();
+        match conn.call_blocking(Op::Create(parent, name.to_owned(), mode, exclusive))? {
+            Reply::Created(e, handle) => Ok((e, self.writer(conn, handle, 0))),
             other => Err(unexpected(other)),
         }
     }
 
     fn open_write(&self, id: EntryId, truncate: bool) -> Result<Box<dyn Writer>> {
-        match self.call(Op::OpenWrite(id, truncate))? {
-            Reply::Writer(handle, len) => Ok(self.writer(handle, len)),
+        let conn = self.conn();
+        match conn.call_blocking(Op::OpenWrite(id, truncate))? {
+            Reply::Writer(handle, len) => Ok(self.writer(conn, handle, len)),
             other => Err(unexpected(other)),
         }
     }
@@ -629,21 +696,22 @@ impl Backend for Remote {
         if let Some(file) = e.hash.as_ref().and_then(|h| self.cache.get(h)) {
             return Ok(Box::new(RemoteReader::Cached(file)));
         }
-        let (handle, e) = match self.call(Op::OpenRead(e.id))? {
+        let conn = self.conn();
+        let (handle, e) = match conn.call_blocking(Op::OpenRead(e.id))? {
             Reply::Reader(handle, e) => (handle, e),
             other => return Err(unexpected(other)),
         };
         let hash = e.hash.ok_or(Errno::EIO)?;
         // The node may hold a newer content than the entry the kernel had.
         if let Some(file) = self.cache.get(&hash) {
-            self.conn.send(Op::Forget(handle));
+            conn.send(Op::Forget(handle));
             return Ok(Box::new(RemoteReader::Cached(file)));
         }
         Ok(Box::new(RemoteReader::Node {
             cache: self.cache.clone(),
             hash,
             chunks: Chunks {
-                conn: self.conn.clone(),
+                conn,
                 handle,
                 size: e.size,
                 ahead: VecDeque::new(),

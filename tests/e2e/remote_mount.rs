@@ -240,6 +240,33 @@ fn remote_mounts_follow_keys_and_grants() {
 }
 
 #[test]
+fn a_remote_mount_reconnects_when_the_node_comes_back() {
+    let s = setup(&[("/f", b"before")]);
+    let node = &s.node;
+    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+    assert_eq!(std::fs::read(m.path("f")).expect("read"), b"before");
+    let (ssh, quic) = (
+        format!("127.0.0.1:{}", s.server.ssh_port),
+        s.server.quic.split_once('@').expect("NODE_ID@ADDR").1.to_owned(),
+    );
+    assert!(s.server.stop());
+    // The node restarts at the same address (same data directory: same id).
+    let server = Server::start_at(node, &ssh, &quic);
+    wait_for("the mount to reach the node again", || {
+        std::fs::write(m.path("after"), b"written after the restart").is_ok()
+    });
+    let (ok, out) = sftp_batch(node, &server, &s.alice, Via::Tcp, "get /photos/after after\n");
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read(node.work.join("after")).expect("read"),
+        b"written after the restart"
+    );
+    assert!(m.stop());
+    let log = std::fs::read_to_string(node.work.join("m.log")).expect("mount log");
+    assert!(log.contains("reconnected to the node"), "{log}");
+}
+
+#[test]
 fn a_killed_remote_mount_leaves_the_old_content() {
     let s = setup(&[("/f", b"old content")]);
     let node = &s.node;

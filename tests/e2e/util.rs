@@ -158,9 +158,14 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(node: &Node) -> Server {
+        Self::start_at(node, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// A server listening for SSH at `ssh` and QUIC at `quic`.
+    pub(crate) fn start_at(node: &Node, ssh: &str, quic: &str) -> Server {
         use std::io::BufRead;
         let mut child = node
-            .cmd(&["serve", "--ssh", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .cmd(&["serve", "--ssh", ssh, "--quic", quic])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(node.work.join("serve.log")).expect("log file"))
