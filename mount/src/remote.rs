@@ -193,20 +193,19 @@ impl Session {
         Ok(n)
     }
 
-    /// Runs one request on the blocking pool and sends its answer.
-    async fn answer(self: Arc<Self>, id: u64, op: Op) {
-        let session = self.clone();
-        let reply = tokio::task::spawn_blocking(move || session.run(op))
-            .await
-            .unwrap_or(Err(Errno::EIO));
-        let reply: WireResult = reply.map_err(|e| (e.code(), String::new()));
+    /// Runs one request (a blocking call) and sends its answer.
+    fn answer(&self, id: u64, op: Op) {
+        // A panic answers EIO: the client must never wait for nothing.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(op)));
+        let reply: WireResult = run.unwrap_or(Err(Errno::EIO)).map_err(|e| (e.code(), String::new()));
         self.out.send(frame(&(id, reply))).ok();
     }
 
     /// Runs a handle's requests in order until the handle is gone.
     async fn lane(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<(u64, Op)>) {
         while let Some((id, op)) = queue.recv().await {
-            self.clone().answer(id, op).await;
+            let session = self.clone();
+            tokio::task::spawn_blocking(move || session.answer(id, op)).await.ok();
         }
     }
 
@@ -389,7 +388,8 @@ where
             Err(e) => break Err(bad_data(format!("an undecodable request: {e}"))),
         };
         if let Err((id, op)) = session.route(id, op) {
-            tokio::spawn(session.clone().answer(id, op));
+            let session = session.clone();
+            tokio::task::spawn_blocking(move || session.answer(id, op));
         }
     };
     // The client is gone: its lanes end, its unpublished writers are dropped
@@ -714,8 +714,8 @@ impl Backend for Remote {
                 conn,
                 handle,
                 size: e.size,
-                ahead: VecDeque::new(),
-                current: None,
+                ahead: std::collections::BTreeMap::new(),
+                done: VecDeque::new(),
             },
         }))
     }
@@ -841,44 +841,56 @@ enum RemoteReader {
 type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = WireResult> + Send>>;
 
 /// A node reader's content in `CHUNK`-sized pieces, fetched ahead of the
-/// reader when it reads in order.
+/// reader when it reads in order. The kernel's read-ahead sends reads from
+/// several threads, so they may come slightly out of order: a few chunks
+/// stay at hand, and nothing asked for is asked again while it is near.
 struct Chunks {
     conn: Arc<Conn>,
     handle: u64,
     size: u64,
-    /// Chunks asked for and not yet taken, in order.
-    ahead: VecDeque<(u64, Answer)>,
-    /// The last chunk taken.
-    current: Option<(u64, Vec<u8>)>,
+    /// Chunks asked for, not yet taken.
+    ahead: std::collections::BTreeMap<u64, Answer>,
+    /// Chunks taken, the most recent last; at most `FILL_DEPTH`.
+    done: VecDeque<(u64, Vec<u8>)>,
 }
 
 impl Chunks {
+    fn held(&self, k: u64) -> Option<usize> {
+        self.done.iter().position(|(c, _)| *c == k)
+    }
+
     /// Chunk `k`, with up to `depth` chunks from `k` on asked for.
     fn get(&mut self, k: u64, depth: usize) -> Result<&[u8]> {
-        if self.current.as_ref().is_none_or(|(c, _)| *c != k) {
-            while self.ahead.front().is_some_and(|(c, _)| *c < k) {
-                self.ahead.pop_front();
+        if let Some(i) = self.held(k) {
+            return Ok(&self.done[i].1);
+        }
+        let chunk = u64::from(CHUNK);
+        for c in k..k + depth.max(1) as u64 {
+            if c * chunk >= self.size {
+                break;
             }
-            if self.ahead.front().is_some_and(|(c, _)| *c != k) {
-                // A jump: what was fetched ahead is of no use.
-                self.ahead.clear();
-            }
-            let mut want = self.ahead.back().map_or(k, |(c, _)| c + 1);
-            while self.ahead.len() < depth.max(1) && want * u64::from(CHUNK) < self.size {
-                let answer = self.conn.start(Op::Read(self.handle, want * u64::from(CHUNK), CHUNK));
-                self.ahead.push_back((want, Box::pin(answer)));
-                want += 1;
-            }
-            let Some((_, answer)) = self.ahead.pop_front() else {
-                return Ok(&[]);
-            };
-            match self.conn.runtime.block_on(answer) {
-                Ok(Reply::Bytes(b)) => self.current = Some((k, b)),
-                Ok(other) => return Err(unexpected(other)),
-                Err((code, _)) => return Err(Errno::from_i32(code)),
+            if !self.ahead.contains_key(&c) && self.held(c).is_none() {
+                let answer = self.conn.start(Op::Read(self.handle, c * chunk, CHUNK));
+                self.ahead.insert(c, Box::pin(answer));
             }
         }
-        Ok(self.current.as_ref().map_or(&[][..], |(_, b)| &b[..]))
+        // Far behind the reader now: a jump left them; their answers are dropped.
+        let keep_from = k.saturating_sub(FILL_DEPTH as u64);
+        self.ahead.retain(|c, _| *c >= keep_from);
+        let Some(answer) = self.ahead.remove(&k) else {
+            // At or past the end.
+            return Ok(&[]);
+        };
+        let bytes = match self.conn.runtime.block_on(answer) {
+            Ok(Reply::Bytes(b)) => b,
+            Ok(other) => return Err(unexpected(other)),
+            Err((code, _)) => return Err(Errno::from_i32(code)),
+        };
+        if self.done.len() >= FILL_DEPTH {
+            self.done.pop_front();
+        }
+        self.done.push_back((k, bytes));
+        Ok(self.done.back().map_or(&[][..], |(_, b)| &b[..]))
     }
 
     /// Up to `len` bytes at `offset`, fetching ahead when reads follow one
@@ -889,7 +901,7 @@ impl Chunks {
         let mut pos = offset;
         while pos < end {
             let k = pos / u64::from(CHUNK);
-            let in_order = self.current.as_ref().is_some_and(|(c, _)| *c == k || *c + 1 == k);
+            let in_order = self.ahead.contains_key(&k) || self.done.iter().any(|(c, _)| *c == k || *c + 1 == k);
             let chunk = self.get(k, if in_order { FILL_DEPTH } else { 1 })?;
             let from = (pos - k * u64::from(CHUNK)) as usize;
             if from >= chunk.len() {
