@@ -37,6 +37,8 @@ const MAX_FRAME: usize = (1 << 20) + 4096;
 const CHUNK: u32 = 1 << 20;
 /// Read requests in flight while filling the cache or reading in order.
 const FILL_DEPTH: usize = 8;
+/// How long a reconnection may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handles one connection may hold open on the node.
 const MAX_HANDLES: usize = 4096;
 
@@ -209,7 +211,8 @@ impl Session {
         }
     }
 
-    /// Passes a request on a handle to its lane; `false` if there is none.
+    /// Passes a request on a handle to its lane; gives it back if it is on
+    /// no handle, or on one that is not (or no longer) open.
     fn route(&self, id: u64, op: Op) -> std::result::Result<(), (u64, Op)> {
         let h = match &op {
             Op::Read(h, ..)
@@ -561,31 +564,47 @@ impl Remote {
 
     /// The connection to use: the current one, or a new one if it is gone
     /// (files open on the old one stay failed: their node-side sessions
-    /// went with it, so unpublished writes are lost as in a crash).
+    /// went with it, so unpublished writes are lost as in a crash). One
+    /// thread dials, at most once a second and for at most `DIAL_TIMEOUT`;
+    /// requests meanwhile fail at once with EIO instead of waiting.
     fn conn(&self) -> Arc<Conn> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if conn.closed.load(Ordering::Relaxed) {
-            let mut last = self.last_dial.lock().unwrap_or_else(|e| e.into_inner());
-            if last.elapsed() >= Duration::from_secs(1) {
-                *last = std::time::Instant::now();
-                let runtime = conn.runtime.clone();
-                let fresh = runtime.block_on(async {
-                    let stream = self.dial.dial().await?;
-                    open_conn(stream, &self.addr, self.asked_read_only).await
-                });
-                match fresh {
-                    Ok((fresh, read_only)) => {
-                        if read_only != self.read_only {
-                            tracing::warn!("mount: the tree is now read-only={read_only}; remount to follow");
-                        }
-                        tracing::info!("mount: reconnected to the node");
-                        *conn = fresh;
-                    }
-                    Err(e) => tracing::warn!("mount: reconnecting: {e}"),
+        let current = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !current.closed.load(Ordering::Relaxed) {
+            return current;
+        }
+        let Ok(mut last) = self.last_dial.try_lock() else {
+            return current;
+        };
+        if last.elapsed() < Duration::from_secs(1) {
+            return current;
+        }
+        *last = std::time::Instant::now();
+        let dial = async {
+            let stream = self.dial.dial().await?;
+            open_conn(stream, &self.addr, self.asked_read_only).await
+        };
+        // The timer is made inside the runtime, whose clock it needs.
+        let fresh = current
+            .runtime
+            .block_on(async { tokio::time::timeout(DIAL_TIMEOUT, dial).await });
+        match fresh {
+            Ok(Ok((fresh, read_only))) => {
+                if read_only != self.read_only {
+                    tracing::warn!("mount: the tree is now read-only={read_only}; remount to follow");
                 }
+                tracing::info!("mount: reconnected to the node");
+                *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                fresh
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("mount: reconnecting: {e}");
+                current
+            }
+            Err(_) => {
+                tracing::warn!("mount: reconnecting: no answer within {} s", DIAL_TIMEOUT.as_secs());
+                current
             }
         }
-        conn.clone()
     }
 
     fn call(&self, op: Op) -> Result<Reply> {
