@@ -448,7 +448,7 @@ impl tokio::io::AsyncWrite for HashWriter {
 }
 
 /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
-pub(crate) fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+pub fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; len];
     let mut done = 0;

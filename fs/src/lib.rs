@@ -40,6 +40,7 @@ mod tree;
 mod types;
 mod write;
 
+pub use blobs::read_at;
 pub use error::{Error, Result};
 pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
 pub use name::{

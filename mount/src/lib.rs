@@ -47,7 +47,6 @@ pub struct Mount {
     backend: Arc<dyn Backend>,
     /// Owner shown on every entry (ownership is not stored).
     owner: (u32, u32),
-    read_only: bool,
     handles: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
     /// The write handles open on each file, for sizes before close.
     writers: Mutex<HashMap<EntryId, Vec<Arc<Mutex<Handle>>>>>,
@@ -123,6 +122,15 @@ fn nanos(t: TimeOrNow) -> i64 {
     }
 }
 
+/// A name to make or find in a directory.
+fn child_name(name: &OsStr) -> Result<&str, Errno> {
+    let name = name_of(name)?;
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(Errno::EINVAL);
+    }
+    Ok(name)
+}
+
 fn name_of(name: &OsStr) -> Result<&str, Errno> {
     let name = name.to_str().ok_or(Errno::EINVAL)?;
     if name.len() > alknet_fs::MAX_COMPONENT {
@@ -135,7 +143,6 @@ impl Mount {
     /// The filesystem of `backend`'s tree, every entry shown as `owner`'s.
     pub fn new(backend: Arc<dyn Backend>, owner: (u32, u32)) -> Mount {
         Mount {
-            read_only: backend.read_only(),
             backend,
             owner,
             handles: Mutex::new(HashMap::new()),
@@ -146,7 +153,7 @@ impl Mount {
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.backend.read_only()
     }
 
     fn attr(&self, e: &Entry) -> FileAttr {
@@ -219,19 +226,6 @@ impl Mount {
             Ok(None) => Err(Errno::ENOENT),
             Err(e) => Err(e),
         }
-    }
-
-    /// A name to make or find in a directory.
-    fn child_name<'n>(&self, name: &'n OsStr) -> Result<&'n str, Errno> {
-        let name = name_of(name)?;
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(Errno::EINVAL);
-        }
-        Ok(name)
-    }
-
-    fn writable(&self) -> Result<(), Errno> {
-        if self.read_only { Err(Errno::EROFS) } else { Ok(()) }
     }
 
     fn add_handle(&self, h: Handle) -> (FileHandle, Arc<Mutex<Handle>>) {
@@ -320,6 +314,27 @@ impl Mount {
         session.as_mut().ok_or(Errno::EIO)
     }
 
+    /// Hands the entries of directory handle `fh` from `offset` on to `add`
+    /// (with the offset of the entry after each) until it says it is full.
+    fn list_from(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        mut add: impl FnMut(u64, &str, &FileAttr) -> bool,
+    ) -> Result<(), Errno> {
+        let h = self.handle(fh)?;
+        let h = h.lock().unwrap_or_else(|e| e.into_inner());
+        let Handle::Dir(entries) = &*h else {
+            return Err(Errno::EBADF);
+        };
+        for (i, (name, attr)) in entries.iter().enumerate().skip(offset as usize) {
+            if add((i + 1) as u64, name, attr) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn reply_entry(&self, made: Result<Entry, Errno>, reply: ReplyEntry) {
         match made {
             Ok(e) => reply.entry(&TTL, &self.attr(&e), Generation(0)),
@@ -386,7 +401,6 @@ impl Filesystem for Mount {
         reply: ReplyAttr,
     ) {
         let run = || -> Result<Entry, Errno> {
-            self.writable()?;
             // Ownership is not stored: only a no-op chown succeeds.
             if uid.is_some_and(|u| u != self.owner.0) || gid.is_some_and(|g| g != self.owner.1) {
                 return Err(Errno::EPERM);
@@ -447,8 +461,7 @@ impl Filesystem for Mount {
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let run = || -> Result<Entry, Errno> {
-            self.writable()?;
-            let name = self.child_name(name)?;
+            let name = child_name(name)?;
             self.backend.mkdir(id_of(parent), name, mode & !umask & 0o7777)
         };
         self.reply_entry(run(), reply);
@@ -465,8 +478,7 @@ impl Filesystem for Mount {
         reply: ReplyEntry,
     ) {
         let run = || -> Result<Entry, Errno> {
-            self.writable()?;
-            let name = self.child_name(name)?;
+            let name = child_name(name)?;
             let perm = mode & !umask & 0o7777;
             if mode & libc::S_IFMT == libc::S_IFREG {
                 // The empty file is committed at create; nothing more to write.
@@ -480,25 +492,18 @@ impl Filesystem for Mount {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let run = || -> Result<(), Errno> {
-            self.writable()?;
-            self.backend.remove(id_of(parent), self.child_name(name)?)
-        };
+        let run = || -> Result<(), Errno> { self.backend.remove(id_of(parent), child_name(name)?) };
         done(reply, run());
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let run = || -> Result<(), Errno> {
-            self.writable()?;
-            self.backend.rmdir(id_of(parent), self.child_name(name)?)
-        };
+        let run = || -> Result<(), Errno> { self.backend.rmdir(id_of(parent), child_name(name)?) };
         done(reply, run());
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let run = || -> Result<Entry, Errno> {
-            self.writable()?;
-            let name = self.child_name(link_name)?;
+            let name = child_name(link_name)?;
             let target = target.to_str().ok_or(Errno::EINVAL)?;
             self.backend.symlink(id_of(parent), name, target)
         };
@@ -516,12 +521,11 @@ impl Filesystem for Mount {
         reply: ReplyEmpty,
     ) {
         let run = || -> Result<(), Errno> {
-            self.writable()?;
             if flags.contains(RenameFlags::RENAME_EXCHANGE) {
                 return Err(Errno::EINVAL);
             }
-            let from = (id_of(parent), self.child_name(name)?);
-            let to = (id_of(newparent), self.child_name(newname)?);
+            let from = (id_of(parent), child_name(name)?);
+            let to = (id_of(newparent), child_name(newname)?);
             let replace = !flags.contains(RenameFlags::RENAME_NOREPLACE);
             self.backend.rename(from, to, replace)
         };
@@ -538,7 +542,6 @@ impl Filesystem for Mount {
                 let reader = self.backend.open_read(&e)?;
                 return Ok(self.add_handle(Handle::Read(reader)).0);
             }
-            self.writable()?;
             let session = if flags.0 & libc::O_TRUNC != 0 {
                 Some(self.backend.open_write(e.id, true)?)
             } else {
@@ -564,8 +567,7 @@ impl Filesystem for Mount {
         reply: ReplyCreate,
     ) {
         let run = || -> Result<(Entry, FileHandle), Errno> {
-            self.writable()?;
-            let name = self.child_name(name)?;
+            let name = child_name(name)?;
             let (e, session) =
                 self.backend
                     .create(id_of(parent), name, mode & !umask & 0o7777, flags & libc::O_EXCL != 0)?;
@@ -721,20 +723,13 @@ impl Filesystem for Mount {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let h = match self.handle(fh) {
-            Ok(h) => h,
-            Err(e) => return reply.error(e),
-        };
-        let h = h.lock().unwrap_or_else(|e| e.into_inner());
-        let Handle::Dir(entries) = &*h else {
-            return reply.error(Errno::EBADF);
-        };
-        for (i, (name, attr)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(attr.ino, (i + 1) as u64, attr.kind, name) {
-                break;
-            }
+        let listed = self.list_from(fh, offset, |next, name, attr| {
+            reply.add(attr.ino, next, attr.kind, name)
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     /// readdir with each entry's attributes: `ls -l` of a large directory
@@ -747,20 +742,13 @@ impl Filesystem for Mount {
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
-        let h = match self.handle(fh) {
-            Ok(h) => h,
-            Err(e) => return reply.error(e),
-        };
-        let h = h.lock().unwrap_or_else(|e| e.into_inner());
-        let Handle::Dir(entries) = &*h else {
-            return reply.error(Errno::EBADF);
-        };
-        for (i, (name, attr)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(attr.ino, (i + 1) as u64, name, &TTL, attr, Generation(0)) {
-                break;
-            }
+        let listed = self.list_from(fh, offset, |next, name, attr| {
+            reply.add(attr.ino, next, name, &TTL, attr, Generation(0))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

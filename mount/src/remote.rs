@@ -14,7 +14,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -153,12 +152,8 @@ enum Open {
 
 struct Session {
     backend: Local,
-    /// Open handles; `None` once closed (a request racing the close finds
-    /// nothing).
-    handles: Mutex<HashMap<u64, Arc<Mutex<Option<Open>>>>>,
-    /// The queue of each open handle: its requests run one at a time, in
-    /// the order they came, so a client may send writes without waiting.
-    lanes: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, Op)>>>,
+    /// Open handles.
+    handles: Mutex<HashMap<u64, Slot>>,
     /// Answers, to the connection.
     out: mpsc::UnboundedSender<Vec<u8>>,
     this: std::sync::Weak<Session>,
@@ -166,6 +161,16 @@ struct Session {
     /// File content bytes sent and received.
     sent: AtomicU64,
     received: AtomicU64,
+}
+
+/// One open handle on the node.
+struct Slot {
+    /// The reader or writer; `None` once closed (a request racing the
+    /// close finds nothing).
+    open: Arc<Mutex<Option<Open>>>,
+    /// Its queue: its requests run one at a time, in the order they came,
+    /// so a client may send writes without waiting.
+    lane: mpsc::UnboundedSender<(u64, Op)>,
 }
 
 /// What one remote mount session did, for the node's log.
@@ -186,9 +191,9 @@ impl Session {
             return Err(Errno::EMFILE);
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        handles.insert(n, Arc::new(Mutex::new(Some(open))));
         let (lane, queue) = mpsc::unbounded_channel();
-        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).insert(n, lane);
+        let open = Arc::new(Mutex::new(Some(open)));
+        handles.insert(n, Slot { open, lane });
         if let Some(session) = self.this.upgrade() {
             self.backend.runtime().spawn(session.lane(queue));
         }
@@ -223,9 +228,9 @@ impl Session {
             | Op::Forget(h) => *h,
             _ => return Err((id, op)),
         };
-        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        match lanes.get(&h) {
-            Some(lane) => lane.send((id, op)).map_err(|e| e.0),
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        match handles.get(&h) {
+            Some(slot) => slot.lane.send((id, op)).map_err(|e| e.0),
             // Unknown or closed: `run` answers EBADF.
             None => Err((id, op)),
         }
@@ -238,7 +243,7 @@ impl Session {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&h)
-            .cloned()
+            .map(|slot| slot.open.clone())
             .ok_or(Errno::EBADF)?;
         let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
         f(open.as_mut().ok_or(Errno::EBADF)?)
@@ -254,14 +259,13 @@ impl Session {
     /// Ends a handle, after any request still using it. Requests already
     /// in its lane find nothing (EBADF), then the lane ends.
     fn take(&self, h: u64) -> Result<Open> {
-        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).remove(&h);
-        let open = self
+        let slot = self
             .handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&h)
             .ok_or(Errno::EBADF)?;
-        let taken = open.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let taken = slot.open.lock().unwrap_or_else(|e| e.into_inner()).take();
         taken.ok_or(Errno::EBADF)
     }
 
@@ -373,7 +377,6 @@ where
     let session = Arc::new_cyclic(|this| Session {
         backend,
         handles: Mutex::new(HashMap::new()),
-        lanes: Mutex::new(HashMap::new()),
         out,
         this: this.clone(),
         next: AtomicU64::new(1),
@@ -397,7 +400,6 @@ where
     };
     // The client is gone: its lanes end, its unpublished writers are dropped
     // (their files stay as they were) once requests still running finish.
-    session.lanes.lock().unwrap_or_else(|e| e.into_inner()).clear();
     session.handles.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let (sent, received) = (
         session.sent.load(Ordering::Relaxed),
@@ -421,10 +423,6 @@ struct Conn {
 }
 
 impl Conn {
-    async fn call(&self, op: Op) -> std::result::Result<Reply, (i32, String)> {
-        self.start(op).await
-    }
-
     /// Sends a request; the answer comes through the returned future.
     fn start(&self, op: Op) -> impl std::future::Future<Output = WireResult> + use<> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -445,7 +443,7 @@ impl Conn {
 
     fn call_blocking(&self, op: Op) -> Result<Reply> {
         self.runtime
-            .block_on(self.call(op))
+            .block_on(self.start(op))
             .map_err(|(code, _)| Errno::from_i32(code))
     }
 
@@ -528,7 +526,7 @@ async fn open_conn(stream: Stream, addr: &str, read_only: bool) -> std::io::Resu
         reader.fail_all();
     });
     let hello = conn
-        .call(Op::Hello {
+        .start(Op::Hello {
             addr: addr.to_owned(),
             read_only,
         })
@@ -964,18 +962,7 @@ impl Reader for RemoteReader {
         let RemoteReader::Cached(file) = self else {
             return Err(Errno::EIO);
         };
-        let mut buf = vec![0u8; len as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            match file.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        buf.truncate(got);
-        Ok(buf)
+        Ok(alknet_fs::read_at(file, offset, len as usize)?)
     }
 }
 
