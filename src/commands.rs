@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::{BranchCmd, BucketCmd, Cli, Command, RepoCmd, UserCmd};
+use crate::{BranchCmd, BucketCmd, Cli, Command, KeyCmd, RepoCmd, UserCmd};
 
 /// Transfers smaller than this get no progress bar.
 const PROGRESS_MIN: u64 = 16 << 20;
@@ -51,6 +51,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         );
     }
     let store = Store::open(&cli.data).with_context(|| format!("opening {}", cli.data.display()))?;
+    // Every writer on this data directory keeps the same limits.
+    store.set_limits(crate::config::Config::load(store.dir())?.limits.store()?);
     let out = dispatch(&store, cli.command, json).await;
     let closed = store.close().await;
     let code = out?;
@@ -71,21 +73,15 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             ..
         } => return crate::mount::run(store, &addr, &mountpoint, read_only).await,
         Command::User(UserCmd::Add { name, key, admin }) => {
-            let access = access(store)?;
-            let text = std::fs::read_to_string(&key).with_context(|| format!("{}: cannot read", key.display()))?;
-            access.add_user(&name, &alknet_protocols::parse_key(&text)?, admin)?;
+            store.add_user(&name, &read_key(&key)?, admin)?;
             say(json, &serde_json::json!({"added": name, "admin": admin}), || {
                 format!("added user {name}")
             })?;
         }
         Command::User(UserCmd::List) => {
-            let users = access(store)?.list_users()?;
+            let users = store.list_users()?;
             print_list(json, &users, |u| {
-                let grants: Vec<String> = u
-                    .grants
-                    .iter()
-                    .map(|(b, l)| format!("{b}:{l:?}").to_lowercase())
-                    .collect();
+                let grants: Vec<String> = u.grants.iter().map(|(b, l)| format!("{b}:{l}")).collect();
                 format!(
                     "{}{}\t{} keys\t{}",
                     u.name,
@@ -95,15 +91,26 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                 )
             })?;
         }
+        Command::User(UserCmd::Key(KeyCmd::Add { name, key })) => {
+            store.add_user_key(&name, &read_key(&key)?)?;
+            say(json, &serde_json::json!({"user": name, "added_key": key}), || {
+                format!("added a key to user {name}")
+            })?;
+        }
+        Command::User(UserCmd::Key(KeyCmd::Remove { name, key })) => {
+            store.remove_user_key(&name, &read_key(&key)?)?;
+            say(json, &serde_json::json!({"user": name, "removed_key": key}), || {
+                format!("removed a key from user {name}")
+            })?;
+        }
         Command::User(UserCmd::Remove { name }) => {
-            access(store)?.remove_user(&name)?;
+            store.remove_user(&name)?;
             say(json, &serde_json::json!({"removed": name}), || {
                 format!("removed user {name}")
             })?;
         }
         Command::Grant { user, bucket, level } => {
-            alknet_fs::check_bucket_name(&bucket)?;
-            access(store)?.grant(&user, &bucket, level.parse()?)?;
+            store.grant(&user, &bucket, level.parse()?)?;
             say(
                 json,
                 &serde_json::json!({"user": user, "bucket": bucket, "level": level}),
@@ -111,7 +118,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             )?;
         }
         Command::Revoke { user, bucket } => {
-            access(store)?.revoke(&user, &bucket)?;
+            store.revoke(&user, &bucket)?;
             say(json, &serde_json::json!({"user": user, "bucket": bucket}), || {
                 format!("revoked {user} on {bucket}")
             })?;
@@ -162,6 +169,12 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                     forge.delete(&name)?;
                     say(json, &serde_json::json!({"deleted": name}), || {
                         format!("deleted repository {name} (its space is reclaimed by the next gc)")
+                    })?;
+                }
+                RepoCmd::SetHead { name, branch } => {
+                    forge.set_head(&name, &branch)?;
+                    say(json, &serde_json::json!({"repo": name, "head": branch}), || {
+                        format!("HEAD of {name} now names {branch}")
                     })?;
                 }
             }
@@ -233,7 +246,23 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             };
             say(json, &e, || format!("created {path}"))?;
         }
-        Command::Rm { addr, recursive } => {
+        Command::Rm {
+            addr, entry: Some(id), ..
+        } => {
+            let (tree, _) = open_head(store, &addr)?;
+            let path = tree.remove_entry(alknet_fs::EntryId(id))?;
+            say(
+                json,
+                &serde_json::json!({"removed": path.as_str(), "entry": id}),
+                || format!("removed entry {id} ({path})"),
+            )?;
+        }
+        Command::Rm { addr, recursive, .. } => {
+            // GNU rm's rule: `.` and `..` name directories already in use.
+            let raw = addr.rsplit_once(':').map_or("", |(_, p)| p);
+            if raw.rsplit('/').next().is_some_and(|last| last == "." || last == "..") {
+                bail!("{addr}: refusing to remove '.' or '..'");
+            }
             let (tree, path) = open_head(store, &addr)?;
             match tree.stat(&path)? {
                 e if e.is_dir() && !recursive => bail!("{path}: is a directory (use rm -r)"),
@@ -383,8 +412,17 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             let s = store.stats().await?;
             say(json, &s, || {
                 format!(
-                    "buckets: {}\nbranches: {}\nversions: {}\ntree rows: {}\nblobs: {} ({} bytes)\ndisk: {} bytes\npending jobs: {}",
-                    s.buckets, s.branches, s.versions, s.rows, s.blobs, s.blob_bytes, s.disk_bytes, s.pending_jobs
+                    "buckets: {}\nbranches: {}\nversions: {}\ntree rows: {}\nblobs: {} ({} bytes)\ndisk: {} bytes\npending jobs: {}\ncorrupt blobs: {}{}",
+                    s.buckets,
+                    s.branches,
+                    s.versions,
+                    s.rows,
+                    s.blobs,
+                    s.blob_bytes,
+                    s.disk_bytes,
+                    s.pending_jobs,
+                    s.corrupt_blobs.len(),
+                    s.corrupt_blobs.iter().map(|h| format!("\n  {h}")).collect::<String>()
                 )
             })?;
         }
@@ -392,8 +430,10 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn access(store: &Store) -> Result<alknet_protocols::Access> {
-    Ok(alknet_protocols::Access::open(&store.dir().join("alknet.db"))?)
+/// The key in an OpenSSH public key file, as the store keeps it.
+fn read_key(file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    alknet_protocols::parse_key(&text).with_context(|| format!("{}", file.display()))
 }
 
 fn init(data: &Path, admin_key: Option<&Path>, admin_name: &str, json: bool) -> Result<ExitCode> {
@@ -401,23 +441,39 @@ fn init(data: &Path, admin_key: Option<&Path>, admin_name: &str, json: bool) -> 
     let store = Store::open(data).with_context(|| format!("creating the store in {}", data.display()))?;
     let keys = crate::keys::ensure(&data.join("keys"))?;
     let wrote_config = crate::config::Config::write_default(data)?;
-    let access = access(&store)?;
     // The first admin: only while there are no users, so a rerun changes nothing.
     let mut admin = None;
-    if access.user_count()? == 0 {
+    if store.user_count()? > 0
+        && let Some(f) = admin_key
+    {
+        // A rerun with the same key is fine; another key is not silently dropped.
+        let key = read_key(f)?;
+        match store.user_for_key(&key)? {
+            Some(user) if store.is_admin(&user)? => {}
+            Some(user) => bail!(
+                "{}: that key belongs to user {user:?}, who is not an admin",
+                f.display()
+            ),
+            None => bail!(
+                "{} already has users, so --admin-key is not used: add it with `alknet user add NAME --key {} --admin`",
+                data.display(),
+                f.display()
+            ),
+        }
+    }
+    if store.user_count()? == 0 {
         let key_file = match admin_key {
             Some(f) => Some(f.to_path_buf()),
             None => operator_key(),
         };
         if let Some(f) = key_file {
-            let text = std::fs::read_to_string(&f).with_context(|| format!("{}: cannot read", f.display()))?;
-            access.add_user(admin_name, &alknet_protocols::parse_key(&text)?, true)?;
+            store.add_user(admin_name, &read_key(&f)?, true)?;
             admin = Some(format!("{admin_name} (key {})", f.display()));
         }
     }
     let fresh = !existed || keys.created || wrote_config || admin.is_some();
     let verb = if fresh { "initialized" } else { "already initialized" };
-    let no_users = access.user_count()? == 0;
+    let no_users = store.user_count()? == 0;
     say(
         json,
         &serde_json::json!({

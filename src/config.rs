@@ -27,6 +27,21 @@ default_branch = "main"
 create_on_push = false
 # Repositories that accept non-fast-forward (force) pushes; all others refuse them.
 allow_force_push = []
+
+[limits]
+# Connections open at once (SSH over TCP and QUIC); more are closed as they
+# arrive. Never more than the open-file limit allows.
+max_connections = 1000
+# Connections open at once that have not logged in yet (OpenSSH: MaxStartups).
+max_startups = 100
+# Seconds a connection may take to log in (OpenSSH: LoginGraceTime).
+login_grace_secs = 120
+# The largest file anyone may store, e.g. "100GiB"; "none": as large as
+# the disk's free space allows. Checked as a file grows, before its bytes are made.
+max_file_size = "none"
+# Free space on the data directory's disk that writes never use, so the
+# node can always commit and keep serving.
+disk_reserve = "256MiB"
 "#;
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +51,68 @@ pub(crate) struct Config {
     pub(crate) quic: Listen,
     #[serde(default)]
     pub(crate) git: Git,
+    #[serde(default)]
+    pub(crate) limits: Limits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
+    pub(crate) max_startups: usize,
+    pub(crate) login_grace_secs: u64,
+    pub(crate) max_file_size: String,
+    pub(crate) disk_reserve: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let d = alknet_protocols::Limits::default();
+        Limits {
+            max_connections: d.max_connections,
+            max_startups: d.max_startups,
+            login_grace_secs: d.login_grace.as_secs(),
+            max_file_size: "none".into(),
+            disk_reserve: format!("{}MiB", alknet_fs::DEFAULT_DISK_RESERVE >> 20),
+        }
+    }
+}
+
+/// File descriptors kept back from connections for the store, the blob
+/// store, git packs and the QUIC socket.
+const FDS_KEPT: u64 = 128;
+
+impl Limits {
+    /// The write limits of the store.
+    pub(crate) fn store(&self) -> Result<alknet_fs::Limits> {
+        let mut l = alknet_fs::Limits::default();
+        l.max_file_size = match self.max_file_size.trim() {
+            "none" => None,
+            size => Some(alknet_fs::parse_size(size).context("limits.max_file_size in alknet.toml")?),
+        };
+        l.disk_reserve = alknet_fs::parse_size(&self.disk_reserve).context("limits.disk_reserve in alknet.toml")?;
+        Ok(l)
+    }
+
+    /// The connection limits, with `max_connections` brought under what
+    /// `open_files` (the process's limit) allows.
+    pub(crate) fn connections(&self, open_files: Option<u64>) -> alknet_protocols::Limits {
+        let mut l = alknet_protocols::Limits::default();
+        l.max_connections = self.max_connections.max(1);
+        if let Some(fds) = open_files {
+            let fit = usize::try_from(fds.saturating_sub(FDS_KEPT).max(1)).unwrap_or(usize::MAX);
+            if fit < l.max_connections {
+                tracing::warn!(
+                    "limits.max_connections = {} is more than the open-file limit ({fds}) allows: {fit}",
+                    l.max_connections
+                );
+                l.max_connections = fit;
+            }
+        }
+        l.max_startups = self.max_startups.clamp(1, l.max_connections);
+        l.login_grace = std::time::Duration::from_secs(self.login_grace_secs.max(1));
+        l
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +203,11 @@ mod tests {
     fn defaults_parse_and_bad_keys_are_named() {
         let c: Config = toml::from_str(DEFAULT).expect("the defaults parse");
         assert_eq!(c.ssh.listen.port(), 2222);
+        let written = c.limits.store().expect("the limits parse");
+        let missing = Limits::default().store().expect("the default limits parse");
+        assert_eq!(written, missing, "a file without [limits] means what init writes");
+        assert_eq!(written.disk_reserve, alknet_fs::DEFAULT_DISK_RESERVE);
+        assert_eq!(written.max_file_size, None);
         let text = "[ssh]\nlisen = \"x\"\n[quic]\nlisten = \"127.0.0.1:1\"\n";
         let err = toml::from_str::<Config>(text).expect_err("a typo is refused");
         let line = one_line(text, &err);

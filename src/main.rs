@@ -169,6 +169,10 @@ enum Command {
         addr: String,
         #[arg(short, long)]
         recursive: bool,
+        /// Remove entry ID (as `stat` and `fsck` show it) and everything
+        /// below it, wherever it is in ADDR's tree: for names no path can spell.
+        #[arg(long, value_name = "ID")]
+        entry: Option<i64>,
     },
     /// Move or rename within one bucket@branch (replaces an existing file).
     Mv { from: String, to: String },
@@ -244,6 +248,8 @@ enum RepoCmd {
     List,
     /// Delete a repository, its refs, packs and published branches.
     Delete { name: String },
+    /// Point HEAD (what a clone checks out) at an existing branch.
+    SetHead { name: String, branch: String },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +268,25 @@ enum UserCmd {
     List,
     /// Remove a user and their grants.
     Remove { name: String },
+    /// Give a user another key, or take one away.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Let user NAME also log in with this public key.
+    Add {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Take a key from user NAME (not their last: remove the user instead).
+    Remove {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

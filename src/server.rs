@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use alknet_fs::Store;
 use anyhow::{Context, Result};
@@ -29,12 +28,12 @@ pub(crate) async fn run(
     let keys = store.dir().join("keys");
     let host_key = alknet_protocols_host_key(&keys.join("ssh_host_ed25519_key"))?;
     let node_key = crate::keys::node_secret(&keys.join("node.key"))?;
-    let access = Arc::new(alknet_protocols::Access::open(&store.dir().join("alknet.db"))?);
-    if access.user_count()? == 0 {
+    if store.user_count()? == 0 {
         tracing::warn!("there are no users yet: nobody can log in (alknet user add NAME --key FILE --admin)");
     }
     let forge = alknet_forge::Forge::new(store.clone(), config.git.forge());
-    let server = alknet_protocols::SshServer::new(forge, access, host_key);
+    let limits = config.limits.connections(raise_open_file_limit());
+    let server = alknet_protocols::SshServer::new(forge, host_key, limits);
 
     let tcp = tokio::net::TcpListener::bind(ssh_addr)
         .await
@@ -55,7 +54,7 @@ pub(crate) async fn run(
 
     // Deletions queue a collection; this process holds the blob store, so it runs them.
     let gc = tokio::spawn(store.clone().gc_task(GC_EVERY));
-    alknet_protocols::serve(server, Some(tcp), endpoint, shutdown_signal()).await?;
+    alknet_protocols::serve(server, Some(tcp), endpoint, shutdown_signal()).await;
     gc.abort();
     tracing::info!("shut down");
     Ok(ExitCode::SUCCESS)
@@ -66,6 +65,21 @@ fn alknet_protocols_host_key(path: &std::path::Path) -> Result<russh_keys::Priva
 }
 
 use russh::keys as russh_keys;
+
+/// Raises the soft limit on open files to the hard limit (a service's
+/// default soft limit, often 1024, is far below what a busy node needs);
+/// returns the limit now in force.
+fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

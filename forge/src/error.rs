@@ -8,6 +8,8 @@ pub enum Error {
     NoSuchRepo(String),
     #[error("invalid repository name {0:?}")]
     BadRepoName(String),
+    #[error("there is no branch {0}")]
+    NoSuchBranch(String),
     #[error("{0:?} is a bucket, not a git repository")]
     NotARepo(String),
     /// The client broke the protocol: a malformed line, an unknown command.

@@ -102,8 +102,15 @@ impl Repo {
             .ok_or_else(|| Error::Objects(format!("tree {tree} is missing")))?;
         for entry in gix_object::TreeRefIter::from_bytes(data.data, gix_hash::Kind::Sha1) {
             let entry = entry.map_err(Error::objects)?;
-            let name = String::from_utf8_lossy(entry.filename).into_owned();
-            out.insert(name, (entry.mode, entry.oid.to_owned()));
+            let Ok(name) = std::str::from_utf8(entry.filename) else {
+                tracing::warn!(
+                    repo = self.name(),
+                    "not publishing {:?} in tree {tree}: not UTF-8",
+                    entry.filename
+                );
+                continue;
+            };
+            out.insert(name.to_owned(), (entry.mode, entry.oid.to_owned()));
         }
         Ok(out)
     }
@@ -120,16 +127,20 @@ impl Repo {
         let old = self.tree_entries(old, buf)?;
         let new = self.tree_entries(new, buf)?;
         for name in old.keys() {
-            if !new.contains_key(name) {
-                out.push(Change::Remove(at.join(name)));
+            if !new.contains_key(name)
+                && let Some(path) = publishable(at, name)
+            {
+                out.push(Change::Remove(path));
             }
         }
         for (name, (mode, id)) in &new {
-            let path = at.join(name);
-            if BucketPath::parse(path.as_str()).is_err() {
-                tracing::warn!(repo = self.name(), "not publishing {path}: not a valid path");
+            let Some(path) = publishable(at, name) else {
+                tracing::warn!(
+                    repo = self.name(),
+                    "not publishing {at} / {name:?}: not a name a file may have"
+                );
                 continue;
-            }
+            };
             let before = old.get(name);
             if before == Some(&(*mode, *id)) {
                 continue;
@@ -211,4 +222,13 @@ impl Repo {
         }
         Ok(())
     }
+}
+
+/// The path of tree entry `name` below `at`, if the store's name rule
+/// takes it and git would check it out (`.git` is never a file of a work tree).
+fn publishable(at: &BucketPath, name: &str) -> Option<BucketPath> {
+    if name.eq_ignore_ascii_case(".git") {
+        return None;
+    }
+    at.child(name).ok()
 }

@@ -94,7 +94,7 @@ pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Wr
             .parent()
             .unwrap_or(&repo.objects)
             .join("incoming")
-            .join(format!("{:016x}", rand::random::<u64>())),
+            .join(crate::repo::quarantine_name()),
     );
     let unpacked = if needs_pack {
         receive_objects(&repo, input.raw(), &quarantine.0, &commands)
@@ -136,6 +136,14 @@ pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Wr
             }
         }
         update_refs(&repo, &mut commands, atomic)?;
+        let pushed: Vec<&str> = commands
+            .iter()
+            .filter(|c| c.error.is_none() && !c.new.is_null())
+            .map(|c| c.name.as_str())
+            .collect();
+        if let Err(e) = repo.adopt_head(&pushed) {
+            tracing::warn!(repo = repo.name(), "pointing HEAD at a pushed branch failed: {e}");
+        }
         tracing::debug!(repo = repo.name(), ?checked, stored = ?started.elapsed(), "push received");
         for c in commands.iter().filter(|c| c.error.is_none()) {
             let new = (!c.new.is_null()).then_some(c.new);

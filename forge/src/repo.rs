@@ -82,7 +82,10 @@ pub fn repo_name(path: &str) -> Result<String, Error> {
 impl Forge {
     /// The forge of `store`; blocking calls reach the store's async side
     /// through the current tokio runtime.
+    /// The forge of `store`. Quarantines that a dead process left (a server
+    /// killed mid-push) are removed here.
     pub fn new(store: Store, config: ForgeConfig) -> Forge {
+        remove_dead_quarantines(&store.dir().join("git"));
         Forge {
             inner: Arc::new(Inner {
                 root: store.dir().join("git"),
@@ -151,6 +154,26 @@ impl Forge {
 
     /// Deletes a repository: its bucket (refs, packs, published branches)
     /// and its pack directory. The next GC reclaims the blobs.
+    /// Points HEAD (the branch a clone checks out) at `branch`, which must exist.
+    pub fn set_head(&self, name: &str, branch: &str) -> Result<(), Error> {
+        let name = self.check(name)?;
+        let target = format!("refs/heads/{}", branch.strip_prefix("refs/heads/").unwrap_or(branch));
+        let refs = self.inner.store.refs(&name)?;
+        if !refs.iter().any(|(n, _)| *n == target) {
+            return Err(Error::NoSuchBranch(target));
+        }
+        let old = refs.iter().find(|(n, _)| n == HEAD).map(|(_, v)| v.clone());
+        self.inner.store.update_refs(
+            &name,
+            &[RefUpdate {
+                name: HEAD.into(),
+                old,
+                new: Some(format!("ref: {target}")),
+            }],
+        )?;
+        Ok(())
+    }
+
     pub fn delete(&self, name: &str) -> Result<(), Error> {
         let name = self.check(name)?;
         self.inner.store.delete_bucket(&name)?;
@@ -243,6 +266,38 @@ pub(crate) fn open_odb(objects: &Path) -> Result<Odb, Error> {
     Ok(odb)
 }
 
+/// The name of a new push quarantine, `git/<repo>/incoming/<pid>-<random>`:
+/// the pid tells a later process whether its owner is still alive.
+pub(crate) fn quarantine_name() -> String {
+    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
+}
+
+/// Removes every `git/*/incoming/*` whose process is gone (or that has no
+/// pid in its name: an older alknet's, which never outlives its push).
+fn remove_dead_quarantines(git: &Path) {
+    let Ok(repos) = std::fs::read_dir(git) else { return };
+    for repo in repos.flatten() {
+        let Ok(entries) = std::fs::read_dir(repo.path().join("incoming")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_string_lossy()
+                .split_once('-')
+                .and_then(|(p, _)| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(alknet_fs::process_alive);
+            if alive {
+                continue;
+            }
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => tracing::info!("removed {}, left by a push that never finished", e.path().display()),
+                Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
 fn head_of(refs: &[(String, String)], config: &ForgeConfig) -> String {
     refs.iter()
         .find(|(n, _)| n == HEAD)
@@ -295,6 +350,48 @@ impl Repo {
     /// What HEAD names (`refs/heads/main`).
     pub(crate) fn head(&self) -> Result<String, Error> {
         Ok(head_of(&self.store().refs(&self.name)?, self.forge.config()))
+    }
+
+    /// Points a HEAD that names a missing branch at one of the branches just
+    /// `pushed` — the default branch, else `main`, else `master`, else the
+    /// first — as Gitea and GitHub do: a mirror push of a `master` project
+    /// into a new repository must not leave it looking empty to a clone.
+    pub(crate) fn adopt_head(&self, pushed: &[&str]) -> Result<(), Error> {
+        let raw = self.raw_refs()?;
+        let head = head_of(&raw, self.forge.config());
+        if raw.iter().any(|(n, _)| *n == head) {
+            return Ok(());
+        }
+        let branches: Vec<&str> = pushed
+            .iter()
+            .copied()
+            .filter(|n| n.starts_with("refs/heads/"))
+            .collect();
+        let default = format!("refs/heads/{}", self.forge.config().default_branch);
+        let Some(choice) = [default.as_str(), "refs/heads/main", "refs/heads/master"]
+            .into_iter()
+            .find(|b| branches.contains(b))
+            .or_else(|| branches.first().copied())
+        else {
+            return Ok(());
+        };
+        let old = raw.iter().find(|(n, _)| n == HEAD).map(|(_, v)| v.clone());
+        match self.store().update_refs(
+            &self.name,
+            &[RefUpdate {
+                name: HEAD.into(),
+                old,
+                new: Some(format!("ref: {choice}")),
+            }],
+        ) {
+            Ok(()) => {
+                tracing::info!(repo = self.name(), "HEAD now names {choice}, the branch pushed first");
+                Ok(())
+            }
+            // Another push or set-head chose meanwhile.
+            Err(alknet_fs::Error::RefChanged { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The raw refs of the store (including HEAD and bookkeeping refs).

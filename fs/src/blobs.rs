@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use iroh_blobs::api::TempTag;
 use iroh_blobs::api::blobs::{AddPathOptions, AddProgressItem, BlobStatus, ImportMode};
+use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt};
 use iroh_blobs::store::fs::FsStore;
 use iroh_blobs::store::fs::options::{InlineOptions, Options, PathOptions};
 use iroh_blobs::store::{GcConfig, ProtectOutcome};
@@ -186,97 +187,60 @@ impl Blobs {
         self.store().await?.sync_db().await.map_err(Error::blobs)
     }
 
-    /// Opens a blob for repeated range reads: its data file once, if it has one.
-    pub(crate) async fn open(&self, hash: &BlobHash) -> Result<Option<std::fs::File>> {
-        self.data_file(hash).await
-    }
-
-    /// Reads `len` bytes at `offset` (fewer at the end of the blob).
+    /// Reads `len` bytes at `offset` (fewer at the end of the blob), verified.
     pub(crate) async fn read_range(&self, hash: &BlobHash, offset: u64, len: u64) -> Result<Vec<u8>> {
-        if let Some(file) = self.data_file(hash).await? {
-            let len = usize::try_from(len).map_err(|_| Error::Blobs(format!("a {len}-byte read is too large")))?;
-            return tokio::task::spawn_blocking(move || read_at(&file, offset, len))
-                .await
-                .map_err(Error::blobs)?
-                .map_err(Error::from);
+        let cap = usize::try_from(len.min(1 << 24)).unwrap_or(1 << 24);
+        let mut out = Vec::with_capacity(cap);
+        let mut read = self.read_verified(hash, offset..offset.saturating_add(len)).await?;
+        while let Some(bytes) = read.next().await? {
+            out.extend_from_slice(&bytes);
         }
-        let store = self.store().await?;
-        store
-            .blobs()
-            .export_ranges(Hash::from_bytes(hash.0), offset..offset.saturating_add(len))
-            .concatenate()
-            .await
-            .map_err(|e| Error::Blobs(format!("reading {hash}: {e}")))
+        Ok(out)
     }
 
-    /// Streams the whole blob into `out`, returning the bytes written.
+    /// The bytes of `range` of the blob, in order, each checked against the
+    /// blob's BLAKE3 tree first (see [`Verified`]).
+    pub(crate) async fn read_verified(&self, hash: &BlobHash, range: std::ops::Range<u64>) -> Result<Verified> {
+        let store = self.store().await?;
+        let items = store
+            .blobs()
+            .export_bao(Hash::from_bytes(hash.0), ChunkRanges::bytes(range.clone()))
+            .stream();
+        Ok(Verified {
+            hash: *hash,
+            items: Box::pin(items),
+            next: range.start,
+            end: range.end,
+        })
+    }
+
+    /// Streams the whole blob into `out`, verified, returning the bytes written.
     pub(crate) async fn copy_to(
         &self,
         hash: &BlobHash,
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64> {
-        use iroh_blobs::api::proto::ExportRangesItem;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        if let Some(file) = self.data_file(hash).await? {
-            let mut file = tokio::fs::File::from_std(file);
-            let mut buf = vec![0u8; 1 << 20];
-            let mut written = 0;
-            loop {
-                let n = file.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok(written);
-                }
-                out.write_all(&buf[..n]).await?;
-                written += n as u64;
-                progress(written);
-            }
-        }
-        let store = self.store().await?;
-        let mut items = store
-            .blobs()
-            .export_ranges(Hash::from_bytes(hash.0), 0..u64::MAX)
-            .stream();
+        use tokio::io::AsyncWriteExt;
+        let mut read = self.read_verified(hash, 0..u64::MAX).await?;
         let mut written = 0;
-        while let Some(item) = items.next().await {
-            match item {
-                ExportRangesItem::Size(_) => {}
-                ExportRangesItem::Data(leaf) => {
-                    if leaf.offset != written {
-                        return Err(Error::Blobs(format!(
-                            "reading {hash}: expected offset {written}, got {}",
-                            leaf.offset
-                        )));
-                    }
-                    out.write_all(&leaf.data).await?;
-                    written += leaf.data.len() as u64;
-                    progress(written);
-                }
-                ExportRangesItem::Error(e) => return Err(Error::Blobs(format!("reading {hash}: {e}"))),
-            }
+        while let Some(bytes) = read.next().await? {
+            out.write_all(&bytes).await?;
+            written += bytes.len() as u64;
+            progress(written);
         }
         Ok(written)
     }
 
-    /// Writes the blob to a file (streaming).
+    /// Writes the blob to a file (streaming, verified).
     pub(crate) async fn export(&self, hash: &BlobHash, target: &Path) -> Result<u64> {
-        if let Some(file) = self.data_file(hash).await? {
-            let target = target.to_owned();
-            return tokio::task::spawn_blocking(move || {
-                let mut out = std::fs::File::create(&target).map_err(|e| Error::io(&target, e))?;
-                // std::io::copy between files uses copy_file_range: no bytes pass through us.
-                std::io::copy(&mut &file, &mut out).map_err(|e| Error::io(&target, e))
-            })
+        use tokio::io::AsyncWriteExt;
+        let mut out = tokio::fs::File::create(target)
             .await
-            .map_err(Error::blobs)?;
-        }
-        self.store()
-            .await?
-            .blobs()
-            .export(Hash::from_bytes(hash.0), target)
-            .finish()
-            .await
-            .map_err(|e| Error::Blobs(format!("exporting {hash} to {}: {e}", target.display())))
+            .map_err(|e| Error::io(target, e))?;
+        let n = self.copy_to(hash, &mut out, &|_| {}).await?;
+        out.flush().await.map_err(|e| Error::io(target, e))?;
+        Ok(n)
     }
 
     /// Makes `target` a file holding the blob: a hard link to the store's own
@@ -290,24 +254,6 @@ impl Blobs {
             }
         }
         self.export(hash, target).await.map(drop)
-    }
-
-    /// The blob's data file, opened, if the blob is complete and stored as a
-    /// file (not inlined in the store's database). A complete blob's file
-    /// never changes, so reading it directly is as good as asking the store —
-    /// and much faster: no message per 16 KiB. Unlinking by GC cannot pull the
-    /// bytes from under an open descriptor.
-    async fn data_file(&self, hash: &BlobHash) -> Result<Option<std::fs::File>> {
-        match self.complete_size(hash).await? {
-            Some(size) if size > self.inline_limit => {}
-            _ => return Ok(None),
-        }
-        let path = self.paths.data_path(&Hash::from_bytes(hash.0));
-        match std::fs::File::open(&path) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(path, e)),
-        }
     }
 
     /// `Some(size)` if the blob is stored completely.
@@ -328,8 +274,11 @@ impl Blobs {
     /// Reads the whole blob and checks that its bytes hash to its name.
     pub(crate) async fn verify(&self, hash: &BlobHash) -> Result<bool> {
         let mut sink = HashWriter(blake3::Hasher::new());
-        self.copy_to(hash, &mut sink, &|_| {}).await?;
-        Ok(*sink.0.finalize().as_bytes() == hash.0)
+        match self.copy_to(hash, &mut sink, &|_| {}).await {
+            Ok(_) => Ok(*sink.0.finalize().as_bytes() == hash.0),
+            Err(Error::Corrupt(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every hash the blob store holds, complete or partial.
@@ -351,7 +300,7 @@ impl Blobs {
         let (start_tx, start_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         {
-            let mut st = self.gc.lock().expect("gc state poisoned");
+            let mut st = self.gc.lock().unwrap_or_else(|e| e.into_inner());
             st.request = Some(live.into_iter().map(|h| Hash::from_bytes(h.0)).collect());
             st.starting = Some(start_tx);
             st.running = Some(done_tx);
@@ -466,7 +415,7 @@ pub fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result
 
 /// The protect callback: runs before every GC pass of iroh-blobs.
 fn gc_callback(gc: &Mutex<GcState>, live: &mut HashSet<Hash>) -> ProtectOutcome {
-    let mut st = gc.lock().expect("gc state poisoned");
+    let mut st = gc.lock().unwrap_or_else(|e| e.into_inner());
     // Being called again means the previous pass (if ours) has finished.
     if st.starting.is_none()
         && let Some(done) = st.running.take()
@@ -528,4 +477,58 @@ fn claim(dir: &Path) -> Result<std::fs::File> {
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
     Ok(file)
+}
+
+/// A failed validated export as the store's error: a hash mismatch is
+/// corruption; anything else a fault of the blob store.
+fn encode_error(hash: &BlobHash, e: bao_tree::io::EncodeError) -> Error {
+    use bao_tree::io::EncodeError;
+    match e {
+        EncodeError::ParentHashMismatch(_) | EncodeError::LeafHashMismatch(_) | EncodeError::SizeMismatch => {
+            Error::Corrupt(hash.to_string())
+        }
+        e => Error::blobs(format!("reading {hash}: {e}")),
+    }
+}
+
+/// A verified read of a range of one blob: iroh-blobs' validated bao export
+/// hashes each 16 KiB group and the parents above it up to the root, which
+/// is the blob's name, before it hands the group on. A mismatch ends the
+/// read with [`Error::Corrupt`]; no byte of a group that fails comes out.
+pub(crate) struct Verified {
+    hash: BlobHash,
+    items: std::pin::Pin<Box<dyn n0_future::Stream<Item = iroh_blobs::api::blobs::EncodedItem> + Send>>,
+    /// The next byte to hand on, and the end of the range.
+    next: u64,
+    end: u64,
+}
+
+impl Verified {
+    /// The next verified bytes, or `None` at the end of the range (or blob).
+    pub(crate) async fn next(&mut self) -> Result<Option<bytes::Bytes>> {
+        use iroh_blobs::api::blobs::EncodedItem;
+        while let Some(item) = self.items.next().await {
+            match item {
+                EncodedItem::Leaf(leaf) => {
+                    let start = leaf.offset;
+                    let (from, to) = (start.max(self.next), (start + leaf.data.len() as u64).min(self.end));
+                    if from >= to {
+                        continue;
+                    }
+                    if from != self.next {
+                        return Err(Error::Blobs(format!(
+                            "reading {}: expected offset {}, got {from}",
+                            self.hash, self.next
+                        )));
+                    }
+                    self.next = to;
+                    return Ok(Some(leaf.data.slice((from - start) as usize..(to - start) as usize)));
+                }
+                EncodedItem::Error(e) => return Err(encode_error(&self.hash, e)),
+                EncodedItem::Size(_) | EncodedItem::Parent(_) => {}
+                EncodedItem::Done => break,
+            }
+        }
+        Ok(None)
+    }
 }

@@ -22,12 +22,28 @@ use crate::error::{Error, Result};
 ///   (named blobs outside the tree), per bucket. Created by `SCHEMA` itself.
 /// - 4: `nodes.ctime_ns`: when the row was written (the entry's ctime);
 ///   NULL in older rows, which read as their mtime.
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+/// - 5: `users`, `user_keys`, `grants` join the schema (they were kept by the
+///   SSH frontend on a connection of its own); grants are keyed by bucket id,
+///   and grants on buckets that no longer exist are dropped; `corrupt_blobs`.
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 /// Steps from each older schema to the next, applied in order.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, "ALTER TABLE branches ADD COLUMN pruned_before INTEGER;"),
     (3, "ALTER TABLE nodes ADD COLUMN ctime_ns INTEGER;"),
+    (
+        4,
+        "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+             admin INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS user_keys (key TEXT PRIMARY KEY, user_id INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS grants (user_id INTEGER NOT NULL, bucket TEXT NOT NULL, level TEXT NOT NULL);
+         CREATE TABLE grants_by_id (user_id INTEGER NOT NULL, bucket_id INTEGER NOT NULL, level TEXT NOT NULL,
+             PRIMARY KEY (user_id, bucket_id));
+         INSERT INTO grants_by_id SELECT g.user_id, b.id, g.level FROM grants g JOIN buckets b ON b.name = g.bucket
+             JOIN users u ON u.id = g.user_id;
+         DROP TABLE grants;
+         ALTER TABLE grants_by_id RENAME TO grants;",
+    ),
 ];
 
 const SCHEMA: &str = "
@@ -105,6 +121,31 @@ CREATE TABLE IF NOT EXISTS attachments (
     size      INTEGER NOT NULL,
     PRIMARY KEY (bucket_id, name)
 );
+-- Who may log in, with which keys, and what each may do per bucket.
+-- key: the OpenSSH public key without its comment ('ssh-ed25519 AAAA…').
+-- Rows go with their user (Store::remove_user) and grants with their bucket
+-- (Store::delete_bucket), in the same transaction.
+CREATE TABLE IF NOT EXISTS users (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    admin      INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS user_keys (
+    key     TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS grants (
+    user_id   INTEGER NOT NULL,
+    bucket_id INTEGER NOT NULL,
+    level     TEXT NOT NULL,
+    PRIMARY KEY (user_id, bucket_id)
+);
+-- Blobs a verified read found corrupt (hex hash), for `stats` and the operator.
+CREATE TABLE IF NOT EXISTS corrupt_blobs (
+    hash    TEXT PRIMARY KEY,
+    seen_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS write_sessions (
     id         INTEGER PRIMARY KEY,
     staging    TEXT NOT NULL,
@@ -175,13 +216,13 @@ impl Db {
     /// Runs `f` on a reader connection. Reads see the last committed state and
     /// never wait for the writer (WAL).
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.readers.lock().expect("reader pool poisoned").pop();
+        let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
             None => open_conn(&self.path)?,
         };
         let out = f(&conn);
-        let mut pool = self.readers.lock().expect("reader pool poisoned");
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < READER_POOL {
             pool.push(conn);
         }
@@ -192,7 +233,9 @@ impl Db {
     /// once: if another process holds the write lock, the attempt is rolled
     /// back and retried until [`WRITE_WAIT`] has passed.
     pub(crate) fn write<T>(&self, mut f: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.writer.lock().expect("writer poisoned");
+        // A panic inside an earlier `f` poisoned the lock, but its
+        // transaction was rolled back as it unwound: the connection is clean.
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -272,6 +315,7 @@ mod tests {
         let conn = Connection::open(&path).expect("raw connection");
         conn.execute_batch(
             "ALTER TABLE branches DROP COLUMN pruned_before; ALTER TABLE nodes DROP COLUMN ctime_ns;
+             DROP TABLE users; DROP TABLE user_keys; DROP TABLE grants;
              PRAGMA user_version = 1;",
         )
         .expect("make it look like schema 1");
@@ -291,5 +335,63 @@ mod tests {
             })
             .expect("read");
         assert_eq!((version, has_column), (SCHEMA_VERSION, true));
+    }
+
+    /// A panic inside one write transaction rolls it back and leaves the
+    /// database usable for the next (it poisoned the writer's lock once).
+    #[test]
+    fn a_panic_inside_a_write_leaves_the_writer_usable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(&dir.path().join("alknet.db")).expect("create");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            db.write(|tx| -> Result<()> {
+                tx.execute("INSERT INTO buckets (name, created_ms) VALUES ('half', 0)", [])?;
+                panic!("a bug in the middle of a commit")
+            })
+        }));
+        assert!(panicked.is_err());
+        db.write(|tx| {
+            tx.execute("INSERT INTO buckets (name, created_ms) VALUES ('next', 0)", [])?;
+            Ok(())
+        })
+        .expect("the next write works");
+        let names: Vec<String> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT name FROM buckets ORDER BY name")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .expect("read");
+        assert_eq!(names, vec!["next".to_owned()], "the panicking commit left nothing");
+    }
+
+    /// Schema 4 kept grants by bucket name, in tables the SSH frontend made;
+    /// schema 5 keys them by bucket id and drops those on missing buckets.
+    #[test]
+    fn schema_4_grants_move_to_bucket_ids() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("alknet.db");
+        drop(Db::open(&path).expect("create"));
+        let conn = Connection::open(&path).expect("raw connection");
+        conn.execute_batch(
+            "DROP TABLE grants;
+             CREATE TABLE grants (user_id INTEGER NOT NULL, bucket TEXT NOT NULL, level TEXT NOT NULL,
+                 PRIMARY KEY (user_id, bucket));
+             INSERT INTO users (id, name, admin, created_ms) VALUES (1, 'bob', 0, 0);
+             INSERT INTO buckets (id, name, created_ms) VALUES (7, 'photos', 0);
+             INSERT INTO grants VALUES (1, 'photos', 'read'), (1, 'gone', 'write');
+             PRAGMA user_version = 4;",
+        )
+        .expect("make it look like schema 4");
+        drop(conn);
+        let db = Db::open(&path).expect("open and migrate");
+        let grants: Vec<(i64, i64, String)> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT user_id, bucket_id, level FROM grants")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .expect("read");
+        assert_eq!(grants, vec![(1, 7, "read".to_owned())]);
     }
 }

@@ -6,6 +6,10 @@
 
 use std::path::PathBuf;
 
+/// `ENOSPC` on Linux, and how the blob store's errors spell it.
+const ENOSPC: i32 = 28;
+const ENOSPC_TEXT: &str = "No space left on device";
+
 /// A result of a storage-core call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -68,11 +72,36 @@ pub enum Error {
     /// A blob referenced by the tree is not in the blob store.
     #[error("blob {0} is missing from the blob store")]
     MissingBlob(String),
+    /// A blob's bytes do not match its hash: the read is refused (never
+    /// wrong bytes); the store records the blob for `stats` and `fsck`.
+    #[error("blob {0} is corrupt: its bytes on disk do not match their BLAKE3 hash (run alknet fsck)")]
+    Corrupt(String),
     /// A ref update found the ref changed since it was read.
     #[error("ref {name} changed meanwhile (now {})", current.as_deref().unwrap_or("absent"))]
     RefChanged { name: String, current: Option<String> },
+    #[error("user {0:?} does not exist")]
+    NoSuchUser(String),
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("that key already belongs to user {0:?}")]
+    KeyTaken(String),
+    #[error("user {0:?} has no such key")]
+    NoSuchKey(String),
+    #[error("that is the last key of user {0:?}: remove the user instead")]
+    LastKey(String),
+    #[error("user {user:?} has no grant on bucket {bucket:?}")]
+    NoSuchGrant { user: String, bucket: String },
+    /// A file would be larger than `limits.max_file_size`.
+    #[error("{path}: file too large: {} is more than limits.max_file_size ({})", crate::limits::format_size(*size), crate::limits::format_size(*limit))]
+    TooLarge { path: String, size: u64, limit: u64 },
+    /// A write would eat into the disk's reserve, or the disk is full.
+    #[error("{path}: no space left on the data directory's disk{detail}")]
+    NoSpace { path: String, detail: String },
+    /// A size setting does not parse.
+    #[error("invalid size {value:?}: {reason}")]
+    InvalidSize { value: String, reason: &'static str },
     #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(rusqlite::Error),
     #[error("blob store error: {0}")]
     Blobs(String),
     /// A fault inside the store that the caller cannot fix (a newer schema,
@@ -82,19 +111,51 @@ pub enum Error {
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("I/O error: {0}")]
-    Stream(#[from] std::io::Error),
+    Stream(std::io::Error),
 }
 
 impl Error {
+    /// An I/O error on `path`; a full disk is [`Error::NoSpace`].
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
+        let path = path.into();
+        if source.raw_os_error() == Some(ENOSPC) {
+            return Error::no_space(&path.display().to_string());
+        }
+        Error::Io { path, source }
+    }
+
+    /// An error of the blob store; a full disk is [`Error::NoSpace`].
+    pub(crate) fn blobs(e: impl std::fmt::Display) -> Self {
+        let text = e.to_string();
+        if text.contains(ENOSPC_TEXT) {
+            return Error::no_space("the blob store");
+        }
+        Error::Blobs(text)
+    }
+
+    /// A copy of a refusal by the write limits, which a write session keeps
+    /// to report again at close; `None` for every other error.
+    pub(crate) fn refusal(&self) -> Option<Error> {
+        match self {
+            Error::TooLarge { path, size, limit } => Some(Error::TooLarge {
+                path: path.clone(),
+                size: *size,
+                limit: *limit,
+            }),
+            Error::NoSpace { path, detail } => Some(Error::NoSpace {
+                path: path.clone(),
+                detail: detail.clone(),
+            }),
+            _ => None,
         }
     }
 
-    pub(crate) fn blobs(e: impl std::fmt::Display) -> Self {
-        Error::Blobs(e.to_string())
+    /// The disk is full (the write hit `ENOSPC`).
+    pub(crate) fn no_space(what: &str) -> Self {
+        Error::NoSpace {
+            path: what.to_owned(),
+            detail: String::new(),
+        }
     }
 
     /// True for errors caused by the caller's request (bad name, missing path, …)
@@ -107,15 +168,34 @@ impl Error {
                 | Error::Io { .. }
                 | Error::Stream(_)
                 | Error::MissingBlob(_)
+                | Error::Corrupt(_)
                 | Error::Internal(_)
         )
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return Error::no_space("the database");
+        }
+        Error::Db(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        if e.raw_os_error() == Some(ENOSPC) {
+            return Error::no_space("a stream");
+        }
+        Error::Stream(e)
     }
 }
 
 impl From<honker_core::Error> for Error {
     fn from(e: honker_core::Error) -> Self {
         match e {
-            honker_core::Error::Sqlite(e) => Error::Db(e),
+            honker_core::Error::Sqlite(e) => Error::from(e),
         }
     }
 }

@@ -28,10 +28,12 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod blobs;
 mod db;
 pub mod display;
 mod error;
+mod limits;
 mod mutate;
 mod name;
 mod refs;
@@ -40,14 +42,17 @@ mod tree;
 mod types;
 mod write;
 
+pub use access::{Level, User, check_user_name};
 pub use blobs::read_at;
 pub use error::{Error, Result};
+pub use limits::{DEFAULT_DISK_RESERVE, Limits, format_size, parse_size};
 pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
 pub use name::{
     Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, check_branch_name, check_bucket_name,
+    check_entry_name,
 };
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
-pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch};
+pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch, process_alive};
 pub use tree::{EVENT_CHANNEL, FileReader, SetAttr, Tree};
 pub use types::{BlobHash, BranchInfo, BucketInfo, Change, Commit, Entry, EntryId, Kind, SnapshotInfo, Version};
 pub use write::{OpenOptions, WriteSession};

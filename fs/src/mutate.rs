@@ -5,7 +5,7 @@ use rusqlite::{Transaction, params};
 use crate::blobs::Imported;
 use crate::db::{notify, now_ms, now_ns};
 use crate::error::{Error, Result};
-use crate::name::BucketPath;
+use crate::name::{BucketPath, check_entry_name};
 use crate::tree::{SetAttr, Tree};
 use crate::types::{Entry, EntryId, Kind, TOMBSTONE, Version};
 
@@ -137,6 +137,7 @@ impl Tree {
     /// The parent directory of `path` (which must not be the root) and the name.
     fn parent_dir<'p>(&self, rows: &Rows<'_>, path: &'p BucketPath, create: bool) -> Result<(Entry, &'p str)> {
         let (parent_path, name) = path.split_last().ok_or_else(|| Error::Exists("/".into()))?;
+        check_entry_name(name)?;
         let parent = if create {
             self.mkdir_all_in(rows, &parent_path)?
         } else {
@@ -157,6 +158,7 @@ impl Tree {
                 Some(e) if e.is_dir() => e,
                 Some(_) => return Err(Error::NotADirectory(walked.to_string())),
                 None => {
+                    check_entry_name(name)?;
                     let mut e = new_entry(cur.id, name, Kind::Dir, DEFAULT_DIR_MODE, rows.version());
                     rows.put(&mut e)?;
                     rows.touch(self, cur.id)?;
@@ -285,6 +287,28 @@ impl Tree {
             self.remove_tree_in(rows, path, &top)
         })?;
         Ok(())
+    }
+
+    /// Removes entry `id` and everything below it, wherever it is: the way to
+    /// remove an entry whose name no path can spell (one stored before the
+    /// name rule, that `fsck` reports). Returns where it was.
+    pub fn remove_entry(&self, id: EntryId) -> Result<BucketPath> {
+        if id == EntryId::ROOT {
+            return Err(Error::InvalidPath {
+                path: "/".into(),
+                reason: "the root cannot be removed",
+            });
+        }
+        let path = self
+            .path_of(id)?
+            .ok_or_else(|| Error::NotFound(format!("entry {}", id.0)))?;
+        self.commit("remove", &[&path], |rows| {
+            let top = self
+                .by_id(rows.tx, id)?
+                .ok_or_else(|| Error::NotFound(format!("entry {}", id.0)))?;
+            self.remove_tree_in(rows, &path, &top)
+        })?;
+        Ok(path)
     }
 
     /// Tombstones `top` (at `path`) and everything below it; the root stays.
@@ -535,6 +559,13 @@ impl Tree {
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Version> {
         self.check_writable(root.as_str())?;
+        let mut total = 0u64;
+        for (path, local) in files {
+            let size = std::fs::metadata(local).map_err(|e| Error::io(local, e))?.len();
+            self.inner.limits.check(&self.inner.dir, path.as_str(), 0, size)?;
+            total = total.saturating_add(size);
+        }
+        self.inner.limits.check_disk(&self.inner.dir, root.as_str(), total)?;
         use n0_future::{BufferedStreamExt, StreamExt};
         // The blob store's actor hashes and stores on its own threads: keep
         // several imports in flight so small files do not wait on round trips.
@@ -574,6 +605,8 @@ impl Tree {
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Entry> {
         self.check_writable(path.as_str())?;
+        let size = std::fs::metadata(local).map_err(|e| Error::io(local, e))?.len();
+        self.inner.limits.check(&self.inner.dir, path.as_str(), 0, size)?;
         let blob = self.inner.blobs.import_file(local, progress).await?;
         self.write_file(
             path,

@@ -43,6 +43,29 @@ pub fn check_bucket_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks the name of an entry (a file, directory, symlink or special
+/// file) inside a tree: the one rule for every frontend, applied where a
+/// name enters the tree. Not empty, not `.` or `..`, no `/` or NUL, at
+/// most [`MAX_COMPONENT`] bytes. (A `&str` is UTF-8 already: frontends
+/// refuse other bytes when they decode a name.)
+pub fn check_entry_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            what: "file name",
+            value: name.to_owned(),
+            reason,
+        })
+    };
+    match name {
+        "" => bad("it is empty"),
+        "." | ".." => bad("'.' and '..' name directories already"),
+        n if n.len() > MAX_COMPONENT => bad("it is longer than 255 bytes"),
+        n if n.contains('/') => bad("it contains '/'"),
+        n if n.contains('\0') => bad("it contains a NUL byte"),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a branch or snapshot name: git's ref rules, narrowed to what an
 /// address can carry (no `@`, `:` or whitespace).
 pub fn check_branch_name(what: &'static str, name: &str) -> Result<()> {
@@ -140,7 +163,14 @@ impl BucketPath {
         Some((BucketPath(parent.to_owned()), &self.0[idx + 1..]))
     }
 
-    /// This path with `name` appended.
+    /// This path with the entry `name` appended: a name from outside
+    /// (a client, a git tree) passes [`check_entry_name`] first.
+    pub fn child(&self, name: &str) -> Result<BucketPath> {
+        check_entry_name(name)?;
+        Ok(self.join(name))
+    }
+
+    /// This path with `name` appended; `name` is one already in a tree.
     pub fn join(&self, name: &str) -> BucketPath {
         if self.is_root() {
             BucketPath(format!("/{name}"))
@@ -299,6 +329,18 @@ mod tests {
                 check_branch_name("branch name", bad).is_err(),
                 "{bad:?} must be refused"
             );
+        }
+    }
+
+    #[test]
+    fn entry_names_are_checked() {
+        let long = "x".repeat(MAX_COMPONENT);
+        for good in ["a", ".hidden", "..x", "a b", "ü", long.as_str()] {
+            check_entry_name(good).expect(good);
+        }
+        let too_long = "x".repeat(MAX_COMPONENT + 1);
+        for bad in ["", ".", "..", "a/b", "/", "x\0y", too_long.as_str()] {
+            assert!(check_entry_name(bad).is_err(), "{bad:?} must be refused");
         }
     }
 

@@ -38,6 +38,36 @@ pub(crate) struct Inner {
     pub(crate) blobs: Blobs,
     /// Staging files of write sessions. Same filesystem as `blobs/`.
     pub(crate) tmp: PathBuf,
+    /// What a write may take of the disk.
+    pub(crate) limits: crate::limits::Active,
+}
+
+impl Inner {
+    /// Passes `r` on; a read that met a corrupt blob records it (table
+    /// `corrupt_blobs`, shown by `stats`), off this thread. The frontend that
+    /// gets the error logs it.
+    pub(crate) fn noted<T>(self: &Arc<Self>, r: Result<T>) -> Result<T> {
+        if let Err(Error::Corrupt(hash)) = &r {
+            let (inner, hash) = (self.clone(), hash.clone());
+            let record = move || {
+                let done = inner.db.write(|tx| {
+                    tx.execute(
+                        "INSERT INTO corrupt_blobs (hash, seen_ms) VALUES (?1, ?2) ON CONFLICT (hash) DO NOTHING",
+                        params![hash, now_ms()],
+                    )?;
+                    Ok(())
+                });
+                if let Err(e) = done {
+                    tracing::warn!("could not record corrupt blob {hash}: {e}");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(record)),
+                Err(_) => record(),
+            }
+        }
+        r
+    }
 }
 
 /// What [`Store::gc`] did.
@@ -95,22 +125,36 @@ pub struct Stats {
     /// Everything under the data directory, as stored on disk.
     pub disk_bytes: u64,
     pub pending_jobs: u64,
+    /// Blobs a read found corrupt (their bytes do not match their hash).
+    pub corrupt_blobs: Vec<String>,
 }
 
 impl Store {
     /// Opens (creating if needed) the store in `dir`: `alknet.db`, `blobs/`,
     /// `tmp/`. Staging files left by dead processes are removed.
+    ///
+    /// The directory is the owner's alone (0700, the database 0600): it
+    /// holds every stored byte, past all grants. One that others can enter
+    /// is tightened, with a warning.
     pub fn open(dir: &Path) -> Result<Store> {
         let dir = &std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
         let tmp = dir.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let db = Db::open(&dir.join("alknet.db"))?;
+        private_dir(dir)?;
+        private_dir(&tmp)?;
+        private_dir(&dir.join("blobs"))?;
+        let db_path = dir.join("alknet.db");
+        let db = Db::open(&db_path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let path = PathBuf::from(format!("{}{suffix}", db_path.display()));
+            tighten(&path, 0o600)?;
+        }
         let store = Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 db,
                 blobs: Blobs::new(dir.join("blobs")),
                 tmp,
+                limits: Default::default(),
             }),
         };
         store.clean_stale_sessions()?;
@@ -129,6 +173,18 @@ impl Store {
         &self.inner.dir
     }
 
+    /// Installs the write limits every tree of this store obeys.
+    pub fn set_limits(&self, limits: crate::limits::Limits) {
+        self.inner.limits.set(limits);
+    }
+
+    /// Checks that a file (`what`, for the message) may grow from `old_len`
+    /// to `new_len` bytes: [`Error::TooLarge`] past `max_file_size`,
+    /// [`Error::NoSpace`] if the disk cannot hold the growth and the reserve.
+    pub fn check_growth(&self, what: &str, old_len: u64, new_len: u64) -> Result<()> {
+        self.inner.limits.check(&self.inner.dir, what, old_len, new_len)
+    }
+
     /// Flushes and closes the blob store. Call before the process exits.
     pub async fn close(&self) -> Result<()> {
         self.inner.blobs.close().await
@@ -144,7 +200,7 @@ impl Store {
             let mut out = Vec::new();
             for row in rows {
                 let (id, staging, pid) = row?;
-                if !Path::new(&format!("/proc/{pid}")).exists() {
+                if !process_alive(pid as u32) {
                     out.push((id, staging));
                 }
             }
@@ -232,6 +288,7 @@ impl Store {
             tx.execute("DELETE FROM branches WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM refs WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM attachments WHERE bucket_id = ?1", [id])?;
+            tx.execute("DELETE FROM grants WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM buckets WHERE id = ?1", [id])?;
             let event = serde_json::json!({"op": "delete-bucket", "bucket": name});
             freed(tx, &event)?;
@@ -720,6 +777,10 @@ impl Store {
                 )?,
                 disk_bytes: 0,
                 pending_jobs: count("SELECT count(*) FROM _honker_live")?,
+                corrupt_blobs: c
+                    .prepare("SELECT hash FROM corrupt_blobs ORDER BY seen_ms")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?,
             })
         })?;
         stats.disk_bytes = disk_usage(&self.inner.dir);
@@ -751,6 +812,16 @@ fn check_tree(tree: &Tree, problems: &mut Vec<String>) -> Result<u64> {
                 e.id.0,
                 whose(&first),
                 whose(path)
+            ));
+        }
+        if let Err(err) = crate::name::check_entry_name(&e.name) {
+            problems.push(format!(
+                "{}: entry {} has a bad name ({err}); remove it with `alknet rm --entry {} {}@{}`",
+                whose(path),
+                e.id.0,
+                e.id.0,
+                tree.bucket(),
+                tree.branch()
             ));
         }
         match e.kind {
@@ -864,5 +935,49 @@ impl Watch {
                 std::thread::sleep(left.min(Duration::from_millis(200)));
             }
         }
+    }
+}
+
+/// Creates `dir` (and its parents) owner-only, or tightens it to 0700.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tighten(dir, 0o700)
+}
+
+/// Takes group and other access away from `path` if it exists and has any
+/// (`mode` is what it gets then), with a warning.
+fn tighten(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let now = meta.permissions().mode() & 0o777;
+    if now & 0o077 != 0 {
+        tracing::warn!(
+            "{} was readable by other local users ({now:o}): now {mode:o}",
+            path.display()
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// Whether process `pid` still runs (a zombie does not): the test for
+/// whether what a process left behind (staging files, push quarantines)
+/// may be removed.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }

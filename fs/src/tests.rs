@@ -878,3 +878,18 @@ async fn directories_take_a_new_mtime_and_every_change_a_new_ctime() {
         "other directories stay"
     );
 }
+
+#[test]
+fn process_alive_tells_running_from_gone() {
+    assert!(crate::process_alive(std::process::id()));
+    assert!(!crate::process_alive(u32::MAX));
+    // A child that exited but was not reaped yet is a zombie: gone.
+    let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    let stat = format!("/proc/{pid}/stat");
+    while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z")) {
+        std::thread::yield_now();
+    }
+    assert!(!crate::process_alive(pid));
+    child.wait().expect("reap");
+}

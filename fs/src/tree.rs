@@ -280,7 +280,7 @@ impl Tree {
             return Ok(Vec::new());
         }
         let len = len.min(entry.size - offset);
-        self.inner.blobs.read_range(&hash, offset, len).await
+        self.inner.noted(self.inner.blobs.read_range(&hash, offset, len).await)
     }
 
     /// Opens a file entry for repeated reads at offsets (what SFTP and FUSE
@@ -288,12 +288,10 @@ impl Tree {
     /// this reader returns.
     pub async fn open_read(&self, entry: &Entry) -> Result<FileReader> {
         let hash = self.file_hash(entry)?;
-        let file = self.inner.blobs.open(&hash).await?;
         Ok(FileReader {
             tree: self.clone(),
             hash,
             size: entry.size,
-            file,
         })
     }
 
@@ -305,7 +303,7 @@ impl Tree {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64> {
         let hash = self.file_hash(entry)?;
-        let n = self.inner.blobs.copy_to(&hash, out, progress).await?;
+        let n = self.inner.noted(self.inner.blobs.copy_to(&hash, out, progress).await)?;
         if n != entry.size {
             return Err(Error::Blobs(format!(
                 "{}: read {n} bytes, the tree says {}",
@@ -319,7 +317,7 @@ impl Tree {
     pub async fn export(&self, entry: &Entry, target: &std::path::Path) -> Result<u64> {
         let hash = self.file_hash(entry)?;
         let target = std::path::absolute(target).map_err(|e| Error::io(target, e))?;
-        self.inner.blobs.export(&hash, &target).await
+        self.inner.noted(self.inner.blobs.export(&hash, &target).await)
     }
 
     fn file_hash(&self, entry: &Entry) -> Result<BlobHash> {
@@ -505,8 +503,6 @@ pub struct FileReader {
     tree: Tree,
     hash: BlobHash,
     size: u64,
-    /// The blob's data file, when it has one (not inlined in the store).
-    file: Option<std::fs::File>,
 }
 
 impl FileReader {
@@ -514,18 +510,15 @@ impl FileReader {
         self.size
     }
 
-    /// Up to `len` bytes from `offset`; empty at or past the end.
+    /// Up to `len` bytes from `offset`; empty at or past the end. Verified
+    /// against the blob's hash tree: corruption is an error, never bytes.
     pub async fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         if offset >= self.size || len == 0 {
             return Ok(Vec::new());
         }
         let len = len.min(self.size - offset);
-        match &self.file {
-            // A page-cache read of a bounded size: cheaper inline than a hop to
-            // the blocking pool.
-            Some(f) if len <= 1 << 20 => Ok(crate::blobs::read_at(f, offset, len as usize)?),
-            _ => self.tree.inner.blobs.read_range(&self.hash, offset, len).await,
-        }
+        let inner = &self.tree.inner;
+        inner.noted(inner.blobs.read_range(&self.hash, offset, len).await)
     }
 }
 

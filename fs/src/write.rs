@@ -106,6 +106,10 @@ pub struct WriteSession {
     mtime_ns: Option<i64>,
     /// Set by close or abort; until then, drop cleans up.
     finished: bool,
+    /// The first write or truncate that failed (refused by the limits, or
+    /// the disk): the client's bytes did not all land, so close publishes
+    /// nothing and reports this — the old content stays.
+    refused: Option<Error>,
 }
 
 /// Chunks of a streamed write in flight to the blob store at once.
@@ -178,6 +182,7 @@ impl Tree {
             mode: opts.mode,
             mtime_ns: None,
             finished: false,
+            refused: None,
         };
         Ok(session)
     }
@@ -207,7 +212,7 @@ impl Tree {
         let hash = e
             .hash
             .ok_or_else(|| Error::Internal(format!("file {:?} has no hash", e.name)))?;
-        self.inner.blobs.export(&hash, staging).await?;
+        self.inner.noted(self.inner.blobs.export(&hash, staging).await)?;
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -269,6 +274,13 @@ impl WriteSession {
     /// Writes `data` at `offset`; offsets may come in any order and leave holes
     /// (holes read as zeros).
     pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let r = self.write_at_inner(offset, data).await;
+        self.note(r)
+    }
+
+    async fn write_at_inner(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset.saturating_add(data.len() as u64);
+        self.check_growth(end)?;
         if let Staged::Stream { tx: Some(tx), len, .. } = &mut self.staged
             && offset == *len
         {
@@ -277,7 +289,10 @@ impl WriteSession {
                 return Ok(());
             }
             // The import ended early: finishing it reports why.
-            return self.finish_stream().await.map(drop);
+            return match self.finish_stream().await {
+                Ok(_) => Err(Error::Internal("the blob store ended an import early".into())),
+                Err(e) => Err(e),
+            };
         }
         let file = self.file().await?;
         file.write_all_at(data, offset).map_err(|e| Error::io(&self.staging, e))
@@ -300,11 +315,43 @@ impl WriteSession {
     }
 
     pub async fn set_len(&mut self, new_len: u64) -> Result<()> {
+        let r = self.set_len_inner(new_len).await;
+        self.note(r)
+    }
+
+    async fn set_len_inner(&mut self, new_len: u64) -> Result<()> {
+        self.check_growth(new_len)?;
         if self.len()? == new_len && !matches!(self.staged, Staged::File(_)) {
             return Ok(());
         }
         let file = self.file().await?;
         file.set_len(new_len).map_err(|e| Error::io(&self.staging, e))
+    }
+
+    /// Refuses growth to `new_len` past the store's limits, before any byte
+    /// of it is made.
+    fn check_growth(&self, new_len: u64) -> Result<()> {
+        let old_len = self.len()?;
+        if new_len <= old_len {
+            return Ok(());
+        }
+        self.tree
+            .inner
+            .limits
+            .check(&self.tree.inner.dir, self.path.as_str(), old_len, new_len)
+    }
+
+    /// Remembers the first failed write or truncate, so close reports it.
+    fn note<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r
+            && self.refused.is_none()
+        {
+            self.refused = Some(
+                e.refusal()
+                    .unwrap_or_else(|| Error::Internal(format!("{}: an earlier write failed: {e}", self.path))),
+            );
+        }
+        r
     }
 
     pub fn len(&self) -> Result<u64> {
@@ -354,12 +401,14 @@ impl WriteSession {
         Ok(true)
     }
 
-    /// Ends a streamed import and returns its blob.
+    /// Ends a streamed import and returns its blob. The session holds no
+    /// stream afterwards, whatever the outcome: a failed import is reported
+    /// once, and the session is closed.
     async fn finish_stream(&mut self) -> Result<Imported> {
-        let Staged::Stream { tx, import, .. } = &mut self.staged else {
+        let Staged::Stream { tx, import, .. } = std::mem::replace(&mut self.staged, Staged::Closed) else {
             return Err(Error::Internal("finish_stream on a file session".into()));
         };
-        drop(tx.take());
+        drop(tx);
         import
             .await
             .map_err(|e| Error::Blobs(format!("the import task failed: {e}")))?
@@ -385,7 +434,8 @@ impl WriteSession {
                 _ => return Err(Error::Internal("a closed write session was used".into())),
             };
             if len > 0 {
-                self.tree.inner.blobs.export(&hash, &self.staging).await?;
+                let inner = &self.tree.inner;
+                inner.noted(inner.blobs.export(&hash, &self.staging).await)?;
             }
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -406,6 +456,10 @@ impl WriteSession {
     /// file (or, for a file created at close, its directory) was removed
     /// meanwhile, this fails with `NotFound` and nothing changes.
     pub async fn close(mut self) -> Result<Entry> {
+        if let Some(refused) = self.refused.take() {
+            self.cleanup();
+            return Err(refused);
+        }
         let blob = match &self.staged {
             Staged::Stream { .. } => self.finish_stream().await?,
             Staged::File(_) => self.tree.inner.blobs.import_file(&self.staging, &|_, _| {}).await?,

@@ -79,6 +79,8 @@ pub(crate) fn errno(e: &Error) -> Errno {
         Error::NotEmpty(_) => Errno::ENOTEMPTY,
         Error::ReadOnly(_) => Errno::EROFS,
         Error::RenameIntoSelf { .. } => Errno::EINVAL,
+        Error::TooLarge { .. } => Errno::EFBIG,
+        Error::NoSpace { .. } => Errno::ENOSPC,
         Error::InvalidName { value, .. } | Error::InvalidPath { path: value, .. }
             if value.len() > alknet_fs::MAX_COMPONENT =>
         {
@@ -147,7 +149,7 @@ impl Local {
     }
 
     fn child(&self, parent: EntryId, name: &str) -> Result<BucketPath> {
-        Ok(self.path(parent)?.join(name))
+        self.path(parent)?.child(name).map_err(fail)
     }
 }
 

@@ -844,6 +844,10 @@ pub fn mount(fs: Mount, mountpoint: &std::path::Path, name: &str) -> std::io::Re
         MountOption::Subtype("alknet".into()),
         // The kernel checks permissions against mode, owner and group.
         MountOption::DefaultPermissions,
+        // Modes come from the network (SFTP, git, other mounts): a setuid
+        // bit or a device node a remote user wrote never takes effect here.
+        MountOption::NoSuid,
+        MountOption::NoDev,
     ];
     if fs.is_read_only() {
         options.push(MountOption::RO);

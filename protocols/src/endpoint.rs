@@ -14,6 +14,10 @@ use crate::ssh::SshServer;
 /// How long `proxy` waits for a node to answer before giving up.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// How long the accept loop waits after a failed accept, first and at most.
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// ALPN of SSH over one QUIC bi-stream.
 pub const ALPN_SSH: &[u8] = b"alknet/ssh";
 
@@ -61,7 +65,13 @@ struct SshOverQuic(SshServer);
 impl ProtocolHandler for SshOverQuic {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = format!("quic:{}", conn.remote_id().fmt_short());
-        let (send, recv) = conn.accept_bi().await?;
+        // A connection that never opens its stream is held no longer than
+        // one that never logs in.
+        let Ok(stream) = tokio::time::timeout(self.0.login_grace(), conn.accept_bi()).await else {
+            conn.close(0u32.into(), b"no stream in time");
+            return Ok(());
+        };
+        let (send, recv) = stream?;
         self.0.run_connection(tokio::io::join(recv, send), peer).await;
         conn.close(0u32.into(), b"bye");
         Ok(())
@@ -76,7 +86,7 @@ pub async fn serve(
     tcp: Option<TcpListener>,
     quic: Option<Endpoint>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) {
     let router = quic.map(|ep| {
         Router::builder(ep)
             .accept(ALPN_SSH, SshOverQuic(server.clone()))
@@ -84,39 +94,79 @@ pub async fn serve(
     });
     let accept = async {
         let Some(tcp) = tcp else {
-            return std::future::pending::<Result<(), Error>>().await;
+            return std::future::pending::<()>().await;
         };
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
-            let (socket, peer) = tcp.accept().await?;
+            let (socket, peer) = match tcp.accept().await {
+                Ok(accepted) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    accepted
+                }
+                // Out of file descriptors (or another passing fault): the
+                // node keeps serving the connections it has and tries again.
+                Err(e) => {
+                    tracing::warn!(
+                        "accepting a TCP connection failed: {e}; trying again in {} ms",
+                        backoff.as_millis()
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            };
             socket.set_nodelay(true).ok();
             let server = server.clone();
             tokio::spawn(async move { server.run_connection(socket, peer.to_string()).await });
         }
     };
-    let result = tokio::select! {
-        r = accept => r,
-        () = shutdown => Ok(()),
+    tokio::select! {
+        () = accept => {}
+        () = shutdown => {}
     };
     if let Some(router) = router {
         router.shutdown().await.ok();
     }
-    result
 }
 
-/// Parses `NODE_ID@HOST:PORT`.
-pub fn parse_node_addr(s: &str) -> Result<EndpointAddr, Error> {
+/// Splits `NODE_ID@HOST:PORT` into the node id and `HOST:PORT` (a host name
+/// or an IP literal; IPv6 in brackets), checking both.
+pub fn parse_node_addr(s: &str) -> Result<(iroh::EndpointId, &str), Error> {
     let bad = || Error::BadNodeAddr(s.to_owned());
-    let (id, sock) = s.split_once('@').ok_or_else(bad)?;
+    let (id, host_port) = s.split_once('@').ok_or_else(bad)?;
     let id: iroh::EndpointId = id.parse().map_err(|_| bad())?;
-    let sock: SocketAddr = sock.parse().map_err(|_| bad())?;
-    Ok(EndpointAddr::new(id).with_ip_addr(sock))
+    let (host, port) = host_port.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok((id, host_port))
+}
+
+/// Resolves `NODE_ID@HOST:PORT` to the node's addresses of one family —
+/// IPv4 when the name has any, so one local socket reaches them all
+/// (`localhost` names `::1` too, where a node on 127.0.0.1 is not).
+async fn resolve_node_addr(s: &str) -> Result<EndpointAddr, Error> {
+    let (id, host_port) = parse_node_addr(s)?;
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(host_port)
+        .await
+        .map_err(|e| connect_error(s, &format!("cannot resolve {host_port}: {e}")))?
+        .collect();
+    let v4 = found.iter().any(SocketAddr::is_ipv4);
+    let addr = found
+        .iter()
+        .filter(|a| a.is_ipv4() == v4)
+        .fold(EndpointAddr::new(id), |addr, a| addr.with_ip_addr(*a));
+    if addr.ip_addrs().next().is_none() {
+        return Err(connect_error(s, &format!("{host_port} has no address")));
+    }
+    Ok(addr)
 }
 
 /// Connects to the `alknet/ssh` service of the node at `addr`
 /// (`NODE_ID@HOST:PORT`) from a fresh endpoint; keep the endpoint as long as
 /// the connection.
 pub(crate) async fn connect_quic(addr: &str) -> Result<(Endpoint, Connection), Error> {
-    let target = parse_node_addr(addr)?;
+    let target = resolve_node_addr(addr).await?;
     let local: SocketAddr = if target.ip_addrs().any(|a| a.is_ipv6()) {
         "[::]:0"
     } else {

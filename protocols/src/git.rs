@@ -3,15 +3,13 @@
 //! and grants as SFTP (`read` to fetch, `write` to push), then handed to the
 //! forge's blocking state machines on a blocking thread.
 
-use std::sync::Arc;
-
 use alknet_forge::{Forge, receive_pack, repo_name, upload_pack};
 use russh::ChannelId;
 use russh::server::Handle;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::SyncIoBridge;
 
-use crate::access::{Access, Level};
+use alknet_fs::Level;
 
 /// The two services git asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +55,6 @@ fn unquote(s: &str) -> Option<String> {
 /// Everything one git request needs.
 pub(crate) struct Request {
     pub(crate) forge: Forge,
-    pub(crate) access: Arc<Access>,
     pub(crate) user: String,
     pub(crate) service: Service,
     pub(crate) path: String,
@@ -145,10 +142,10 @@ fn authorize(req: &Request) -> Result<String, String> {
         Service::UploadPack => Level::Read,
         Service::ReceivePack => Level::Write,
     };
-    let level = req.access.level(&req.user, &repo).map_err(|e| e.to_string())?;
+    let level = req.forge.store().level(&req.user, &repo).map_err(|e| e.to_string())?;
     let exists = req.forge.info(&repo).is_ok();
     if !exists {
-        let admin = req.access.is_admin(&req.user).unwrap_or(false);
+        let admin = req.forge.store().is_admin(&req.user).unwrap_or(false);
         if req.service == Service::ReceivePack && admin && req.forge.config().create_on_push {
             req.forge.create(&repo).map_err(|e| e.to_string())?;
             tracing::info!(user = %req.user, %repo, "created on first push");

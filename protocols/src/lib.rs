@@ -1,7 +1,7 @@
 //! alknet-protocols: the endpoint and its frontends.
 //!
-//! [`Access`] holds users, their SSH keys and per-bucket grants. An
-//! [`SshServer`] authenticates keys against it and serves the `sftp`
+//! An [`SshServer`] authenticates keys against the store's users (`access.rs`
+//! turns OpenSSH keys into the text the store keeps) and serves the `sftp`
 //! subsystem (`sftp.rs`, an adapter from SFTP requests to `alknet-fs` calls)
 //! and git's exec requests (`git.rs`, an adapter onto `alknet-forge`).
 //! [`serve`] runs that server on a TCP listener and on a QUIC endpoint under
@@ -18,7 +18,7 @@ mod git;
 mod sftp;
 mod ssh;
 
-pub use access::{Access, Error as AccessError, Level, User, parse_key};
+pub use access::{Error as KeyError, key_text, parse_key};
 pub use client::{Channel, Link, default_identity, open_subsystem};
 pub use endpoint::{ALPN_SSH, Error as EndpointError, bind_quic, node_addrs, parse_node_addr, proxy, serve};
-pub use ssh::SshServer;
+pub use ssh::{Limits, SshServer};

@@ -17,7 +17,6 @@
 //! session (russh-sftp's own loop would carry on reading mid-packet).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use alknet_fs::{Address, At, BucketPath, Entry, Error as FsError, Kind, OpenOptions, SetAttr, Store, Tree};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -26,7 +25,7 @@ use russh_sftp::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::access::{Access, Level};
+use alknet_fs::Level;
 
 /// The largest request accepted: a 256 KiB write plus its header. Larger
 /// packets end the session.
@@ -47,7 +46,6 @@ const MAX_SYMLINKS: usize = 40;
 #[derive(Clone)]
 pub(crate) struct Context {
     pub(crate) store: Store,
-    pub(crate) access: Arc<Access>,
     pub(crate) user: String,
     /// uid/gid reported for every file: the owner of the data directory.
     pub(crate) owner: (u32, u32),
@@ -309,7 +307,7 @@ impl Session {
 
     /// The user's level on a bucket; no grant reads as "no such bucket".
     fn level(&self, bucket: &str) -> Result<Level, Fail> {
-        match self.ctx.access.level(&self.ctx.user, bucket) {
+        match self.ctx.store.level(&self.ctx.user, bucket) {
             Ok(Some(l)) => Ok(l),
             Ok(None) => Err(Fail::new(StatusCode::NoSuchFile, format!("/{bucket}: no such bucket"))),
             Err(e) => {
@@ -528,7 +526,7 @@ impl Session {
                 let mut files = Vec::new();
                 let buckets = self.ctx.store.list_buckets()?;
                 for b in buckets {
-                    if matches!(self.ctx.access.level(&self.ctx.user, &b.name), Ok(Some(_))) {
+                    if matches!(self.ctx.store.level(&self.ctx.user, &b.name), Ok(Some(_))) {
                         let attrs = dir_attrs(self.ctx.owner);
                         files.push(File {
                             longname: longname(&b.name, &attrs),
@@ -607,7 +605,7 @@ impl Session {
         if norm.matches('/').count() == 1 && norm != "/" {
             // A new top-level directory is a new bucket: admins only.
             let name = &norm[1..];
-            if !self.ctx.access.is_admin(&self.ctx.user).unwrap_or(false) {
+            if !self.ctx.store.is_admin(&self.ctx.user).unwrap_or(false) {
                 return Err(Fail::denied("only an admin can create buckets"));
             }
             self.ctx.store.create_bucket(name, "drive")?;
@@ -1014,15 +1012,13 @@ mod garbage {
     fn context(dir: &std::path::Path) -> Context {
         let store = Store::open(dir).expect("store");
         store.create_bucket("b", "drive").expect("bucket");
-        let access = Arc::new(Access::open(&dir.join("alknet.db")).expect("access"));
         let key = crate::access::parse_key(
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0rmy+9VgiS8hD/MezGYMcb5RtpK7nsyS4Z2G/LIEdG test",
         )
         .expect("a valid key");
-        access.add_user("t", &key, true).expect("user");
+        store.add_user("t", &key, true).expect("user");
         Context {
             store,
-            access,
             user: "t".into(),
             owner: (0, 0),
         }

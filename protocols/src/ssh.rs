@@ -5,6 +5,7 @@
 //! bi-stream ([`crate::endpoint`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use russh::keys::PrivateKey;
 use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::access::{Access, Level};
 use crate::{git, sftp};
+use alknet_fs::Level;
 
 /// One SSH service shared by every connection. Cheap to clone.
 #[derive(Clone)]
@@ -27,9 +29,38 @@ pub struct SshServer {
 struct Shared {
     store: Store,
     forge: Forge,
-    access: Arc<Access>,
     config: Arc<russh::server::Config>,
     owner: (u32, u32),
+    limits: Limits,
+    /// One permit per open connection (`Limits::max_connections`).
+    connections: Arc<Semaphore>,
+    /// One permit per connection not yet logged in (`Limits::max_startups`).
+    startups: Arc<Semaphore>,
+}
+
+/// What one node lets the network hold of it. Every connection, over TCP or
+/// QUIC, counts against the same limits.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Connections open at once that have not logged in yet (OpenSSH's
+    /// `MaxStartups`); more are closed as they arrive.
+    pub max_startups: usize,
+    /// How long a connection may take to log in before it is closed
+    /// (OpenSSH's `LoginGraceTime`).
+    pub login_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 1000,
+            max_startups: 100,
+            login_grace: Duration::from_secs(120),
+        }
+    }
 }
 
 impl std::fmt::Debug for SshServer {
@@ -39,7 +70,7 @@ impl std::fmt::Debug for SshServer {
 }
 
 impl SshServer {
-    pub fn new(forge: Forge, access: Arc<Access>, host_key: PrivateKey) -> SshServer {
+    pub fn new(forge: Forge, host_key: PrivateKey, limits: Limits) -> SshServer {
         let store = forge.store().clone();
         let config = russh::server::Config {
             keys: vec![host_key],
@@ -63,34 +94,158 @@ impl SshServer {
             shared: Arc::new(Shared {
                 store,
                 forge,
-                access,
                 config: Arc::new(config),
                 owner,
+                limits,
+                connections: Arc::new(Semaphore::new(limits.max_connections)),
+                startups: Arc::new(Semaphore::new(limits.max_startups)),
             }),
         }
     }
 
     /// Runs one SSH connection to its end. `peer` names it in the logs.
+    ///
+    /// A connection over [`Limits::max_connections`] or
+    /// [`Limits::max_startups`] is closed at once; one that has not logged in
+    /// within [`Limits::login_grace`] is closed then.
     pub async fn run_connection<S>(&self, stream: S, peer: String)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Some(guard) = self.admit(&peer) else {
+            return;
+        };
+        let (authed_tx, authed_rx) = oneshot::channel();
         let conn = Conn {
             shared: self.shared.clone(),
             peer: peer.clone(),
             user: None,
+            startup: Some((guard.startup, authed_tx)),
             channels: HashMap::new(),
             git_protocol: HashMap::new(),
         };
-        match russh::server::run_stream(self.shared.config.clone(), stream, conn).await {
-            Ok(session) => {
-                if let Err(e) = session.await {
-                    tracing::debug!(%peer, "ssh connection ended: {e}");
-                }
+        let grace = tokio::time::sleep(self.shared.limits.login_grace);
+        tokio::pin!(grace);
+        let cut = tokio_util::sync::CancellationToken::new();
+        let stream = Cuttable {
+            inner: stream,
+            cut: Box::pin(cut.clone().cancelled_owned()),
+        };
+        let late = || tracing::info!(%peer, "closed: no login within {} s", self.shared.limits.login_grace.as_secs());
+        // The version exchange is part of the login: a peer that sends
+        // nothing is held no longer than one that stalls later.
+        let running = tokio::select! {
+            r = russh::server::run_stream(self.shared.config.clone(), stream, conn) => r,
+            () = &mut grace => return late(),
+        };
+        let session = match running {
+            Ok(session) => session,
+            Err(e) => return tracing::debug!(%peer, "ssh handshake failed: {e}"),
+        };
+        tokio::pin!(session);
+        let ended = tokio::select! {
+            r = &mut session => Some(r),
+            // Err: the handler is gone, so the session is ending anyway.
+            _ = authed_rx => None,
+            () = &mut grace => {
+                late();
+                // A session stalled in its key exchange reads nothing more:
+                // its stream fails, the session ends, the socket closes.
+                cut.cancel();
+                None
             }
-            Err(e) => tracing::debug!(%peer, "ssh handshake failed: {e}"),
+        };
+        let ended = match ended {
+            Some(r) => r,
+            None => session.await,
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%peer, "ssh connection ended: {e}");
         }
+        drop(guard.connection);
     }
+
+    /// The permits a new connection needs, or `None` (logged) when the node
+    /// holds as many as it allows.
+    fn admit(&self, peer: &str) -> Option<Admitted> {
+        let Ok(connection) = self.shared.connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "refused a connection: {} are open (limits.max_connections)", self.shared.limits.max_connections);
+            return None;
+        };
+        let Ok(startup) = self.shared.startups.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "refused a connection: {} are logging in (limits.max_startups)", self.shared.limits.max_startups);
+            return None;
+        };
+        Some(Admitted { connection, startup })
+    }
+
+    /// How long a connection may take to log in.
+    pub(crate) fn login_grace(&self) -> Duration {
+        self.shared.limits.login_grace
+    }
+}
+
+/// A connection's stream that the server can cut: once `cut` resolves,
+/// reads and writes fail, so the session that holds it ends.
+struct Cuttable<S> {
+    inner: S,
+    cut: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl<S> Cuttable<S> {
+    fn is_cut(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.cut.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn cut_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed by the server")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Cuttable<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.is_cut(cx) {
+            return std::task::Poll::Ready(Err(cut_error()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.is_cut(cx) {
+            return std::task::Poll::Ready(Err(cut_error()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A connection's place in the node's limits, held while it lasts.
+struct Admitted {
+    connection: OwnedSemaphorePermit,
+    startup: OwnedSemaphorePermit,
 }
 
 struct Conn {
@@ -98,6 +253,9 @@ struct Conn {
     peer: String,
     /// Set once a key has authenticated.
     user: Option<String>,
+    /// Until then: a place among the connections logging in, and the
+    /// signal that ends the login deadline.
+    startup: Option<(OwnedSemaphorePermit, oneshot::Sender<()>)>,
     /// Session channels opened but not yet given a subsystem.
     channels: HashMap<ChannelId, Channel<Msg>>,
     /// `GIT_PROTOCOL` as set by an env request, per channel.
@@ -117,7 +275,7 @@ impl Conn {
     }
 
     fn lookup(&self, key: &russh::keys::PublicKey) -> Option<String> {
-        match self.shared.access.user_for_key(key) {
+        match crate::access::user_for_key(&self.shared.store, key) {
             Ok(user) => user,
             Err(e) => {
                 tracing::error!(peer = %self.peer, "key lookup failed: {e}");
@@ -130,10 +288,12 @@ impl Conn {
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, _user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(&mut self, ssh_user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
         Ok(if self.lookup(offer.public_key).is_some() {
             Auth::Accept
         } else {
+            let key = offer.public_key.fingerprint(russh::keys::HashAlg::Sha256);
+            tracing::info!(peer = %self.peer, %ssh_user, %key, "login refused: the key belongs to no user");
             Auth::reject()
         })
     }
@@ -143,10 +303,14 @@ impl russh::server::Handler for Conn {
             Some(user) => {
                 tracing::debug!(peer = %self.peer, %ssh_user, %user, "authenticated");
                 self.user = Some(user);
+                if let Some((_permit, authed)) = self.startup.take() {
+                    authed.send(()).ok();
+                }
                 Ok(Auth::Accept)
             }
             None => {
-                tracing::info!(peer = %self.peer, %ssh_user, "refused an unknown key");
+                let key = key.public_key.fingerprint(russh::keys::HashAlg::Sha256);
+                tracing::info!(peer = %self.peer, %ssh_user, %key, "login refused: the key belongs to no user");
                 Ok(Auth::reject())
             }
         }
@@ -177,9 +341,9 @@ impl russh::server::Handler for Conn {
         };
         let peer = self.peer.clone();
         if name == alknet_mount::SUBSYSTEM {
-            let (store, access) = (self.shared.store.clone(), self.shared.access.clone());
+            let store = self.shared.store.clone();
             let who = user.clone();
-            let open = move |addr: &str, read_only: bool| mount_tree(&store, &access, &who, addr, read_only);
+            let open = move |addr: &str, read_only: bool| mount_tree(&store, &who, addr, read_only);
             tokio::spawn(async move {
                 match alknet_mount::serve(channel.into_stream(), open).await {
                     Ok(s) => tracing::info!(
@@ -192,7 +356,6 @@ impl russh::server::Handler for Conn {
         }
         let ctx = sftp::Context {
             store: self.shared.store.clone(),
-            access: self.shared.access.clone(),
             user: user.clone(),
             owner: self.shared.owner,
         };
@@ -239,7 +402,6 @@ impl russh::server::Handler for Conn {
             .is_some_and(|p| p.split(':').any(|kv| kv == "version=2"));
         let req = git::Request {
             forge: self.shared.forge.clone(),
-            access: self.shared.access.clone(),
             user,
             service,
             path,
@@ -259,18 +421,12 @@ impl russh::server::Handler for Conn {
 /// The tree a remote mount asks for, as `user` may use it: refused without
 /// a grant (as "no such bucket", like a missing one), read-only on a `read`
 /// grant.
-fn mount_tree(
-    store: &Store,
-    access: &Access,
-    user: &str,
-    addr: &str,
-    read_only: bool,
-) -> Result<alknet_mount::Local, String> {
+fn mount_tree(store: &Store, user: &str, addr: &str, read_only: bool) -> Result<alknet_mount::Local, String> {
     let a = Address::parse(addr).map_err(|e| e.to_string())?;
     if !a.path.is_root() {
         return Err(format!("{addr}: mount a bucket or branch, not a path inside it"));
     }
-    let level = match access.level(user, &a.bucket) {
+    let level = match store.level(user, &a.bucket) {
         Ok(Some(level)) => level,
         Ok(None) => return Err(format!("{}: no such bucket", a.bucket)),
         Err(e) => {

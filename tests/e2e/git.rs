@@ -752,3 +752,177 @@ fn an_admins_first_push_creates_the_repository_when_configured() {
     assert!(out.status.success(), "{}", combined(&out));
     assert_eq!(std::fs::read_to_string(f.work("copy/a")).expect("a"), "1\n");
 }
+
+/// A tree git would never check out (`.`, `..`, `.git`, `a/b`) is
+/// pushed and kept as git objects, but its bad names are not published as
+/// files: the published branch holds only what the name rule takes.
+#[test]
+fn bad_names_in_a_pushed_tree_are_not_published() {
+    let f = Forge::start(Via::Tcp, 2);
+    let src = f.clone("src", &[]);
+    let blob = {
+        let mut c = f.git_as(&f.key, &src, &["hash-object", "-w", "--stdin"]);
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = c.spawn().expect("git hash-object");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"content\n")
+            .expect("feed");
+        let out = child.wait_with_output().expect("wait");
+        String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+    };
+    let raw: Vec<u8> = (0..blob.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&blob[i..i + 2], 16).expect("hex"))
+        .collect();
+    let mut tree = Vec::new();
+    for name in [&b"."[..], b"..", b".git", b"a/b", b"ok"] {
+        tree.extend_from_slice(b"100644 ");
+        tree.extend_from_slice(name);
+        tree.push(0);
+        tree.extend_from_slice(&raw);
+    }
+    let tree_id = {
+        let mut c = f.git_as(
+            &f.key,
+            &src,
+            &["hash-object", "-t", "tree", "--literally", "-w", "--stdin"],
+        );
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = c.spawn().expect("git hash-object");
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(&tree).expect("feed");
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", combined(&out));
+        String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+    };
+    let commit = stdout(&f, &src, &["commit-tree", &tree_id, "-m", "bad names"]);
+    f.ok(
+        &src,
+        &["push", "-q", "origin", &format!("{}:refs/heads/main", commit.trim())],
+    );
+    assert_eq!(
+        f.node.ok(&["ls", "hello@main:/"]),
+        "ok\n",
+        "only the good name is a file"
+    );
+    let log = std::fs::read_to_string(f.node.work.join("serve.log")).expect("serve log");
+    assert!(log.contains("not publishing"), "the skipped names are logged:\n{log}");
+    let node = f.stop();
+    let fsck = node.json(&["fsck"]);
+    assert_eq!(fsck["problems"], serde_json::json!([]), "{fsck}");
+}
+
+/// A mirror push of a project whose default branch is `master` into a new
+/// repository (HEAD unborn at `main`): HEAD follows the pushed branch, and a
+/// clone gets the project. `repo set-head` moves HEAD later; with HEAD
+/// dangling, a clone still fetches every branch, as stock git's does.
+#[test]
+fn a_mirror_push_points_head_at_its_default_branch() {
+    let f = Forge::start(Via::Tcp, 2);
+    f.node.ok(&["repo", "create", "rg"]);
+    let src = f.work("project");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    f.ok(&src, &["init", "-q", "-b", "master"]);
+    commit(&f, &src, &[("README", "ripgrep-like\n")], "one");
+    f.ok(&src, &["branch", "dev"]);
+    f.ok(&src, &["tag", "v1"]);
+    f.ok(&src, &["push", "-q", "--mirror", &f.url("rg")]);
+    let repos = f.node.json(&["repo", "list"]);
+    let rg = repos
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "rg"))
+        .expect("rg is listed")
+        .clone();
+    assert_eq!(rg["head"], "refs/heads/master", "{rg}");
+
+    let out = f.ok(&f.node.work, &["clone", &f.url("rg"), "rg1"]);
+    assert!(!out.contains("empty repository"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(f.work("rg1/README")).expect("README"),
+        "ripgrep-like\n"
+    );
+
+    f.node.ok(&["repo", "set-head", "rg", "dev"]);
+    let head = stdout(&f, &f.work("rg1"), &["ls-remote", "--symref", &f.url("rg"), "HEAD"]);
+    assert!(head.contains("ref: refs/heads/dev\tHEAD"), "{head}");
+    let err = f.node.fails(&["repo", "set-head", "rg", "nope"]);
+    assert!(err.contains("no branch refs/heads/nope"), "{err}");
+
+    // HEAD dangling: the branch it names is deleted.
+    f.ok(&src, &["push", "-q", &f.url("rg"), ":dev"]);
+    let out = f.ok(&f.node.work, &["clone", &f.url("rg"), "rg2"]);
+    assert!(!out.contains("empty repository"), "{out}");
+    let remote = stdout(&f, &f.work("rg2"), &["branch", "-r"]);
+    assert!(remote.contains("origin/master"), "every branch is fetched: {remote}");
+}
+
+/// A server killed mid-push leaves a partial pack in quarantine; the next
+/// start removes it.
+#[test]
+fn a_push_cut_by_a_kill_leaves_nothing_behind() {
+    let mut f = Forge::start(Via::Tcp, 2);
+    let src = f.clone("src", &[]);
+    std::fs::write(src.join("big.bin"), crate::util::pattern(48 << 20, 3)).expect("write");
+    f.ok(&src, &["add", "big.bin"]);
+    f.ok(&src, &["commit", "-q", "-m", "big"]);
+    let mut push = f
+        .git_as(&f.key, &src, &["push", "-q", "origin", "HEAD:main"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn git push");
+    let incoming = f.node.data.join("git/hello/incoming");
+    let started = std::time::Instant::now();
+    // Kill the server once the pack has started to land.
+    let landed = loop {
+        let bytes: u64 = walk_files(&incoming)
+            .iter()
+            .map(|p| p.metadata().map_or(0, |m| m.len()))
+            .sum();
+        if bytes > 0 {
+            break bytes;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the pack never arrived"
+        );
+        std::thread::yield_now();
+    };
+    crate::util::sigkill(f.server.pid());
+    let status = push.wait().expect("wait for git push");
+    assert!(!status.success(), "the push was cut ({landed} bytes had landed)");
+    assert!(!walk_files(&incoming).is_empty(), "the kill left a partial pack");
+
+    f.server = Server::start(&f.node);
+    assert!(
+        walk_files(&incoming).is_empty(),
+        "the restart removed it: {:?}",
+        walk_files(&incoming)
+    );
+    let log = std::fs::read_to_string(f.node.work.join("serve.log")).expect("serve log");
+    assert!(log.contains("left by a push that never finished"), "{log}");
+    // The repository is as before the push, and takes the push again.
+    let url = f.url("hello");
+    f.ok(&src, &["push", "-q", &url, "HEAD:main"]);
+}
+
+/// Every file below `dir` (none if it does not exist).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

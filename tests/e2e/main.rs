@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod git;
+mod hardening;
 mod mount;
 mod remote_mount;
 mod sftp;

@@ -473,7 +473,7 @@ fn grants_and_users_change_access_for_new_sessions() {
     );
     assert!(
         node.fails(&["grant", "alice", "photos", "owner"])
-            .contains("unknown access level")
+            .contains("invalid access level")
     );
 }
 

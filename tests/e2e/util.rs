@@ -163,9 +163,25 @@ impl Server {
 
     /// A server listening for SSH at `ssh` and QUIC at `quic`.
     pub(crate) fn start_at(node: &Node, ssh: &str, quic: &str) -> Server {
+        Self::spawn(node, node.cmd(&["serve", "--ssh", ssh, "--quic", quic]))
+    }
+
+    /// A server on free loopback ports, run by `wrapper` (`prlimit …`).
+    pub(crate) fn start_under(node: &Node, wrapper: &[&str]) -> Server {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(bin())
+            .arg("--data")
+            .arg(&node.data)
+            .args(["serve", "--ssh", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .current_dir(&node.work)
+            .env_remove("ALKNET_DATA");
+        Self::spawn(node, cmd)
+    }
+
+    fn spawn(node: &Node, mut cmd: Command) -> Server {
         use std::io::BufRead;
-        let mut child = node
-            .cmd(&["serve", "--ssh", ssh, "--quic", quic])
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(node.work.join("serve.log")).expect("log file"))
@@ -189,6 +205,15 @@ impl Server {
             ssh_port: ssh_port.expect("ssh port"),
             quic: quic.expect("quic address"),
         }
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, then wait; returns whether it exited cleanly.
@@ -315,4 +340,27 @@ print('closed by server')
         .expect("python3");
     let text = combined(&out);
     (text.contains("closed by server"), text)
+}
+
+/// Runs `body` (Python) with `sftp`, a paramiko SFTP client logged in to
+/// `server` over TCP as `user` with `key`; returns (success, output).
+pub(crate) fn paramiko_sftp(node: &Node, server: &Server, key: &Path, body: &str) -> (bool, String) {
+    let script = format!(
+        r#"
+import io, socket, sys, time, paramiko
+key = paramiko.Ed25519Key.from_private_key_file('{key}')
+t = paramiko.Transport(socket.create_connection(('127.0.0.1', {port})))
+t.connect(username='user', pkey=key)
+sftp = paramiko.SFTPClient.from_transport(t)
+{body}
+"#,
+        key = key.display(),
+        port = server.ssh_port
+    );
+    let out = Command::new("timeout")
+        .args(["120", "/usr/bin/python3", "-c", &script])
+        .current_dir(&node.work)
+        .output()
+        .expect("python3");
+    (out.status.success(), combined(&out))
 }
