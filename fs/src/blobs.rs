@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::{BaoTree, BlockSize};
 use iroh_blobs::api::TempTag;
 use iroh_blobs::api::blobs::{AddPathOptions, AddProgressItem, BlobStatus, ImportMode};
 use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt};
@@ -201,6 +203,20 @@ impl Blobs {
     /// The bytes of `range` of the blob, in order, each checked against the
     /// blob's BLAKE3 tree first (see [`Verified`]).
     pub(crate) async fn read_verified(&self, hash: &BlobHash, range: std::ops::Range<u64>) -> Result<Verified> {
+        if let Some(disk) = self.on_disk(hash).await? {
+            let end = range.end.min(disk.size);
+            let start = range.start.min(end);
+            return Ok(Verified {
+                hash: *hash,
+                from: Source::Disk(Ahead {
+                    files: Arc::new(disk),
+                    scheduled: start,
+                    pending: std::collections::VecDeque::new(),
+                }),
+                next: start,
+                end,
+            });
+        }
         let store = self.store().await?;
         let items = store
             .blobs()
@@ -208,10 +224,39 @@ impl Blobs {
             .stream();
         Ok(Verified {
             hash: *hash,
-            items: Box::pin(items),
+            from: Source::Store(Box::pin(items)),
             next: range.start,
             end: range.end,
         })
+    }
+
+    /// The data and outboard files of a complete blob large enough to have
+    /// both (iroh-blobs inlines data up to 16 KiB and outboards up to 16 KiB,
+    /// that is blobs up to about 4 MiB, in its database).
+    async fn on_disk(&self, hash: &BlobHash) -> Result<Option<OnDisk>> {
+        let size = match self.complete_size(hash).await? {
+            Some(size) if size > self.inline_limit => size,
+            _ => return Ok(None),
+        };
+        let h = Hash::from_bytes(hash.0);
+        let open = |path: PathBuf| match std::fs::File::open(&path) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        };
+        let (Some(data), Some(outboard)) = (open(self.paths.data_path(&h))?, open(self.paths.outboard_path(&h))?)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(OnDisk {
+            data,
+            outboard: PreOrderOutboard {
+                root: bao_tree::blake3::Hash::from_bytes(hash.0),
+                tree: BaoTree::new(size, BlockSize::from_chunk_log(IROH_CHUNK_LOG)),
+                data: outboard,
+            },
+            size,
+        }))
     }
 
     /// Streams the whole blob into `out`, verified, returning the bytes written.
@@ -491,13 +536,102 @@ fn encode_error(hash: &BlobHash, e: bao_tree::io::EncodeError) -> Error {
     }
 }
 
-/// A verified read of a range of one blob: iroh-blobs' validated bao export
-/// hashes each 16 KiB group and the parents above it up to the root, which
-/// is the blob's name, before it hands the group on. A mismatch ends the
-/// read with [`Error::Corrupt`]; no byte of a group that fails comes out.
+/// iroh-blobs' chunk groups: 2^4 chunks of 1 KiB.
+const IROH_CHUNK_LOG: u8 = 4;
+
+/// Bytes a verified read of a blob on disk checks and hands on at a time.
+const DISK_WINDOW: u64 = 4 << 20;
+
+/// A blob's data file and its outboard (the BLAKE3 tree above its 16 KiB
+/// groups, in pre-order), both files of the blob store.
+struct OnDisk {
+    data: std::fs::File,
+    outboard: PreOrderOutboard<std::fs::File>,
+    size: u64,
+}
+
+impl OnDisk {
+    /// Reads `[offset, offset + len)` after checking every group it touches
+    /// (and their parents up to the root) against the outboard: one read of
+    /// the groups into memory, hashed there. Blocking.
+    fn read_checked(&self, hash: &BlobHash, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let group = 1u64 << (IROH_CHUNK_LOG + 10);
+        let start = offset - offset % group;
+        let end = (offset + len).div_ceil(group).saturating_mul(group).min(self.size);
+        let span = usize::try_from(end - start).map_err(|_| Error::Blobs(format!("a {len}-byte read is too large")))?;
+        let window = Window {
+            base: start,
+            bytes: read_at(&self.data, start, span)?,
+        };
+        if window.bytes.len() != span {
+            return Err(Error::Blobs(format!(
+                "reading {hash}: the data file is shorter than the blob"
+            )));
+        }
+        let wanted = ChunkRanges::bytes(offset..offset + len);
+        let mut valid = ChunkRanges::empty();
+        for r in bao_tree::io::sync::valid_ranges(&self.outboard, &window, &wanted) {
+            let r = r.map_err(|e| Error::Blobs(format!("checking {hash}: {e}")))?;
+            valid |= ChunkRanges::from(r);
+        }
+        if !valid.is_superset(&wanted) {
+            return Err(Error::Corrupt(hash.to_string()));
+        }
+        let from = (offset - start) as usize;
+        let mut bytes = window.bytes;
+        bytes.truncate(from + len as usize);
+        bytes.drain(..from);
+        Ok(bytes)
+    }
+}
+
+/// Bytes of a blob read into memory at `base`, for bao-tree to hash.
+struct Window {
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl positioned_io::ReadAt for Window {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(start) = pos.checked_sub(self.base) else {
+            return Err(std::io::Error::other("a read before the window"));
+        };
+        let start = usize::try_from(start).unwrap_or(usize::MAX).min(self.bytes.len());
+        let n = buf.len().min(self.bytes.len() - start);
+        buf[..n].copy_from_slice(&self.bytes[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// Windows of a blob on disk being checked ahead of the reader.
+struct Ahead {
+    files: Arc<OnDisk>,
+    /// Where the next window to schedule starts.
+    scheduled: u64,
+    /// Windows scheduled, in order: their length and their check.
+    pending: std::collections::VecDeque<(u64, tokio::task::JoinHandle<Result<Vec<u8>>>)>,
+}
+
+/// Windows checked at once ahead of the reader (one per core here).
+const DISK_AHEAD: usize = 2;
+
+/// Where a verified read gets its bytes.
+enum Source {
+    /// A large blob: its own files, checked window by window on the blocking
+    /// pool (no message to the store's actor per 16 KiB).
+    Disk(Ahead),
+    /// Anything else: iroh-blobs' validated bao export, which hashes each
+    /// group and its parents up to the root before yielding it.
+    Store(std::pin::Pin<Box<dyn n0_future::Stream<Item = iroh_blobs::api::blobs::EncodedItem> + Send>>),
+}
+
+/// A verified read of a range of one blob: every byte is checked against the
+/// blob's BLAKE3 tree, whose root is the blob's name, before it is handed on.
+/// A mismatch ends the read with [`Error::Corrupt`]; no byte of a group that
+/// fails comes out.
 pub(crate) struct Verified {
     hash: BlobHash,
-    items: std::pin::Pin<Box<dyn n0_future::Stream<Item = iroh_blobs::api::blobs::EncodedItem> + Send>>,
+    from: Source,
     /// The next byte to hand on, and the end of the range.
     next: u64,
     end: u64,
@@ -507,7 +641,33 @@ impl Verified {
     /// The next verified bytes, or `None` at the end of the range (or blob).
     pub(crate) async fn next(&mut self) -> Result<Option<bytes::Bytes>> {
         use iroh_blobs::api::blobs::EncodedItem;
-        while let Some(item) = self.items.next().await {
+        let items = match &mut self.from {
+            Source::Disk(disk) => {
+                // Keep windows checked ahead on the blocking pool, so hashing
+                // runs on both cores while the caller writes.
+                while disk.pending.len() < DISK_AHEAD && disk.scheduled < self.end {
+                    let (files, hash, offset) = (disk.files.clone(), self.hash, disk.scheduled);
+                    let len = (self.end - offset).min(DISK_WINDOW);
+                    disk.scheduled += len;
+                    let check = tokio::task::spawn_blocking(move || files.read_checked(&hash, offset, len));
+                    disk.pending.push_back((len, check));
+                }
+                let Some((len, check)) = disk.pending.pop_front() else {
+                    return Ok(None);
+                };
+                let bytes = check.await.map_err(Error::blobs)??;
+                if bytes.len() as u64 != len {
+                    return Err(Error::Blobs(format!(
+                        "reading {}: the data file is shorter than the blob",
+                        self.hash
+                    )));
+                }
+                self.next += len;
+                return Ok(Some(bytes.into()));
+            }
+            Source::Store(items) => items,
+        };
+        while let Some(item) = items.next().await {
             match item {
                 EncodedItem::Leaf(leaf) => {
                     let start = leaf.offset;

@@ -893,3 +893,46 @@ fn process_alive_tells_running_from_gone() {
     assert!(!crate::process_alive(pid));
     child.wait().expect("reap");
 }
+
+/// A large blob (data and outboard both files) is read window by window:
+/// a corrupt byte fails exactly the reads whose 16 KiB group holds it, and
+/// is recorded; every other range still reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_of_a_corrupt_large_blob_fail_only_where_it_is_corrupt() {
+    let (d, store) = store();
+    let main = head(&store, "main");
+    let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    put(&main, "/big", &data).await;
+    let hash = crate::BlobHash::of(&data);
+    let blobs = d.path().join("blobs/data");
+    assert!(blobs.join(format!("{hash}.obao4")).exists(), "the outboard is a file of its own");
+    let file = blobs.join(format!("{hash}.data"));
+    let mut bytes = std::fs::read(&file).expect("blob file");
+    let bad = 9_000_000;
+    bytes[bad] ^= 0x01;
+    std::fs::write(&file, bytes).expect("corrupt it");
+
+    let e = main.stat(&BucketPath::parse("/big").expect("path")).expect("stat");
+    let r = main.open_read(&e).await.expect("open");
+    let head_bytes = r.read_at(0, 1 << 20).await.expect("a clean range reads");
+    assert_eq!(head_bytes, &data[..1 << 20]);
+    let tail = r.read_at(10 << 20, 1 << 20).await.expect("a clean range after it reads");
+    assert_eq!(tail, &data[10 << 20..11 << 20]);
+    let group = (bad as u64) & !0x3fff;
+    assert!(matches!(r.read_at(group, 100).await, Err(Error::Corrupt(_))));
+    assert!(matches!(r.read_at(group - 10, 20).await, Err(Error::Corrupt(_))));
+    assert!(r.read_at(group - 10, 10).await.is_ok(), "the group before is fine");
+    let mut sink = Vec::new();
+    assert!(matches!(main.copy_to(&e, &mut sink, &|_| {}).await, Err(Error::Corrupt(_))));
+    assert!(sink.len() <= bad, "no byte of the bad group came out ({} bytes did)", sink.len());
+    // Recorded for stats (off the reader's thread).
+    let start = std::time::Instant::now();
+    loop {
+        let stats = store.stats().await.expect("stats");
+        if stats.corrupt_blobs == vec![hash.to_string()] {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", stats.corrupt_blobs);
+        tokio::task::yield_now().await;
+    }
+}
