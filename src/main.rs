@@ -352,9 +352,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.json;
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            // Under --json, errors are JSON too (on stdout, where the answer goes).
+            let kind = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<alknet_fs::Error>())
+                .map_or("error", alknet_fs::Error::kind);
+            let out = serde_json::json!({"error": {"kind": kind, "message": format!("{e:#}")}});
+            println!("{out}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("alknet: {e:#}");
             ExitCode::FAILURE

@@ -210,10 +210,14 @@ impl Repo {
                         .ok_or_else(|| Error::Objects("an import went missing".into()))?,
                     mode,
                 },
-                Change::Symlink { path, id } => Edit::Symlink {
-                    path,
-                    target: String::from_utf8_lossy(&self.read_blob(&id)?).into_owned(),
-                },
+                Change::Symlink { path, id } => {
+                    let target = String::from_utf8_lossy(&self.read_blob(&id)?).into_owned();
+                    if let Err(e) = alknet_fs::check_symlink_target(&target) {
+                        tracing::warn!(repo = self.name(), "not publishing {path}: {e}");
+                        continue;
+                    }
+                    Edit::Symlink { path, target }
+                }
             });
         }
         if !edits.is_empty() {

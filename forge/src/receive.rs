@@ -237,8 +237,24 @@ fn receive_objects(
 ) -> Result<Option<(Received, u32)>, Error> {
     let packs = quarantine.join("pack");
     std::fs::create_dir_all(&packs)?;
-    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let store = repo.store().clone();
+    let refusal = std::sync::Mutex::new(None);
+    let mut reader = BufReader::with_capacity(
+        64 * 1024,
+        Guarded {
+            inner: input,
+            store: &store,
+            read: 0,
+            refusal: &refusal,
+        },
+    );
     let interrupt = AtomicBool::new(false);
+    let options = gix_pack::bundle::write::Options {
+        // A header may claim any number of objects: gix sizes its tables by
+        // the claim, so no single allocation may exceed what one object may be.
+        alloc_limit_bytes: Some(pack_alloc_limit(&store)),
+        ..Default::default()
+    };
     let outcome = gix_pack::Bundle::write_to_directory(
         &mut reader,
         Some(&packs),
@@ -246,9 +262,13 @@ fn receive_objects(
         &interrupt,
         Some(repo.odb.clone()),
         gix_hash::Kind::Sha1,
-        gix_pack::bundle::write::Options::default(),
+        options,
     )
-    .map_err(|e| Error::BadPack(format!("the pack is unusable: {}", error_chain(&e))))?;
+    .map_err(|e| match refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        // The limits stopped it: say which, not how gix saw the cut.
+        Some(limit) => Error::Store(limit),
+        None => Error::BadPack(format!("the pack is unusable: {}", error_chain(&e))),
+    })?;
     if let Some(keep) = &outcome.keep_path {
         std::fs::remove_file(keep).ok();
     }
@@ -261,6 +281,40 @@ fn receive_objects(
         objects: new,
     };
     Ok(Some((received, outcome.index.num_objects)))
+}
+
+/// The largest single allocation gix may make for a pushed pack: a file may
+/// be this large, and more is a header lying about its object count.
+fn pack_alloc_limit(store: &alknet_fs::Store) -> usize {
+    const DEFAULT: u64 = 4 << 30;
+    let limit = store.limits().max_file_size.unwrap_or(DEFAULT).clamp(64 << 20, DEFAULT);
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+/// A pushed pack as it arrives: each read asks the store's write limits
+/// whether the pack may grow by what it brought (a pack is a file of the
+/// store: `max_file_size`, and the disk's free space less its reserve), so a
+/// push cannot fill the disk; a refusal is kept to report instead of gix's
+/// view of the cut.
+struct Guarded<'a, R> {
+    inner: R,
+    store: &'a alknet_fs::Store,
+    read: u64,
+    refusal: &'a std::sync::Mutex<Option<alknet_fs::Error>>,
+}
+
+impl<R: Read> Read for Guarded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let grown = self.read + n as u64;
+        if let Err(e) = self.store.check_growth("the pushed pack", self.read, grown) {
+            let text = e.to_string();
+            *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            return Err(std::io::Error::other(text));
+        }
+        self.read = grown;
+        Ok(n)
+    }
 }
 
 fn error_chain(e: &dyn std::fmt::Debug) -> String {

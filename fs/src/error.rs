@@ -158,6 +158,44 @@ impl Error {
         }
     }
 
+    /// A word for the kind of error, for machine-readable output (`--json`):
+    /// `not_found`, `exists`, `invalid`, `read_only`, `too_large`,
+    /// `no_space`, `corrupt`, `conflict` or `internal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound(_)
+            | Error::NoSuchBucket(_)
+            | Error::NoSuchBranch { .. }
+            | Error::NoSuchVersion { .. }
+            | Error::NoSuchUser(_)
+            | Error::NoSuchKey(_)
+            | Error::NoSuchGrant { .. }
+            | Error::MissingBlob(_) => "not_found",
+            Error::Exists(_)
+            | Error::BucketExists(_)
+            | Error::BranchExists { .. }
+            | Error::SnapshotExists(_)
+            | Error::UserExists(_)
+            | Error::KeyTaken(_) => "exists",
+            Error::InvalidName { .. }
+            | Error::InvalidPath { .. }
+            | Error::InvalidAddress { .. }
+            | Error::InvalidSize { .. }
+            | Error::NotADirectory(_)
+            | Error::IsADirectory(_)
+            | Error::NotEmpty(_)
+            | Error::RenameIntoSelf { .. }
+            | Error::BranchInUse { .. }
+            | Error::LastKey(_) => "invalid",
+            Error::ReadOnly(_) => "read_only",
+            Error::TooLarge { .. } => "too_large",
+            Error::NoSpace { .. } => "no_space",
+            Error::Corrupt(_) => "corrupt",
+            Error::RefChanged { .. } => "conflict",
+            Error::Db(_) | Error::Blobs(_) | Error::Internal(_) | Error::Io { .. } | Error::Stream(_) => "internal",
+        }
+    }
+
     /// True for errors caused by the caller's request (bad name, missing path, …)
     /// rather than by a fault of the store; frontends log these at debug level.
     pub fn is_user_error(&self) -> bool {

@@ -48,8 +48,8 @@ pub use error::{Error, Result};
 pub use limits::{DEFAULT_DISK_RESERVE, Limits, format_size, parse_size};
 pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
 pub use name::{
-    Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, check_branch_name, check_bucket_name,
-    check_entry_name,
+    Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, MAX_SYMLINK_TARGET, check_branch_name,
+    check_bucket_name, check_entry_name, check_symlink_target,
 };
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
 pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch, process_alive};

@@ -61,6 +61,14 @@ impl Active {
         self.disk_reserve.store(l.disk_reserve, Ordering::Relaxed);
     }
 
+    pub(crate) fn get(&self) -> Limits {
+        let max = self.max_file_size.load(Ordering::Relaxed);
+        Limits {
+            max_file_size: (max != u64::MAX).then_some(max),
+            disk_reserve: self.disk_reserve.load(Ordering::Relaxed),
+        }
+    }
+
     /// Checks that a file at `path` may grow from `old_len` to `new_len`
     /// bytes on the disk that holds `dir`.
     pub(crate) fn check(&self, dir: &Path, path: &str, old_len: u64, new_len: u64) -> Result<()> {

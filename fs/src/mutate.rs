@@ -5,7 +5,7 @@ use rusqlite::{Transaction, params};
 use crate::blobs::Imported;
 use crate::db::{notify, now_ms, now_ns};
 use crate::error::{Error, Result};
-use crate::name::{BucketPath, check_entry_name};
+use crate::name::{BucketPath, check_entry_name, check_symlink_target};
 use crate::tree::{SetAttr, Tree};
 use crate::types::{Entry, EntryId, Kind, TOMBSTONE, Version};
 
@@ -202,6 +202,7 @@ impl Tree {
 
     /// Creates a symlink at `path` pointing at `target` (stored verbatim).
     pub fn symlink(&self, path: &BucketPath, target: &str) -> Result<Entry> {
+        check_symlink_target(target)?;
         Ok(self
             .commit("symlink", &[path], |rows| {
                 let (parent, name) = self.parent_dir(rows, path, false)?;
@@ -377,15 +378,15 @@ impl Tree {
 
     /// Changes mode and/or mtime.
     pub fn set_attr(&self, path: &BucketPath, attr: &SetAttr) -> Result<Entry> {
+        if path.is_root() {
+            // The root has no row: its mode and mtime are fixed. Setting them
+            // succeeds and changes nothing, so `tar -x` into a root works.
+            self.check_writable("/")?;
+            return self.stat(path);
+        }
         Ok(self
             .commit("setattr", &[path], |rows| {
                 let mut e = self.resolve(rows.tx, path)?;
-                if path.is_root() {
-                    return Err(Error::InvalidPath {
-                        path: "/".into(),
-                        reason: "the root's attributes are fixed",
-                    });
-                }
                 if let Some(mode) = attr.mode {
                     // A special file keeps its type bits.
                     e.mode = (e.mode & 0o170000) | (mode & 0o7777);

@@ -66,6 +66,27 @@ pub fn check_entry_name(name: &str) -> Result<()> {
     }
 }
 
+/// Longest symlink target, in bytes (Linux's `PATH_MAX`): a target is
+/// returned whole in every listing, so it must stay small.
+pub const MAX_SYMLINK_TARGET: usize = 4096;
+
+/// Checks a symlink target: not empty, no NUL, at most [`MAX_SYMLINK_TARGET`] bytes.
+pub fn check_symlink_target(target: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            what: "symlink target",
+            value: target.chars().take(64).collect(),
+            reason,
+        })
+    };
+    match target {
+        "" => bad("it is empty"),
+        t if t.len() > MAX_SYMLINK_TARGET => bad("it is longer than 4096 bytes"),
+        t if t.contains('\0') => bad("it contains a NUL byte"),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a branch or snapshot name: git's ref rules, narrowed to what an
 /// address can carry (no `@`, `:` or whitespace).
 pub fn check_branch_name(what: &'static str, name: &str) -> Result<()> {

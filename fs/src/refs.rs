@@ -219,6 +219,7 @@ impl Tree {
                         self.place_new(rows, path, Kind::File, Some((blob.hash(), blob.size())), None, *mode)?;
                     }
                     Edit::Symlink { path, target } => {
+                        crate::name::check_symlink_target(target)?;
                         self.place_new(rows, path, Kind::Symlink, None, Some(target), 0o777)?;
                     }
                 }

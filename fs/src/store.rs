@@ -143,6 +143,18 @@ impl Store {
         private_dir(&tmp)?;
         private_dir(&dir.join("blobs"))?;
         let db_path = dir.join("alknet.db");
+        // A new database is the owner's from its first byte; SQLite gives
+        // its -wal and -shm files the same mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&db_path)
+                .map_err(|e| Error::io(&db_path, e))?;
+        }
         let db = Db::open(&db_path)?;
         for suffix in ["", "-wal", "-shm"] {
             let path = PathBuf::from(format!("{}{suffix}", db_path.display()));
@@ -176,6 +188,11 @@ impl Store {
     /// Installs the write limits every tree of this store obeys.
     pub fn set_limits(&self, limits: crate::limits::Limits) {
         self.inner.limits.set(limits);
+    }
+
+    /// The write limits in force.
+    pub fn limits(&self) -> crate::limits::Limits {
+        self.inner.limits.get()
     }
 
     /// Checks that a file (`what`, for the message) may grow from `old_len`

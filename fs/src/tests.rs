@@ -901,11 +901,16 @@ fn process_alive_tells_running_from_gone() {
 async fn reads_of_a_corrupt_large_blob_fail_only_where_it_is_corrupt() {
     let (d, store) = store();
     let main = head(&store, "main");
-    let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..(12u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     put(&main, "/big", &data).await;
     let hash = crate::BlobHash::of(&data);
     let blobs = d.path().join("blobs/data");
-    assert!(blobs.join(format!("{hash}.obao4")).exists(), "the outboard is a file of its own");
+    assert!(
+        blobs.join(format!("{hash}.obao4")).exists(),
+        "the outboard is a file of its own"
+    );
     let file = blobs.join(format!("{hash}.data"));
     let mut bytes = std::fs::read(&file).expect("blob file");
     let bad = 9_000_000;
@@ -916,15 +921,25 @@ async fn reads_of_a_corrupt_large_blob_fail_only_where_it_is_corrupt() {
     let r = main.open_read(&e).await.expect("open");
     let head_bytes = r.read_at(0, 1 << 20).await.expect("a clean range reads");
     assert_eq!(head_bytes, &data[..1 << 20]);
-    let tail = r.read_at(10 << 20, 1 << 20).await.expect("a clean range after it reads");
+    let tail = r
+        .read_at(10 << 20, 1 << 20)
+        .await
+        .expect("a clean range after it reads");
     assert_eq!(tail, &data[10 << 20..11 << 20]);
     let group = (bad as u64) & !0x3fff;
     assert!(matches!(r.read_at(group, 100).await, Err(Error::Corrupt(_))));
     assert!(matches!(r.read_at(group - 10, 20).await, Err(Error::Corrupt(_))));
     assert!(r.read_at(group - 10, 10).await.is_ok(), "the group before is fine");
     let mut sink = Vec::new();
-    assert!(matches!(main.copy_to(&e, &mut sink, &|_| {}).await, Err(Error::Corrupt(_))));
-    assert!(sink.len() <= bad, "no byte of the bad group came out ({} bytes did)", sink.len());
+    assert!(matches!(
+        main.copy_to(&e, &mut sink, &|_| {}).await,
+        Err(Error::Corrupt(_))
+    ));
+    assert!(
+        sink.len() <= bad,
+        "no byte of the bad group came out ({} bytes did)",
+        sink.len()
+    );
     // Recorded for stats (off the reader's thread).
     let start = std::time::Instant::now();
     loop {
@@ -932,7 +947,11 @@ async fn reads_of_a_corrupt_large_blob_fail_only_where_it_is_corrupt() {
         if stats.corrupt_blobs == vec![hash.to_string()] {
             break;
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", stats.corrupt_blobs);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            stats.corrupt_blobs
+        );
         tokio::task::yield_now().await;
     }
 }

@@ -81,6 +81,18 @@ pub(crate) fn errno(e: &Error) -> Errno {
         Error::RenameIntoSelf { .. } => Errno::EINVAL,
         Error::TooLarge { .. } => Errno::EFBIG,
         Error::NoSpace { .. } => Errno::ENOSPC,
+        // As symlink(2): an empty target is ENOENT, a long one ENAMETOOLONG.
+        Error::InvalidName {
+            what: "symlink target",
+            value,
+            ..
+        } => {
+            if value.is_empty() {
+                Errno::ENOENT
+            } else {
+                Errno::ENAMETOOLONG
+            }
+        }
         Error::InvalidName { value, .. } | Error::InvalidPath { path: value, .. }
             if value.len() > alknet_fs::MAX_COMPONENT =>
         {

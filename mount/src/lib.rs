@@ -704,13 +704,15 @@ impl Filesystem for Mount {
             let mut after: Option<String> = None;
             loop {
                 let page = self.backend.read_dir(dir.id, after.as_deref(), PAGE)?;
-                let full = page.len() == PAGE;
+                // A page may come back shorter than asked (a node pages by
+                // bytes too): only an empty one ends the listing.
+                let more = !page.is_empty();
                 after = page.last().map(|e| e.name.clone());
                 entries.extend(page.into_iter().map(|e| {
                     let attr = self.attr(&e);
                     (e.name, attr)
                 }));
-                if !full {
+                if !more {
                     break;
                 }
             }

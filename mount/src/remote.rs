@@ -40,6 +40,16 @@ const FILL_DEPTH: usize = 8;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handles one connection may hold open on the node.
 const MAX_HANDLES: usize = 4096;
+/// Requests one connection may have running on the node; the node stops
+/// reading from a connection that has this many (TCP pushes back).
+const MAX_IN_FLIGHT: usize = 64;
+/// Requests all connections together may have running on the node.
+static NODE_IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(512);
+/// Bytes of entries in one directory page on the wire (names, targets):
+/// well under [`MAX_FRAME`], whatever the entries hold.
+const PAGE_BYTES: usize = 512 << 10;
+/// How often a long poll for changes looks again.
+const CHANGES_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Op {
@@ -169,8 +179,15 @@ struct Slot {
     /// close finds nothing).
     open: Arc<Mutex<Option<Open>>>,
     /// Its queue: its requests run one at a time, in the order they came,
-    /// so a client may send writes without waiting.
-    lane: mpsc::UnboundedSender<(u64, Op)>,
+    /// so a client may send writes without waiting. Bounded by the permits
+    /// each request holds.
+    lane: mpsc::UnboundedSender<(u64, Op, Permits)>,
+}
+
+/// A request's place among those running on the node, held until answered.
+struct Permits {
+    _connection: tokio::sync::OwnedSemaphorePermit,
+    _node: tokio::sync::SemaphorePermit<'static>,
 }
 
 /// What one remote mount session did, for the node's log.
@@ -209,16 +226,39 @@ impl Session {
     }
 
     /// Runs a handle's requests in order until the handle is gone.
-    async fn lane(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<(u64, Op)>) {
-        while let Some((id, op)) = queue.recv().await {
+    async fn lane(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<(u64, Op, Permits)>) {
+        while let Some((id, op, permits)) = queue.recv().await {
             let session = self.clone();
             tokio::task::spawn_blocking(move || session.answer(id, op)).await.ok();
+            drop(permits);
+        }
+    }
+
+    /// Answers `Changes`: looks for changes now and again every
+    /// [`CHANGES_POLL`] until there are some or `wait_ms` has passed. The
+    /// waiting is async; no blocking thread is held between looks.
+    async fn long_poll(self: Arc<Self>, id: u64, wait_ms: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(5_000).into());
+        loop {
+            let session = self.clone();
+            let looked = tokio::task::spawn_blocking(move || session.backend.changes(Duration::ZERO)).await;
+            let reply: WireResult = match looked {
+                Ok(Ok(names)) if names.is_empty() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(CHANGES_POLL).await;
+                    continue;
+                }
+                Ok(Ok(names)) => Ok(Reply::Names(names)),
+                Ok(Err(e)) => Err((e.code(), String::new())),
+                Err(_) => Err((libc::EIO, String::new())),
+            };
+            self.out.send(frame(&(id, reply))).ok();
+            return;
         }
     }
 
     /// Passes a request on a handle to its lane; gives it back if it is on
     /// no handle, or on one that is not (or no longer) open.
-    fn route(&self, id: u64, op: Op) -> std::result::Result<(), (u64, Op)> {
+    fn route(&self, id: u64, op: Op, permits: Permits) -> std::result::Result<(), (u64, Op, Permits)> {
         let h = match &op {
             Op::Read(h, ..)
             | Op::Write(h, ..)
@@ -226,13 +266,13 @@ impl Session {
             | Op::SetAttrOf(h, ..)
             | Op::Close(h)
             | Op::Forget(h) => *h,
-            _ => return Err((id, op)),
+            _ => return Err((id, op, permits)),
         };
         let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
         match handles.get(&h) {
-            Some(slot) => slot.lane.send((id, op)).map_err(|e| e.0),
+            Some(slot) => slot.lane.send((id, op, permits)).map_err(|e| e.0),
             // Unknown or closed: `run` answers EBADF.
-            None => Err((id, op)),
+            None => Err((id, op, permits)),
         }
     }
 
@@ -276,7 +316,20 @@ impl Session {
             Op::Entry(id) => Reply::Entry(b.entry(id)?),
             Op::Lookup(parent, name) => Reply::Entry(b.lookup(parent, &name)?),
             Op::ReadDir(dir, after, limit) => {
-                Reply::Entries(b.read_dir(dir, after.as_deref(), limit.min(10_000) as usize)?)
+                let mut page = b.read_dir(dir, after.as_deref(), limit.min(10_000) as usize)?;
+                // A page fits a frame whatever its entries hold; the client
+                // asks again after the last one until a page comes back empty.
+                let mut bytes = 0;
+                let fit = page
+                    .iter()
+                    .position(|e| {
+                        bytes += 128 + e.name.len() + e.target.as_ref().map_or(0, String::len);
+                        bytes > PAGE_BYTES
+                    })
+                    .unwrap_or(page.len())
+                    .max(1);
+                page.truncate(fit);
+                Reply::Entries(page)
             }
             Op::Mkdir(parent, name, mode) => Reply::Entry(Some(b.mkdir(parent, &name, mode)?)),
             Op::Mknod(parent, name, mode, rdev) => Reply::Entry(Some(b.mknod(parent, &name, mode, rdev)?)),
@@ -324,10 +377,8 @@ impl Session {
                 Reply::Done
             }
             Op::Space => Reply::Space(b.space()?),
-            Op::Changes(wait_ms) => {
-                let wait = Duration::from_millis(wait_ms.min(5_000).into());
-                Reply::Names(b.changes(wait)?)
-            }
+            // Long polls are answered by `long_poll`, off the blocking pool.
+            Op::Changes(_) => Reply::Names(b.changes(Duration::ZERO)?),
         })
     }
 }
@@ -374,6 +425,7 @@ where
 
     let (out, queue) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(pump(tx, queue));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let session = Arc::new_cyclic(|this| Session {
         backend,
         handles: Mutex::new(HashMap::new()),
@@ -393,9 +445,30 @@ where
             Ok(m) => m,
             Err(e) => break Err(bad_data(format!("an undecodable request: {e}"))),
         };
-        if let Err((id, op)) = session.route(id, op) {
+        // Wait for room before reading on: a client cannot queue more work
+        // on the node than these bounds.
+        let (Ok(connection), Ok(node)) = (in_flight.clone().acquire_owned().await, NODE_IN_FLIGHT.acquire().await)
+        else {
+            break Ok(());
+        };
+        let permits = Permits {
+            _connection: connection,
+            _node: node,
+        };
+        if let Op::Changes(wait_ms) = op {
             let session = session.clone();
-            tokio::task::spawn_blocking(move || session.answer(id, op));
+            tokio::spawn(async move {
+                session.long_poll(id, wait_ms).await;
+                drop(permits);
+            });
+            continue;
+        }
+        if let Err((id, op, permits)) = session.route(id, op, permits) {
+            let session = session.clone();
+            tokio::task::spawn_blocking(move || {
+                session.answer(id, op);
+                drop(permits);
+            });
         }
     };
     // The client is gone: its lanes end, its unpublished writers are dropped

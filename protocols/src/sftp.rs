@@ -82,9 +82,19 @@ where
             Err(e) if e.is_empty() => break Ok(()),
             Err(e) => break Err(e),
         };
-        let reply = match Packet::try_from(&mut bytes) {
-            Ok(request) => session.handle(request).await,
-            Err(e) => break Err(format!("malformed packet: {e}")),
+        let kind = bytes.first().copied();
+        let id = bytes.get(1..5).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let reply = match (Packet::try_from(&mut bytes), kind, id) {
+            (Ok(request), ..) => session.handle(request).await,
+            // A request of a type SFTP v3 does not define: say so, as
+            // OpenSSH does, and go on with the session.
+            (Err(_), Some(kind), Some(id)) if !is_v3_type(kind) => Packet::Status(Status {
+                id,
+                status_code: StatusCode::OpUnsupported,
+                error_message: format!("unknown SFTP request type {kind}"),
+                language_tag: "en-US".into(),
+            }),
+            (Err(e), ..) => break Err(format!("malformed packet: {e}")),
         };
         let encoded = match Bytes::try_from(reply) {
             Ok(b) => b,
@@ -105,6 +115,12 @@ where
     // Open write sessions are dropped here: their staging files go, nothing is published.
     drop(session.handles);
     result.map(|()| session.touched)
+}
+
+/// Whether `kind` is a packet type of SFTP v3 (draft 02): INIT to
+/// SYMLINK, their replies, and the EXTENDED pair.
+fn is_v3_type(kind: u8) -> bool {
+    matches!(kind, 1..=20 | 101..=105 | 200 | 201)
 }
 
 /// One length-prefixed packet; `Err("")` at a clean end of stream.

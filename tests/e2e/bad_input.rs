@@ -97,3 +97,24 @@ fn proxy_with_a_bad_node_address_says_so() {
         assert!(err.contains("expected NODE_ID@HOST:PORT"), "{bad}: {err}");
     }
 }
+
+/// Under `--json`, an error is JSON too: `{"error": {"kind", "message"}}`
+/// on stdout, and a non-zero exit.
+#[test]
+fn errors_are_json_under_json() {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "b"]);
+    for (args, kind) in [
+        (&["--json", "cat", "b:/missing"][..], "not_found"),
+        (&["--json", "bucket", "create", "b"], "exists"),
+        (&["--json", "bucket", "create", "Bad Name"], "invalid"),
+        (&["--json", "put", "-", "b@main@1:/x"], "error"),
+    ] {
+        let out = node.cmd(args).output().expect("run");
+        assert!(!out.status.success(), "{args:?}");
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out:?}"));
+        assert_eq!(v["error"]["kind"], kind, "{args:?}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+}

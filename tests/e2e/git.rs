@@ -621,6 +621,10 @@ fn bad_packs_and_bad_lines_change_nothing() {
     );
     let three = stdout(&f, &src, &["rev-parse", "HEAD"]).trim().to_owned();
     let missing_base = pack_of(&["--thin", "--revs"], &format!("{three}\n^{head}\n"));
+    // A header that claims 2^32 - 1 objects (the server once asked for
+    // ~256 GiB to index it).
+    let mut lying = good.clone();
+    lying[8..12].copy_from_slice(&[0xff; 4]);
 
     let command_for = |create: &str, tip: &str| {
         let mut input = pkt(format!(
@@ -637,6 +641,7 @@ fn bad_packs_and_bad_lines_change_nothing() {
         ("truncated", &truncated, &head),
         ("missing", &missing_tree, &head),
         ("thin", &missing_base, &three),
+        ("lying", &lying, &head),
     ] {
         let mut input = command_for(name, tip);
         input.extend_from_slice(pack);
@@ -648,6 +653,8 @@ fn bad_packs_and_bad_lines_change_nothing() {
             "{name} pack: {answer}"
         );
     }
+    let peak = crate::util::peak_rss_kib(f.server.pid()).expect("VmHWM");
+    assert!(peak < 300 << 10, "the server's peak RSS was {peak} KiB");
     // Malformed pkt-lines: the connection ends, nothing else does.
     for garbage in [&b"zzzz"[..], b"0005", b"00ffshort", &[0xffu8; 64]] {
         raw_receive_pack(&f, garbage);
@@ -925,4 +932,24 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A push is a file of the store too: one past the write limits is refused
+/// while it arrives, with the reason, and changes nothing.
+#[test]
+fn a_push_past_the_write_limits_is_refused_with_the_reason() {
+    let f = Forge::start_with(Via::Tcp, 2, |node| {
+        let path = node.data.join("alknet.toml");
+        let text = std::fs::read_to_string(&path).expect("alknet.toml");
+        let text = text.replace("max_file_size = \"none\"", "max_file_size = \"1MiB\"");
+        std::fs::write(&path, text).expect("write alknet.toml");
+    });
+    let src = f.clone("src", &[]);
+    std::fs::write(src.join("big.bin"), crate::util::pattern(3 << 20, 9)).expect("write");
+    f.ok(&src, &["add", "big.bin"]);
+    f.ok(&src, &["commit", "-q", "-m", "big"]);
+    let out = f.fails(&src, &["push", "origin", "HEAD:main"]);
+    assert!(out.contains("file too large"), "{out}");
+    let refs = stdout(&f, &src, &["ls-remote", &f.url("hello")]);
+    assert!(refs.trim().is_empty(), "nothing moved: {refs}");
 }

@@ -112,6 +112,18 @@ fn mode(path: &std::path::Path) -> u32 {
 /// enter it, and one made readable is tightened at the next open.
 #[test]
 fn data_directory_is_private() {
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(crate::util::bin())
+        .arg("--data")
+        .arg(fresh.path().join("data"))
+        .arg("init")
+        .env("HOME", fresh.path())
+        .output()
+        .expect("init");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "a new data directory needs no tightening: {out:?}"
+    );
     let node = Node::new();
     node.ok(&["bucket", "create", "b"]);
     // Large enough to be a file of its own (small blobs live inside blobs.db).
@@ -392,4 +404,42 @@ fn corrupt_bytes_are_never_served() {
     assert!(!fsck.status.success());
     let report: serde_json::Value = serde_json::from_slice(&fsck.stdout).expect("fsck --json");
     assert!(report["problems"].to_string().contains(&hash), "{report}");
+}
+
+/// An SFTP request of a type the protocol does not define gets
+/// `SSH_FX_OP_UNSUPPORTED` and the session goes on (it used to end).
+#[test]
+fn an_unknown_sftp_request_type_is_unsupported_not_fatal() {
+    let (node, key) = admin_node();
+    let server = Server::start(&node);
+    let (ok, out) = crate::util::paramiko_sftp(
+        &node,
+        &server,
+        &key,
+        r#"
+import struct
+ch = t.open_session()
+ch.invoke_subsystem('sftp')
+def send(kind, body): ch.sendall(struct.pack('>IB', len(body) + 1, kind) + body)
+def recv():
+    head = b''
+    while len(head) < 5: head += ch.recv(5 - len(head))
+    n, kind = struct.unpack('>IB', head)
+    body = b''
+    while len(body) < n - 1: body += ch.recv(n - 1 - len(body))
+    return kind, body
+send(1, struct.pack('>I', 3))
+assert recv()[0] == 2
+send(99, struct.pack('>I', 7) + b'whatever')
+kind, body = recv()
+rid, code = struct.unpack('>II', body[:8])
+print('reply', kind, rid, code)
+send(16, struct.pack('>I', 8) + struct.pack('>I', 1) + b'/')
+kind, body = recv()
+print('realpath reply', kind)
+"#,
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("reply 101 7 8"), "STATUS, id 7, OP_UNSUPPORTED:\n{out}");
+    assert!(out.contains("realpath reply 104"), "the session goes on:\n{out}");
 }

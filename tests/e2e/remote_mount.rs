@@ -326,3 +326,99 @@ fn malformed_requests_end_only_that_connection() {
     );
     assert!(m.stop());
 }
+
+/// A read-only user floods the node with long polls for changes (each once
+/// held a blocking thread for 5 s, so 2,000 of them starved every other
+/// mount): another mount still lists and reads at once.
+#[test]
+fn a_flood_of_long_polls_starves_no_one() {
+    let s = setup(&[("/f", b"content")]);
+    let node = &s.node;
+    // Hello for photos, then 2,000 `Changes(5000)` frames (id k, variant 22).
+    let script = format!(
+        r#"
+import socket, struct, sys, time, paramiko
+key = paramiko.Ed25519Key.from_private_key_file('{key}')
+t = paramiko.Transport(socket.create_connection(('127.0.0.1', {port})))
+t.connect(username='bob', pkey=key)
+ch = t.open_session()
+ch.invoke_subsystem('alknet-fs')
+def frame(body): return struct.pack('>I', len(body)) + body
+def varint(n):
+    out = b''
+    while True:
+        b = n & 0x7f
+        n >>= 7
+        if n: out += bytes([b | 0x80])
+        else: return out + bytes([b])
+ch.sendall(frame(b'\x01\x00\x06photos\x00'))
+ch.recv(4096)
+ch.sendall(b''.join(frame(varint(k) + b'\x16' + varint(5000)) for k in range(2, 2002)))
+print('flooding', flush=True)
+time.sleep(30)
+"#,
+        key = s.bob.display(),
+        port = s.server.ssh_port
+    );
+    let mut flood = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "flooding");
+
+    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+    let start = Instant::now();
+    let names: Vec<_> = std::fs::read_dir(&m.dir)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+    assert_eq!(std::fs::read(m.path("f")).expect("read"), b"content");
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "another mount waited {took:?} behind the flood"
+    );
+    assert!(m.stop());
+    flood.kill().ok();
+    flood.wait().ok();
+}
+
+/// Symlinks with long targets (up to 4096 bytes, the most `fs` takes) fill
+/// many frames' worth of listing: the node pages by bytes, the mount lists
+/// them all; a longer target is refused with ENAMETOOLONG.
+#[test]
+fn long_symlink_targets_page_by_bytes() {
+    let s = setup(&[]);
+    let node = &s.node;
+    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+    std::fs::create_dir(m.path("links")).expect("mkdir");
+    let target = "t".repeat(4000);
+    for i in 0..600 {
+        std::os::unix::fs::symlink(&target, m.path(&format!("links/l{i:04}"))).expect("symlink");
+    }
+    let err = std::os::unix::fs::symlink("t".repeat(4097), m.path("links/too-long")).expect_err("refused");
+    assert_eq!(err.raw_os_error(), Some(36), "ENAMETOOLONG: {err}");
+    assert!(m.stop());
+    // A fresh mount lists the directory from the node: 600 × 4 KB is more
+    // than a frame holds.
+    let m = Mounted::spawn(node, "m2", remote_mount(node, "photos", "m2", &s.server.quic, &s.alice));
+    let listed = std::fs::read_dir(m.path("links")).expect("list").count();
+    assert_eq!(listed, 600);
+    assert_eq!(
+        std::fs::read_link(m.path("links/l0599"))
+            .expect("readlink")
+            .as_os_str()
+            .len(),
+        4000
+    );
+    assert!(m.stop());
+}
