@@ -45,6 +45,8 @@ pub(crate) struct Blobs {
     store: OnceCell<Opened>,
     /// Read: an import between its first byte and its commit. Write: a GC run.
     gate: Arc<RwLock<()>>,
+    /// An import failed since the last sweep of `blobs/temp/`.
+    temp_dirty: std::sync::atomic::AtomicBool,
     gc: Arc<Mutex<GcState>>,
 }
 
@@ -81,6 +83,7 @@ impl Blobs {
             dir,
             store: OnceCell::new(),
             gate: Arc::new(RwLock::new(())),
+            temp_dirty: std::sync::atomic::AtomicBool::new(false),
             gc: Arc::new(Mutex::new(GcState::default())),
         }
     }
@@ -137,7 +140,7 @@ impl Blobs {
             })
             .stream()
             .await;
-        finish_import(events, gate, progress, &path.display()).await
+        self.swept_after(finish_import(events, gate, progress, &path.display()).await)
     }
 
     /// Imports the bytes arriving on `chunks`, in order, hashing as they
@@ -150,7 +153,7 @@ impl Blobs {
         let store = self.store().await?;
         let stream = n0_future::stream::unfold(chunks, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
         let events = store.blobs().add_stream(stream).await.stream().await;
-        finish_import(events, gate, &|_, _| {}, &"a stream").await
+        self.swept_after(finish_import(events, gate, &|_, _| {}, &"a stream").await)
     }
 
     /// Imports bytes already in memory (small objects: git blobs, metadata).
@@ -159,7 +162,7 @@ impl Blobs {
         let store = self.store().await?;
         let size = bytes.len() as u64;
         let events = store.blobs().add_bytes(bytes).stream().await;
-        let mut imported = finish_import(events, gate, &|_, _| {}, &"bytes").await?;
+        let mut imported = self.swept_after(finish_import(events, gate, &|_, _| {}, &"bytes").await)?;
         imported.size = size;
         Ok(imported)
     }
@@ -368,6 +371,41 @@ impl Blobs {
     }
 
     /// [`Blobs::gc_guard`] if no import is in flight right now.
+    /// Passes an import's outcome on; after a failed one, sweeps the temp
+    /// files it may have left (iroh-blobs leaves a stream import's temp file
+    /// behind when the stream fails or the disk fills).
+    fn swept_after<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.note_failed_import();
+            self.sweep_temp();
+        }
+        r
+    }
+
+    /// Records that an import ended early: its temp file may be left in
+    /// `blobs/temp/` until [`Blobs::sweep_temp`] finds no import in flight.
+    pub(crate) fn note_failed_import(&self) {
+        self.temp_dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Removes what `blobs/temp/` holds after a failed import, if no import
+    /// is in flight now (each holds the gate from its first byte, so nothing
+    /// there is in use); otherwise leaves it for a later call (the server's
+    /// GC task calls this every round; the next open clears it too).
+    pub(crate) fn sweep_temp(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.temp_dirty.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(_no_imports) = self.gate.clone().try_write_owned() else {
+            return;
+        };
+        self.temp_dirty.store(false, Ordering::Relaxed);
+        if let Err(e) = clear_temp(&self.dir.join("temp")) {
+            tracing::warn!("sweeping the blob store's temp files: {e}");
+        }
+    }
+
     pub(crate) fn try_gc_guard(&self) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {
         self.gate.clone().try_write_owned().ok()
     }

@@ -184,7 +184,7 @@ impl Db {
             readers: Mutex::new(Vec::new()),
         };
         if current == SCHEMA_VERSION {
-            return Ok(db);
+            return db.writer_waits_in_rust();
         }
         db.write(|tx| {
             // An existing database moves up step by step; a new one is created
@@ -206,7 +206,18 @@ impl Db {
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
             Ok(())
         })?;
-        Ok(db)
+        db.writer_waits_in_rust()
+    }
+
+    /// From now on the writer never waits inside SQLite (honker's pragmas
+    /// give every connection a 5 s busy timeout): [`Db::write`] waits for
+    /// another process itself, off the async worker threads.
+    fn writer_waits_in_rust(self) -> Result<Db> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .busy_timeout(Duration::ZERO)?;
+        Ok(self)
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -232,24 +243,45 @@ impl Db {
     /// Runs `f` in one write transaction and commits it. `f` may run more than
     /// once: if another process holds the write lock, the attempt is rolled
     /// back and retried until [`WRITE_WAIT`] has passed.
+    ///
+    /// The `fs` API is blocking. An uncontended transaction takes
+    /// microseconds and runs where it is called; one that has to wait for
+    /// another process waits through `block_in_place` when called on a
+    /// tokio worker, so the runtime moves its other tasks to another thread
+    /// instead of stalling them all (SFTP, git and the mount call in from
+    /// async code).
     pub(crate) fn write<T>(&self, mut f: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        // A panic inside an earlier `f` poisoned the lock, but its
-        // transaction was rolled back as it unwound: the connection is clean.
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut attempt = || {
+            // A panic inside an earlier `f` poisoned the lock, but its
+            // transaction was rolled back as it unwound: the connection is clean.
+            let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        match attempt() {
+            Err(Error::Db(e)) if is_busy(&e) => {}
+            done => return done,
+        }
+        let mut wait = || self.wait_and_retry(&mut attempt);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+
+    /// Retries a busy write until it goes through or [`WRITE_WAIT`] passes.
+    fn wait_and_retry<T>(&self, attempt: &mut impl FnMut() -> Result<T>) -> Result<T> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            let attempt = (|| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let out = f(&tx)?;
-                tx.commit()?;
-                Ok(out)
-            })();
-            match attempt {
-                Err(Error::Db(e)) if is_busy(&e) && start.elapsed() < WRITE_WAIT => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+            match attempt() {
+                Err(Error::Db(e)) if is_busy(&e) && start.elapsed() < WRITE_WAIT => {}
                 Err(Error::Db(e)) if is_busy(&e) => {
                     return Err(Error::Internal(format!(
                         "{} stayed locked by another process for {}s",

@@ -687,6 +687,7 @@ impl Store {
     pub async fn gc_task(self, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
+            self.inner.blobs.sweep_temp();
             match self.gc_if_queued().await {
                 Ok(Some(r)) => tracing::info!(live = r.live, reclaimed = r.before - r.after, "gc"),
                 Ok(None) => {}

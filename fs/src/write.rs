@@ -457,6 +457,15 @@ impl WriteSession {
     /// meanwhile, this fails with `NotFound` and nothing changes.
     pub async fn close(mut self) -> Result<Entry> {
         if let Some(refused) = self.refused.take() {
+            // Wait for the import to fail and its temp file to be swept, so
+            // the space is back before the client hears of the refusal.
+            if let Staged::Stream { tx, import, .. } = &mut self.staged
+                && let Some(tx) = tx.take()
+            {
+                tx.send(Err(std::io::Error::other("write session refused"))).await.ok();
+                drop(tx);
+                import.await.ok();
+            }
             self.cleanup();
             return Err(refused);
         }
@@ -492,12 +501,15 @@ impl WriteSession {
             return;
         }
         self.finished = true;
-        if let Staged::Stream { tx, import, .. } = &mut self.staged
+        if let Staged::Stream { tx, .. } = &mut self.staged
             && let Some(tx) = tx.take()
         {
-            // Fail the import so the blob store drops the partial bytes.
+            // Fail the import so the blob store drops the partial bytes. The
+            // import task runs on to its end, where it sweeps the temp file
+            // the blob store leaves (a full queue just ends the stream: the
+            // bytes so far become a blob no row references, for GC).
             tx.try_send(Err(std::io::Error::other("write session aborted"))).ok();
-            import.abort();
+            self.tree.inner.blobs.note_failed_import();
         }
         if self.registration.is_some()
             && let Err(e) = std::fs::remove_file(&self.staging)

@@ -171,6 +171,8 @@ struct Session {
     /// File content bytes sent and received.
     sent: AtomicU64,
     received: AtomicU64,
+    /// The client hung up: long polls end without an answer.
+    gone: std::sync::atomic::AtomicBool,
 }
 
 /// One open handle on the node.
@@ -245,6 +247,9 @@ impl Session {
             let reply: WireResult = match looked {
                 Ok(Ok(names)) if names.is_empty() && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(CHANGES_POLL).await;
+                    if self.gone.load(Ordering::Relaxed) {
+                        return;
+                    }
                     continue;
                 }
                 Ok(Ok(names)) => Ok(Reply::Names(names)),
@@ -434,6 +439,7 @@ where
         next: AtomicU64::new(1),
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
+        gone: std::sync::atomic::AtomicBool::new(false),
     });
     let result = loop {
         let buf = match read_frame(&mut rx).await {
@@ -473,6 +479,7 @@ where
     };
     // The client is gone: its lanes end, its unpublished writers are dropped
     // (their files stay as they were) once requests still running finish.
+    session.gone.store(true, Ordering::Relaxed);
     session.handles.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let (sent, received) = (
         session.sent.load(Ordering::Relaxed),
@@ -1042,5 +1049,81 @@ impl Reader for RemoteReader {
 impl Drop for Chunks {
     fn drop(&mut self) {
         self.conn.send(Op::Forget(self.handle));
+    }
+}
+
+/// Garbage on the wire: after a good Hello, random frames — noise, and
+/// requests of every kind with random arguments — end in an answer or a
+/// closed connection, never a panic or a hang, and change nothing they may
+/// not. `ALKNET_FUZZ_ROUNDS` runs more rounds (docs/fuzzing.md).
+#[cfg(test)]
+mod garbage {
+    use super::*;
+
+    fn noise(seed: &mut u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                *seed as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn random_frames_end_the_session_cleanly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = alknet_fs::Store::open(dir.path()).expect("store");
+        store.create_bucket("b", "drive").expect("bucket");
+        let rounds: u64 = std::env::var("ALKNET_FUZZ_ROUNDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(300);
+        let mut seed = 0x5851_f42d_4c95_7f2d_u64;
+        for round in 0..rounds {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            let s = store.clone();
+            let session = tokio::spawn(serve(server, move |addr, read_only| {
+                let a = alknet_fs::Address::parse(addr).map_err(|e| e.to_string())?;
+                let tree = s.tree(&a.bucket, &a.branch, &a.at).map_err(|e| e.to_string())?;
+                Ok(Local::new(&s, tree, read_only))
+            }));
+            let (mut rx, mut tx) = tokio::io::split(client);
+            let hello = frame(&(
+                1u64,
+                Op::Hello {
+                    addr: "b".into(),
+                    read_only: round % 2 == 0,
+                },
+            ));
+            tx.write_all(&hello).await.expect("hello");
+            for _ in 0..6 {
+                let pick = noise(&mut seed, 2);
+                let len = usize::from(pick[1]) % 96;
+                let mut body = noise(&mut seed, len);
+                if !pick[0].is_multiple_of(4) {
+                    // A request id, then a real request kind (0..=22) with noise after.
+                    body.insert(0, pick[0] % 23);
+                    body.insert(0, 7);
+                }
+                let mut f = (body.len() as u32).to_be_bytes().to_vec();
+                f.extend_from_slice(&body);
+                if tx.write_all(&f).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut sink)).await;
+            let ended = tokio::time::timeout(Duration::from_secs(10), session).await;
+            let joined = ended.unwrap_or_else(|_| panic!("round {round}: the session did not end"));
+            assert!(joined.is_ok(), "round {round}: the session panicked");
+        }
+        assert_eq!(
+            store.list_buckets().expect("list").len(),
+            1,
+            "garbage created no bucket"
+        );
     }
 }

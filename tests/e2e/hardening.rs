@@ -443,3 +443,171 @@ print('realpath reply', kind)
     assert!(out.contains("reply 101 7 8"), "STATUS, id 7, OP_UNSUPPORTED:\n{out}");
     assert!(out.contains("realpath reply 104"), "the session goes on:\n{out}");
 }
+
+/// Another process holds the database's write lock for 12 s. Writers wait
+/// for it (as they should); readers — 20 SFTP sessions and a git ls-remote
+/// — finish meanwhile: a waiting writer no longer stalls the node's async
+/// threads (it did: two waiting uploads froze every session on 2 cores).
+#[test]
+fn a_long_write_lock_elsewhere_stalls_no_reader() {
+    let (node, key) = admin_node();
+    node.ok_stdin(&["put", "-", "b:/f"], b"content");
+    node.ok(&["repo", "create", "r"]);
+    let server = Server::start(&node);
+    let db = node.data.join("alknet.db");
+    let mut holder = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(12)\n\
+             c.execute('COMMIT')\n",
+        ])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "locked");
+    let started = Instant::now();
+
+    let sftp = |script: &str, name: &str| {
+        let batch = node.work.join(format!("{name}.sftp"));
+        std::fs::write(&batch, script).expect("batch");
+        Command::new("sftp")
+            .args(crate::util::ssh_opts(&server, &key, Via::Tcp))
+            .arg("-b")
+            .arg(&batch)
+            .arg("user@127.0.0.1")
+            .current_dir(&node.work)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sftp")
+    };
+    node.write_local("up.txt", b"uploaded");
+    let writers: Vec<_> = (0..4)
+        .map(|i| sftp(&format!("put up.txt /b/up{i}.txt\n"), &format!("w{i}")))
+        .collect();
+    let readers: Vec<_> = (0..20).map(|i| sftp("ls /b\nget /b/f\n", &format!("r{i}"))).collect();
+    // The URL carries the port; the options only the identity.
+    let mut opts = crate::util::ssh_opts(&server, &key, Via::Tcp);
+    opts.truncate(opts.len() - 2);
+    let git = Command::new("git")
+        .args(["ls-remote", &format!("ssh://alice@127.0.0.1:{}/r", server.ssh_port)])
+        .env("GIT_SSH_COMMAND", format!("ssh {}", opts.join(" ")))
+        .output()
+        .expect("git ls-remote");
+    assert!(git.status.success(), "{}", crate::util::combined(&git));
+    for mut r in readers {
+        assert!(r.wait().expect("wait").success(), "a reader failed");
+    }
+    let readers_took = started.elapsed();
+    assert!(
+        readers_took < Duration::from_secs(8),
+        "readers took {readers_took:?} while the lock was held"
+    );
+    for mut w in writers {
+        assert!(w.wait().expect("wait").success(), "a writer failed");
+    }
+    assert!(holder.wait().expect("wait").success());
+    assert!(server.stop());
+    for i in 0..4 {
+        assert_eq!(node.bytes(&["cat", &format!("b:/up{i}.txt")]), b"uploaded".to_vec());
+    }
+}
+
+/// Unmounts a tmpfs at drop (lazily, so a leftover process cannot pin it).
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        Command::new("umount").arg("-l").arg(&self.0).status().ok();
+    }
+}
+
+/// A full disk: an upload into a data directory on a 48 MiB tmpfs (with no
+/// reserve, so the disk itself fills) fails with a message that names the
+/// disk, the client gets its reply, the upload's leftovers go at once, and
+/// the node keeps serving: a small upload works right after.
+#[test]
+fn a_full_disk_is_a_clean_error() {
+    let (node, key) = admin_node();
+    set_limits(&node, "disk_reserve = \"0\"\n");
+    let orig = node.work.join("data.orig");
+    std::fs::rename(&node.data, &orig).expect("move the data directory");
+    std::fs::create_dir(&node.data).expect("mkdir");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&node.data)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mount a tmpfs (root)");
+    let _tmpfs = Tmpfs(node.data.clone());
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", orig.display()))
+        .arg(&node.data)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let free = || crate::util::free_bytes(&node.data);
+    let before = free();
+
+    let mut server = Server::start(&node);
+    let (ok, out) = crate::util::paramiko_sftp(
+        &node,
+        &server,
+        &key,
+        r#"
+chunk = b'\xa5' * (1 << 20)
+f = sftp.open('/b/big', 'w')
+f.set_pipelined(True)
+try:
+    for i in range(64):
+        f.write(chunk)
+    f.flush()
+    sys.exit('64 MiB went onto a 48 MiB disk')
+except IOError as e:
+    print('refused:', e)
+f.close()
+"#,
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("refused: ") && out.contains("no space left on the data directory's disk"),
+        "{out}"
+    );
+    assert!(server.alive(), "the node keeps serving");
+    // The failed upload's bytes are freed (removed by the node, not at a restart).
+    let start = Instant::now();
+    while free() + (4 << 20) < before {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} of {before} bytes free again",
+            free()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.write_local("six.txt", b"6bytes");
+    let (ok, out) = sftp_batch(&node, &server, &key, Via::Tcp, "put six.txt /b/six.txt\nls -l /b\n");
+    assert!(ok, "a small upload works after the disk was full:\n{out}");
+    let log = std::fs::read_to_string(node.work.join("serve.log")).expect("serve log");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(server.stop());
+    assert_eq!(node.bytes(&["cat", "b:/six.txt"]), b"6bytes");
+    assert_eq!(
+        node.bytes(&["cat", "b:/big"]),
+        b"",
+        "the refused upload published nothing"
+    );
+    let fsck = node.json(&["fsck"]);
+    assert_eq!(fsck["problems"], serde_json::json!([]), "{fsck}");
+}

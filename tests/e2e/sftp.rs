@@ -370,7 +370,9 @@ fn malformed_and_oversized_packets_end_only_that_session() {
     let node = &s.node;
     for junk in [
         "b'\\xff\\xff\\xff\\xff' + b'x' * 64",
-        "b'\\x00\\x00\\x00\\x05\\xfe\\x00\\x00\\x00\\x01'",
+        // An OPEN cut off after its id (an unknown type would get
+        // OP_UNSUPPORTED instead: hardening::an_unknown_sftp_request_type…).
+        "b'\\x00\\x00\\x00\\x05\\x03\\x00\\x00\\x00\\x01'",
     ] {
         let (closed, text) = crate::util::junk_on_subsystem(&s.server, &s.alice, "sftp", junk);
         assert!(closed, "the bad session must be closed:\n{text}");

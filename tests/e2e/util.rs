@@ -364,3 +364,17 @@ sftp = paramiko.SFTPClient.from_transport(t)
         .expect("python3");
     (out.status.success(), combined(&out))
 }
+
+/// Bytes free for an unprivileged writer on the filesystem holding `path`.
+pub(crate) fn free_bytes(path: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints a size")
+}
