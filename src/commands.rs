@@ -208,7 +208,13 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             ..
         } => put_dir(store, &local, &addr, json).await?,
         Command::Put { local, addr, mode, .. } => put(store, &local, &addr, mode, json).await?,
-        Command::Get { addr, output, at } => get(store, &addr, output.as_deref(), at.at.as_deref(), json).await?,
+        Command::Get {
+            addr,
+            output,
+            recursive: true,
+            at,
+        } => get_dir(store, &addr, output.as_deref(), at.at.as_deref(), json).await?,
+        Command::Get { addr, output, at, .. } => get(store, &addr, output.as_deref(), at.at.as_deref(), json).await?,
         Command::Cat { addr, at } => {
             let (tree, path) = open(store, &addr, at.at.as_deref())?;
             let entry = tree.stat(&path)?;
@@ -586,16 +592,15 @@ async fn put(store: &Store, local: &str, addr: &str, mode: Option<u32>, json: bo
     })
 }
 
-/// `put -r DIR ADDR`: like `cp -r`, into `ADDR/DIR` if ADDR is a directory,
-/// else as ADDR. Regular files only; symlinks and special files are skipped
-/// with a warning.
+/// `put -r DIR ADDR`: like `cp -a`, into `ADDR/DIR` if ADDR is a directory,
+/// else as ADDR: files, symlinks and directories (empty ones too), with
+/// their modes and mtimes. Special files and names that are not UTF-8 are
+/// skipped with a warning.
 async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<()> {
     let (tree, path) = open_head(store, addr)?;
     let src = Path::new(local);
-    if !std::fs::metadata(src)
-        .with_context(|| format!("{local}: cannot read"))?
-        .is_dir()
-    {
+    let top = std::fs::metadata(src).with_context(|| format!("{local}: cannot read"))?;
+    if !top.is_dir() {
         bail!("{local}: not a directory (put -r stores a directory)");
     }
     let root = match tree.try_stat(&path)? {
@@ -605,12 +610,12 @@ async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<(
                 .and_then(|n| n.to_str())
                 .map(str::to_owned)
                 .with_context(|| format!("{local}: has no usable name"))?;
-            path.join(&name)
+            path.child(&name)?
         }
         Some(_) => bail!("{path}: exists and is not a directory"),
         None => path,
     };
-    let mut files = Vec::new();
+    let mut files = vec![(root.clone(), local_dir(&top))];
     let mut stack = vec![(src.to_path_buf(), root.clone())];
     while let Some((dir, at)) = stack.pop() {
         for entry in std::fs::read_dir(&dir).with_context(|| format!("{}: cannot list", dir.display()))? {
@@ -620,21 +625,50 @@ async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<(
                 eprintln!("alknet: skipping {}: the name is not UTF-8", entry.path().display());
                 continue;
             };
-            let ty = entry.file_type()?;
-            let dest = BucketPath::parse(&format!("{at}/{name}"))?;
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            let dest = at.child(name)?;
+            let ty = meta.file_type();
             if ty.is_dir() {
+                files.push((dest.clone(), local_dir(&meta)));
                 stack.push((entry.path(), dest));
             } else if ty.is_file() {
-                files.push((dest, entry.path()));
+                let (mode, mtime_ns) = mode_and_mtime(&meta);
+                files.push((
+                    dest,
+                    alknet_fs::LocalEntry::File {
+                        local: entry.path(),
+                        mode,
+                        mtime_ns,
+                    },
+                ));
+            } else if ty.is_symlink() {
+                let target = std::fs::read_link(entry.path())?;
+                let Some(target) = target.to_str() else {
+                    eprintln!("alknet: skipping {}: the target is not UTF-8", entry.path().display());
+                    continue;
+                };
+                files.push((
+                    dest,
+                    alknet_fs::LocalEntry::Symlink {
+                        target: target.to_owned(),
+                    },
+                ));
             } else {
-                eprintln!("alknet: skipping {}: not a regular file", entry.path().display());
+                eprintln!(
+                    "alknet: skipping {}: not a file, directory or symlink",
+                    entry.path().display()
+                );
             }
         }
     }
-    files.sort();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let count = files
+        .iter()
+        .filter(|(_, e)| matches!(e, alknet_fs::LocalEntry::File { .. }))
+        .count();
     let bar = bar_with(
-        files.len() > 1000,
-        files.len() as u64,
+        count > 1000,
+        count as u64,
         "storing",
         "{msg} {bar:40} {pos}/{len} files {eta}",
     );
@@ -650,16 +684,108 @@ async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<(
     }
     say(
         json,
-        &serde_json::json!({"path": root.as_str(), "files": files.len(), "version": version}),
+        &serde_json::json!({"path": root.as_str(), "files": count, "entries": files.len(), "version": version}),
         || {
             format!(
-                "stored {} files under {}@{}:{root} (version {version})",
+                "stored {count} files ({} entries) under {}@{}:{root} (version {version})",
                 files.len(),
                 tree.bucket(),
                 tree.branch()
             )
         },
     )
+}
+
+/// Mode bits and mtime (ns) of local metadata.
+fn mode_and_mtime(meta: &std::fs::Metadata) -> (u32, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.mode() & 0o7777, meta.mtime() * 1_000_000_000 + meta.mtime_nsec())
+}
+
+fn local_dir(meta: &std::fs::Metadata) -> alknet_fs::LocalEntry {
+    let (mode, mtime_ns) = mode_and_mtime(meta);
+    alknet_fs::LocalEntry::Dir { mode, mtime_ns }
+}
+
+/// `get -r ADDR -o DIR`: like `cp -a` out of the store: the tree at ADDR
+/// becomes DIR (or DIR/NAME if DIR exists), with files, symlinks and
+/// directories, modes and mtimes. Each file lands whole or not at all.
+async fn get_dir(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, json: bool) -> Result<()> {
+    let (tree, path) = open(store, addr, at)?;
+    let top = tree.stat(&path)?;
+    if !top.is_dir() {
+        bail!("{path}: not a directory (get -r fetches a directory)");
+    }
+    let name = if path.is_root() {
+        tree.bucket().to_owned()
+    } else {
+        top.name.clone()
+    };
+    let dest = match output {
+        Some(o) if Path::new(o).is_dir() => Path::new(o).join(&name),
+        Some(o) => Path::new(o).to_path_buf(),
+        None => Path::new(&name).to_path_buf(),
+    };
+    std::fs::create_dir_all(&dest).with_context(|| format!("{}: cannot create", dest.display()))?;
+    let entries = tree.walk(&path)?;
+    let mut files = 0u64;
+    let mut dirs = vec![(dest.clone(), top.clone())];
+    for (p, e) in &entries {
+        let rel = p
+            .as_str()
+            .strip_prefix(path.as_str())
+            .unwrap_or(p.as_str())
+            .trim_start_matches('/');
+        let local = dest.join(rel);
+        match e.kind {
+            Kind::Dir => {
+                std::fs::create_dir_all(&local).with_context(|| format!("{}: cannot create", local.display()))?;
+                dirs.push((local, e.clone()));
+            }
+            Kind::File => {
+                let tmp = local.with_file_name(format!(".{}.alknet-partial", e.name));
+                let written = tree.export(e, &tmp).await;
+                match written {
+                    Ok(_) => {
+                        std::fs::rename(&tmp, &local).with_context(|| format!("{}: cannot write", local.display()))?
+                    }
+                    Err(err) => {
+                        std::fs::remove_file(&tmp).ok();
+                        return Err(err).with_context(|| format!("{p}"));
+                    }
+                }
+                set_mode_and_mtime(&local, e)?;
+                files += 1;
+            }
+            Kind::Symlink => {
+                std::fs::remove_file(&local).ok();
+                std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &local)
+                    .with_context(|| format!("{}: cannot create the symlink", local.display()))?;
+            }
+            _ => eprintln!("alknet: skipping {p}: a special file"),
+        }
+    }
+    // Directory times last, deepest first: filling a directory changes its mtime.
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (local, e) in &dirs {
+        set_mode_and_mtime(local, e)?;
+    }
+    say(
+        json,
+        &serde_json::json!({"path": dest, "files": files, "entries": entries.len()}),
+        || format!("wrote {} ({files} files, {} entries)", dest.display(), entries.len()),
+    )
+}
+
+/// Gives a local file or directory the mtime and then the mode of `e`.
+fn set_mode_and_mtime(local: &Path, e: &Entry) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mtime = std::time::UNIX_EPOCH + Duration::from_nanos(e.mtime_ns.max(0) as u64);
+    std::fs::File::open(local)
+        .and_then(|f| f.set_modified(mtime))
+        .with_context(|| format!("{}: cannot set its mtime", local.display()))?;
+    std::fs::set_permissions(local, std::fs::Permissions::from_mode(e.mode & 0o7777))
+        .with_context(|| format!("{}: cannot set its mode", local.display()))
 }
 
 async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, json: bool) -> Result<()> {

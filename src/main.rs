@@ -130,6 +130,9 @@ enum Command {
         /// Output file; default: the file's name in the current directory.
         #[arg(short, long)]
         output: Option<String>,
+        /// Fetch a directory tree (files, symlinks, directories, modes, mtimes).
+        #[arg(short, long)]
+        recursive: bool,
         #[command(flatten)]
         at: AtArg,
     },

@@ -46,7 +46,7 @@ pub use access::{Level, User, check_user_name};
 pub use blobs::read_at;
 pub use error::{Error, Result};
 pub use limits::{DEFAULT_DISK_RESERVE, Limits, format_size, parse_size};
-pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
+pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, LocalEntry};
 pub use name::{
     Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, MAX_SYMLINK_TARGET, check_branch_name,
     check_bucket_name, check_entry_name, check_symlink_target,

@@ -91,6 +91,26 @@ impl Rows<'_> {
     }
 }
 
+/// One entry of a local tree for [`Tree::put_files`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum LocalEntry {
+    /// A regular file, imported from `local`.
+    File {
+        local: std::path::PathBuf,
+        mode: u32,
+        mtime_ns: i64,
+    },
+    /// A directory (created if missing, empty or not).
+    Dir {
+        mode: u32,
+        mtime_ns: i64,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
 /// How [`Tree::write_file`] treats parents and an existing file.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Place {
@@ -549,19 +569,27 @@ impl Tree {
         Ok(e)
     }
 
-    /// Stores many local files in one commit (all or none become visible):
-    /// `(destination, local file)` pairs, parents created as needed.
-    /// `progress(files_done, files_total)` is called after each import.
-    /// The commit records only `root` as its path.
+    /// Stores a local tree in one commit (all or none become visible), as
+    /// `cp -a` would copy it: files with their modes and mtimes, symlinks,
+    /// and directories — empty ones too — with theirs. Parents are created
+    /// as needed. `progress(files_done, files_total)` is called after each
+    /// import. The commit records only `root` as its path.
     pub async fn put_files(
         &self,
         root: &BucketPath,
-        files: &[(BucketPath, std::path::PathBuf)],
+        entries: &[(BucketPath, LocalEntry)],
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Version> {
         self.check_writable(root.as_str())?;
+        let files: Vec<(&BucketPath, &std::path::Path)> = entries
+            .iter()
+            .filter_map(|(path, e)| match e {
+                LocalEntry::File { local, .. } => Some((path, local.as_path())),
+                _ => None,
+            })
+            .collect();
         let mut total = 0u64;
-        for (path, local) in files {
+        for (path, local) in &files {
             let size = std::fs::metadata(local).map_err(|e| Error::io(local, e))?.len();
             self.inner.limits.check(&self.inner.dir, path.as_str(), 0, size)?;
             total = total.saturating_add(size);
@@ -570,7 +598,7 @@ impl Tree {
         use n0_future::{BufferedStreamExt, StreamExt};
         // The blob store's actor hashes and stores on its own threads: keep
         // several imports in flight so small files do not wait on round trips.
-        let mut imports = n0_future::stream::iter(files)
+        let mut imports = n0_future::stream::iter(&files)
             .map(|(_, local)| self.inner.blobs.import_file(local, &|_, _| {}))
             .buffered_ordered(IMPORTS_IN_FLIGHT);
         let mut blobs = Vec::with_capacity(files.len());
@@ -580,18 +608,43 @@ impl Tree {
         }
         drop(imports);
         self.inner.blobs.sync().await?;
-        let place = Place {
-            create_parents: true,
-            ..Place::default()
-        };
         let (version, ()) = self.commit("write", &[root], |rows| {
             self.mkdir_all_in(rows, root)?;
-            for ((path, _), blob) in files.iter().zip(&blobs) {
-                self.place_file(rows, path, blob, place)?;
+            let mut blobs = blobs.iter();
+            for (path, entry) in entries {
+                match entry {
+                    LocalEntry::File { mode, mtime_ns, .. } => {
+                        let blob = blobs
+                            .next()
+                            .ok_or_else(|| Error::Internal("an import went missing".into()))?;
+                        let place = Place {
+                            create_parents: true,
+                            mode: Some(*mode),
+                            mtime_ns: Some(*mtime_ns),
+                        };
+                        self.place_file(rows, path, blob, place)?;
+                    }
+                    LocalEntry::Dir { .. } => {
+                        self.mkdir_all_in(rows, path)?;
+                    }
+                    LocalEntry::Symlink { target } => {
+                        check_symlink_target(target)?;
+                        self.place_new(rows, path, Kind::Symlink, None, Some(target), 0o777)?;
+                    }
+                }
+            }
+            // Directory times last: every entry added above touched its parent.
+            for (path, entry) in entries {
+                if let LocalEntry::Dir { mode, mtime_ns } = entry {
+                    let mut e = self.resolve(rows.tx, path)?;
+                    e.mode = (e.mode & 0o170000) | (mode & 0o7777);
+                    e.mtime_ns = *mtime_ns;
+                    e.version = rows.version();
+                    rows.put(&mut e)?;
+                }
             }
             Ok(())
         })?;
-        drop(blobs);
         Ok(version)
     }
 

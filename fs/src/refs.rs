@@ -239,7 +239,7 @@ impl Tree {
 
     /// Puts a file or symlink at `path`, replacing a file or symlink there
     /// (keeping its entry id) and creating parent directories.
-    fn place_new(
+    pub(crate) fn place_new(
         &self,
         rows: &crate::mutate::Rows<'_>,
         path: &BucketPath,

@@ -661,18 +661,48 @@ impl Session {
         Ok(status_ok(id))
     }
 
+    /// A symlink's target as the client sees it: an absolute target is
+    /// rooted at the link's own bucket@branch, so it gets that tree's prefix
+    /// (`/d/a` in bucket `docs` reads as `/docs/d/a`).
     fn readlink(&mut self, id: u32, raw: &str) -> Reply {
         let (tree, path) = self.in_bucket(raw, Level::Read)?;
         let e = tree.stat(&path)?;
         match e.target {
-            Some(t) if e.kind == Kind::Symlink => Ok(name_reply(id, &t, None)),
+            Some(t) if e.kind == Kind::Symlink => {
+                let shown = match t.strip_prefix('/') {
+                    Some(rest) => format!("{}/{rest}", tree_prefix(raw, &path))
+                        .trim_end_matches('/')
+                        .to_owned(),
+                    None => t,
+                };
+                Ok(name_reply(id, &shown, None))
+            }
             _ => Err(Fail::new(StatusCode::Failure, format!("{path}: not a symlink"))),
         }
     }
 
+    /// Creates a symlink; an absolute target must lie in the link's own
+    /// bucket@branch and is stored from that tree's root (the one meaning an
+    /// absolute target has in the store: SFTP, the CLI and git all agree).
     fn symlink(&mut self, id: u32, link: &str, target: &str) -> Reply {
         let (tree, path) = self.in_bucket(link, Level::Write)?;
-        tree.symlink(&path, target)?;
+        let stored = if target.starts_with('/') {
+            let prefix = tree_prefix(link, &path);
+            let full = normalize(target);
+            match full.strip_prefix(prefix.as_str()) {
+                Some("") => "/".to_owned(),
+                Some(rest) if rest.starts_with('/') => rest.to_owned(),
+                _ => {
+                    return Err(Fail::new(
+                        StatusCode::Failure,
+                        format!("{target}: an absolute symlink target must be inside {prefix} (or use a relative one)"),
+                    ));
+                }
+            }
+        } else {
+            target.to_owned()
+        };
+        tree.symlink(&path, &stored)?;
         Ok(status_ok(id))
     }
 
@@ -892,6 +922,16 @@ fn version() -> Version {
         v.extensions.insert(name.to_owned(), ver.to_owned());
     }
     v
+}
+
+/// The SFTP prefix of the tree that `raw` (a path the client sent) names,
+/// `/docs` or `/docs@edit`: `raw`, normalised, less the bucket path.
+fn tree_prefix(raw: &str, path: &BucketPath) -> String {
+    let full = normalize(raw);
+    if path.is_root() {
+        return full;
+    }
+    full.strip_suffix(path.as_str()).unwrap_or(&full).to_owned()
 }
 
 /// Makes an SFTP path absolute and lexically normal; `..` stops at `/`.

@@ -269,3 +269,52 @@ fn prune_then_gc_reclaims_old_versions() {
     assert_eq!(node.bytes(&["cat", "b:/f"]), new);
     assert!(node.ok(&["fsck"]).contains("no problems"));
 }
+
+/// `put -r` and `get -r` copy a tree as `cp -a` does: files with their modes
+/// and mtimes, symlinks, empty directories; a round trip is the same tree.
+#[test]
+fn put_and_get_recursive_are_faithful() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let node = Node::new();
+    node.ok(&["bucket", "create", "b"]);
+    let src = node.work.join("src");
+    std::fs::create_dir_all(src.join("sub/empty")).expect("mkdir");
+    std::fs::write(src.join("run.sh"), b"#!/bin/sh\necho hi\n").expect("write");
+    std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    std::fs::write(src.join("sub/data.bin"), crate::util::pattern(50_000, 4)).expect("write");
+    std::os::unix::fs::symlink("../run.sh", src.join("sub/link")).expect("symlink");
+    std::fs::set_permissions(src.join("sub"), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    for p in ["run.sh", "sub/data.bin", "sub/empty", "sub"] {
+        std::fs::File::open(src.join(p))
+            .and_then(|f| f.set_modified(old))
+            .expect("set mtime");
+    }
+    node.ok(&["put", "-r", &src.display().to_string(), "b:/"]);
+    assert!(node.ok(&["stat", "b:/src/sub/link"]).contains("target: ../run.sh"));
+    let out = node.work.join("out");
+    node.ok(&["get", "-r", "b:/src", "-o", &out.display().to_string()]);
+    for p in ["run.sh", "sub", "sub/data.bin", "sub/empty"] {
+        let (a, b) = (
+            std::fs::symlink_metadata(src.join(p)).expect("src"),
+            std::fs::symlink_metadata(out.join(p)).expect("copy"),
+        );
+        assert_eq!(a.mode() & 0o7777, b.mode() & 0o7777, "{p}: mode");
+        assert_eq!(a.mtime(), b.mtime(), "{p}: mtime");
+        assert_eq!(a.is_dir(), b.is_dir(), "{p}: kind");
+    }
+    assert_eq!(
+        std::fs::read_link(out.join("sub/link")).expect("link"),
+        std::path::Path::new("../run.sh")
+    );
+    assert_eq!(
+        std::fs::read(out.join("sub/data.bin")).expect("read"),
+        crate::util::pattern(50_000, 4)
+    );
+    assert!(
+        std::fs::read_dir(out.join("sub/empty"))
+            .expect("empty dir")
+            .next()
+            .is_none()
+    );
+}

@@ -611,3 +611,43 @@ f.close()
     let fsck = node.json(&["fsck"]);
     assert_eq!(fsck["problems"], serde_json::json!([]), "{fsck}");
 }
+
+/// An absolute symlink target means one thing: a path from the root of the
+/// link's bucket@branch. Over SFTP, where paths start with the bucket, a
+/// target `/b/d/a` is stored as `/d/a`, reads back as `/b/d/a`, and the link
+/// can be followed; a target outside the tree is refused.
+#[test]
+fn absolute_symlink_targets_are_bucket_rooted() {
+    let (node, key) = admin_node();
+    node.ok(&["bucket", "create", "other"]);
+    let server = Server::start(&node);
+    node.write_local("a.txt", b"the target");
+    let (ok, out) = sftp_batch(
+        &node,
+        &server,
+        &key,
+        Via::Tcp,
+        "mkdir /b/d\nput a.txt /b/d/a\nln -s /b/d/a /b/d/link\nget /b/d/link got\nls -l /b/d\n",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(node.work.join("got")).expect("got"), b"the target");
+    assert!(out.contains("link"), "{out}");
+    let (ok, out) = crate::util::paramiko_sftp(&node, &server, &key, "print('target', sftp.readlink('/b/d/link'))");
+    assert!(
+        ok && out.contains("target /b/d/a"),
+        "readlink shows the SFTP path:\n{out}"
+    );
+    let (ok, out) = crate::util::paramiko_sftp(
+        &node,
+        &server,
+        &key,
+        "try:\n    sftp.symlink('/other/x', '/b/d/bad')\nexcept IOError as e:\n    print('refused:', e)",
+    );
+    assert!(
+        ok && out.contains("refused: /other/x: an absolute symlink target must be inside /b"),
+        "{out}"
+    );
+    assert!(server.stop());
+    let stat = node.ok(&["stat", "b:/d/link"]);
+    assert!(stat.contains("target: /d/a"), "stored from the bucket's root: {stat}");
+}
