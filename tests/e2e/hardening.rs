@@ -444,7 +444,7 @@ print('realpath reply', kind)
     assert!(out.contains("realpath reply 104"), "the session goes on:\n{out}");
 }
 
-/// Another process holds the database's write lock for 12 s. Writers wait
+/// Another process holds the database's write lock for 20 s. Writers wait
 /// for it (as they should); readers — 20 SFTP sessions and a git ls-remote
 /// — finish meanwhile: a waiting writer no longer stalls the node's async
 /// threads (it did: two waiting uploads froze every session on 2 cores).
@@ -462,7 +462,7 @@ fn a_long_write_lock_elsewhere_stalls_no_reader() {
              c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
              c.execute('BEGIN IMMEDIATE')\n\
              print('locked', flush=True)\n\
-             time.sleep(12)\n\
+             time.sleep(20)\n\
              c.execute('COMMIT')\n",
         ])
         .arg(&db)
@@ -511,8 +511,8 @@ fn a_long_write_lock_elsewhere_stalls_no_reader() {
     }
     let readers_took = started.elapsed();
     assert!(
-        readers_took < Duration::from_secs(8),
-        "readers took {readers_took:?} while the lock was held"
+        holder.try_wait().expect("wait").is_none(),
+        "readers took {readers_took:?}: they finished only once the lock was gone"
     );
     for mut w in writers {
         assert!(w.wait().expect("wait").success(), "a writer failed");

@@ -383,8 +383,9 @@ time.sleep(30)
     assert_eq!(names, vec![std::ffi::OsString::from("f")]);
     assert_eq!(std::fs::read(m.path("f")).expect("read"), b"content");
     let took = start.elapsed();
+    // Each long poll lasts 5 s: a mount starved behind them waits longer.
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(4),
         "another mount waited {took:?} behind the flood"
     );
     assert!(m.stop());
