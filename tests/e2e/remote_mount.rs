@@ -423,3 +423,32 @@ fn long_symlink_targets_page_by_bytes() {
     );
     assert!(m.stop());
 }
+
+/// `truncate -s 1T` through a remote mount fails at the call (it used to
+/// succeed while the node refused it in its log), and the file keeps its
+/// size: the node's write limits reach the caller as ENOSPC.
+#[test]
+fn a_giant_truncate_fails_at_the_call() {
+    let s = setup(&[("/f", b"small")]);
+    let node = &s.node;
+    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+    let out = Command::new("truncate")
+        .args(["-s", "1T"])
+        .arg(m.path("f"))
+        .output()
+        .expect("truncate");
+    assert!(!out.status.success(), "truncate -s 1T succeeded");
+    assert!(combined(&out).contains("No space left on device"), "{}", combined(&out));
+    let script = format!(
+        "import errno, os\nfd = os.open('{}', os.O_RDWR)\ntry:\n    os.ftruncate(fd, 2**40)\n    print('taken')\nexcept OSError as e:\n    print('errno', errno.errorcode[e.errno])\nos.close(fd)\n",
+        m.path("f").display()
+    );
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(combined(&out).contains("errno ENOSPC"), "{}", combined(&out));
+    assert_eq!(std::fs::metadata(m.path("f")).expect("stat").len(), 5);
+    assert_eq!(std::fs::read(m.path("f")).expect("read"), b"small");
+    assert!(m.stop());
+}
