@@ -72,15 +72,21 @@ impl Active {
     /// Checks that a file at `path` may grow from `old_len` to `new_len`
     /// bytes on the disk that holds `dir`.
     pub(crate) fn check(&self, dir: &Path, path: &str, old_len: u64, new_len: u64) -> Result<()> {
+        self.check_size(path, new_len)?;
+        self.check_disk(dir, path, new_len.saturating_sub(old_len))
+    }
+
+    /// Checks a file's size against `max_file_size` only (no disk check).
+    pub(crate) fn check_size(&self, path: &str, len: u64) -> Result<()> {
         let max = self.max_file_size.load(Ordering::Relaxed);
-        if new_len > max {
+        if len > max {
             return Err(Error::TooLarge {
                 path: path.to_owned(),
-                size: new_len,
+                size: len,
                 limit: max,
             });
         }
-        self.check_disk(dir, path, new_len.saturating_sub(old_len))
+        Ok(())
     }
 
     /// Checks that the disk holding `dir` can take `grows` more bytes and

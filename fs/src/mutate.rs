@@ -591,9 +591,10 @@ impl Tree {
         let mut total = 0u64;
         for (path, local) in &files {
             let size = std::fs::metadata(local).map_err(|e| Error::io(local, e))?.len();
-            self.inner.limits.check(&self.inner.dir, path.as_str(), 0, size)?;
+            self.inner.limits.check_size(path.as_str(), size)?;
             total = total.saturating_add(size);
         }
+        // One look at the disk for the whole tree.
         self.inner.limits.check_disk(&self.inner.dir, root.as_str(), total)?;
         use n0_future::{BufferedStreamExt, StreamExt};
         // The blob store's actor hashes and stores on its own threads: keep

@@ -469,13 +469,7 @@ fn a_long_write_lock_elsewhere_stalls_no_reader() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.as_mut().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
-    assert_eq!(line.trim(), "locked");
+    crate::util::wait_for_line(&mut holder, "locked");
     let started = Instant::now();
 
     let sftp = |script: &str, name: &str| {

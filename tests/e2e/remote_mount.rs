@@ -365,13 +365,7 @@ time.sleep(30)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(flood.stdout.as_mut().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
-    assert_eq!(line.trim(), "flooding");
+    crate::util::wait_for_line(&mut flood, "flooding");
 
     let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
     let start = Instant::now();

@@ -378,3 +378,14 @@ pub(crate) fn free_bytes(path: &Path) -> u64 {
         .and_then(|l| l.trim().parse().ok())
         .expect("df prints a size")
 }
+
+/// Waits for `child` (spawned with a piped stdout) to print `line`, its
+/// sign that it is ready.
+pub(crate) fn wait_for_line(child: &mut std::process::Child, line: &str) {
+    use std::io::BufRead;
+    let mut got = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("a piped stdout"))
+        .read_line(&mut got)
+        .expect("read the child's stdout");
+    assert_eq!(got.trim(), line, "the child's first line");
+}
