@@ -18,6 +18,7 @@
 //! a fetch sends), `upload.rs`, `receive.rs`, `publish.rs`.
 
 mod error;
+mod pack;
 mod pkt;
 mod publish;
 mod receive;

@@ -13,10 +13,16 @@ use gix_object::Kind;
 use gix_object::tree::EntryMode;
 
 use crate::Error;
+use crate::pack::{EntryKind, Packs};
 use crate::repo::{PUBLISHED_PREFIX, Repo};
 
 /// Imports kept in flight while publishing.
 const IMPORTS_IN_FLIGHT: usize = 16;
+/// Blobs larger than this are streamed from their pack into the blob store
+/// (in chunks, on a blocking thread) rather than read whole.
+const STREAM_ABOVE: u64 = 1 << 20;
+/// Chunks in flight per streamed blob.
+const STREAM_CHUNKS: usize = 4;
 
 /// A change found by comparing two git trees.
 enum Change {
@@ -179,19 +185,60 @@ impl Repo {
         Ok(data.data.to_vec())
     }
 
+    /// Streams blob `id` from its pack into the blob store if it is large and
+    /// stored whole; `None` otherwise (read it whole: small, or a delta).
+    async fn stream_blob(&self, packs: &std::sync::Arc<Packs>, id: ObjectId) -> Result<Option<alknet_fs::Blob>, Error> {
+        let Some(at) = packs.locate(&id) else { return Ok(None) };
+        let header = packs.header(&at)?;
+        if header.size <= STREAM_ABOVE || !matches!(header.kind, EntryKind::Whole(Kind::Blob)) {
+            return Ok(None);
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
+        let packs = packs.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            let sent = packs.stream_whole(&id, |chunk| {
+                tx.blocking_send(Ok(bytes::Bytes::copy_from_slice(chunk)))
+                    .map_err(|_| Error::Objects("the blob store stopped taking the blob".into()))
+            });
+            let failure = match &sent {
+                Ok(Some(_)) => return sent,
+                Ok(None) => format!("blob {id} is no longer stored whole"),
+                Err(e) => e.to_string(),
+            };
+            // The import sees the error and keeps nothing.
+            tx.blocking_send(Err(std::io::Error::other(failure))).ok();
+            sent
+        });
+        let imported = self.store().import_stream(rx).await;
+        let read = reader
+            .await
+            .map_err(|e| Error::Objects(format!("reading blob {id}: {e}")))?;
+        // The store's refusal (no space, too large) says more than the cut.
+        let blob = imported?;
+        read?;
+        Ok(Some(blob))
+    }
+
     /// Imports the contents the changes need and commits them as one edit.
     async fn apply_changes(&self, tree: &alknet_fs::Tree, changes: Vec<Change>) -> Result<(), Error> {
         use n0_future::{BufferedStreamExt, StreamExt};
         let store = self.store();
+        let packs = std::sync::Arc::new(Packs::open(&self.objects)?);
         let mut blobs = Vec::new();
         {
             let mut imports = n0_future::stream::iter(changes.iter().filter_map(|c| match c {
                 Change::File { id, .. } => Some(*id),
                 _ => None,
             }))
-            .map(|id| async move {
-                let bytes = self.read_blob(&id)?;
-                Ok::<_, Error>(store.import_bytes(bytes).await?)
+            .map(|id| {
+                let packs = packs.clone();
+                async move {
+                    if let Some(blob) = self.stream_blob(&packs, id).await? {
+                        return Ok(blob);
+                    }
+                    let bytes = self.read_blob(&id)?;
+                    Ok::<_, Error>(store.import_bytes(bytes).await?)
+                }
             })
             .buffered_ordered(IMPORTS_IN_FLIGHT);
             while let Some(blob) = imports.next().await {

@@ -11,7 +11,6 @@
 use std::collections::HashSet;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use alknet_fs::RefUpdate;
 use gix_hash::ObjectId;
@@ -221,8 +220,8 @@ impl Drop for Quarantine {
 
 /// A pack received and indexed in quarantine.
 struct Received {
-    pack: Option<PathBuf>,
-    index: Option<PathBuf>,
+    pack: PathBuf,
+    index: PathBuf,
     /// Its objects, readable before they join the repository.
     objects: Odb,
 }
@@ -248,53 +247,48 @@ fn receive_objects(
             refusal: &refusal,
         },
     );
-    let interrupt = AtomicBool::new(false);
-    let options = gix_pack::bundle::write::Options {
-        // A header may claim any number of objects: gix sizes its tables by
-        // the claim, so no single allocation may exceed what one object may be.
-        alloc_limit_bytes: Some(pack_alloc_limit(&store)),
-        ..Default::default()
-    };
-    let outcome = gix_pack::Bundle::write_to_directory(
-        &mut reader,
-        Some(&packs),
-        &mut gix_utils::progress::Discard,
-        &interrupt,
-        Some(repo.odb.clone()),
-        gix_hash::Kind::Sha1,
-        options,
-    )
-    .map_err(|e| match refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        // The limits stopped it: say which, not how gix saw the cut.
-        Some(limit) => Error::Store(limit),
-        None => Error::BadPack(format!("the pack is unusable: {}", error_chain(&e))),
-    })?;
-    if let Some(keep) = &outcome.keep_path {
-        std::fs::remove_file(keep).ok();
-    }
-    let new = crate::repo::open_odb(quarantine)?;
+    let indexed =
+        crate::pack::index::index_pack(repo, &mut reader, &packs, pack_alloc_limit(&store)).map_err(
+            |e| match refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                // The limits stopped it: say which, not how the cut looked.
+                Some(limit) => Error::Store(limit),
+                None => match e {
+                    Error::BadPack(why) => Error::BadPack(format!("the pack is unusable: {why}")),
+                    e => e,
+                },
+            },
+        )?;
     let tips: Vec<ObjectId> = commands.iter().filter(|c| !c.new.is_null()).map(|c| c.new).collect();
+    let Some(indexed) = indexed else {
+        // No objects: every new tip must be in the repository already.
+        if let Some(tip) = tips.iter().find(|t| !repo.contains(t)) {
+            return Err(Error::BadPack(format!(
+                "missing object {tip}: the pack is empty and the repository lacks it"
+            )));
+        }
+        return Ok(None);
+    };
+    let new = crate::repo::open_odb(quarantine)?;
     check_connected(repo, &new, &tips)?;
     let received = Received {
-        pack: outcome.data_path.clone(),
-        index: outcome.index_path.clone(),
+        pack: indexed.pack,
+        index: indexed.index,
         objects: new,
     };
-    Ok(Some((received, outcome.index.num_objects)))
+    Ok(Some((received, indexed.objects)))
 }
 
-/// The largest single allocation gix may make for a pushed pack: a file may
-/// be this large, and more is a header lying about its object count.
-fn pack_alloc_limit(store: &alknet_fs::Store) -> usize {
+/// The largest object held in memory to resolve a pushed delta: a file may
+/// be this large (git delta-compresses none over 512 MiB by default).
+fn pack_alloc_limit(store: &alknet_fs::Store) -> u64 {
     const DEFAULT: u64 = 4 << 30;
-    let limit = store.limits().max_file_size.unwrap_or(DEFAULT).clamp(64 << 20, DEFAULT);
-    usize::try_from(limit).unwrap_or(usize::MAX)
+    store.limits().max_file_size.unwrap_or(DEFAULT).clamp(64 << 20, DEFAULT)
 }
 
 /// A pushed pack as it arrives: each read asks the store's write limits
 /// whether the pack may grow by what it brought (a pack is a file of the
 /// store: `max_file_size`, and the disk's free space less its reserve), so a
-/// push cannot fill the disk; a refusal is kept to report instead of gix's
+/// push cannot fill the disk; a refusal is kept to report instead of the indexer's
 /// view of the cut.
 struct Guarded<'a, R> {
     inner: R,
@@ -315,11 +309,6 @@ impl<R: Read> Read for Guarded<'_, R> {
         self.read = grown;
         Ok(n)
     }
-}
-
-fn error_chain(e: &dyn std::fmt::Debug) -> String {
-    let text = format!("{e:?}");
-    text.lines().next().unwrap_or("").trim().to_owned()
 }
 
 /// Walks from `tips` through the new objects; an object that is neither in
@@ -441,9 +430,7 @@ pub(crate) fn valid_ref_name(name: &str) -> bool {
 /// Attaches the received pack and index to the bucket (content-addressed,
 /// kept by GC) and links them into the repository's pack directory.
 fn accept_pack(repo: &Repo, received: &Received) -> Result<(), Error> {
-    let (Some(pack), Some(index)) = (&received.pack, &received.index) else {
-        return Ok(());
-    };
+    let (pack, index) = (&received.pack, &received.index);
     let store = repo.store();
     let dir = repo.objects.join("pack");
     // The pack before its index: gix finds packs through their indexes.

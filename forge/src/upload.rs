@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::io::{BufWriter, Read, Write};
 
 use gix_hash::ObjectId;
-use gix_pack::data::output;
 
 use crate::pkt::{self, Band, Pkt, PktReader, SideBand};
 use crate::repo::{Forge, Repo};
@@ -84,6 +83,8 @@ struct Fetch {
     band: Option<Band>,
     no_progress: bool,
     include_tag: bool,
+    /// The client reads deltas on a base by offset.
+    ofs_delta: bool,
     done: bool,
 }
 
@@ -133,7 +134,8 @@ impl Fetch {
             "include-tag" => self.include_tag = true,
             "done" => self.done = true,
             "deepen-relative" => self.req.relative = true,
-            "thin-pack" | "ofs-delta" | "sideband-all" | "wait-for-done" => {}
+            "ofs-delta" => self.ofs_delta = true,
+            "thin-pack" | "sideband-all" | "wait-for-done" => {}
             _ => return Ok(false),
         }
         Ok(true)
@@ -147,6 +149,7 @@ impl Fetch {
                 "side-band" if self.band.is_none() => self.band = Some(Band::Small),
                 "no-progress" => self.no_progress = true,
                 "include-tag" => self.include_tag = true,
+                "ofs-delta" => self.ofs_delta = true,
                 "deepen-relative" => self.req.relative = true,
                 _ => {}
             }
@@ -445,52 +448,11 @@ fn send_pack<W: Write>(repo: &Repo, fetch: &Fetch, out: &mut SideBand<W>) -> Res
         }
     }
     out.progress(&format!("Enumerating objects: {}, done.\n", ids.len()))?;
-    let count = ids.len();
-    // Where each object sits in which pack is looked up by gix-pack itself,
-    // on all cores, without decoding the object (count::objects would
-    // resolve every delta chain just to learn the location).
-    let counts: Vec<output::Count> = ids
-        .into_iter()
-        .map(|id| output::Count {
-            id,
-            entry_pack_location: output::count::PackLocation::NotLookedUp,
-        })
-        .collect();
-    let entries = output::entry::iter_from_counts(
-        counts,
-        repo.odb.clone(),
-        Box::new(gix_utils::progress::Discard),
-        output::entry::iter_from_counts::Options {
-            // Never a delta against a base the client may lack.
-            allow_thin_pack: false,
-            ..Default::default()
-        },
-    )
-    .map_err(Error::objects)?;
-    let entries = gix_parallel::InOrderIter::from(entries);
-    let mut deltas = 0usize;
-    let entries = entries.map(|r| {
-        r.inspect(|chunk: &Vec<output::Entry>| {
-            deltas += chunk
-                .iter()
-                .filter(|e| !matches!(e.kind, output::entry::Kind::Base(_)))
-                .count();
-        })
-    });
     let mut buffered = BufWriter::with_capacity(65515, &mut *out);
-    let mut bytes = output::bytes::FromEntriesIter::new(
-        entries,
-        &mut buffered,
-        count as u32,
-        gix_pack::data::Version::V2,
-        gix_hash::Kind::Sha1,
-    );
-    for written in bytes.by_ref() {
-        written.map_err(Error::objects)?;
-    }
-    drop(bytes);
+    let sent = crate::pack::send::write_pack(repo, &ids, fetch.ofs_delta, &mut buffered)?;
     buffered.flush()?;
     drop(buffered);
+    let (count, deltas) = (sent.objects, sent.deltas);
     out.progress(&format!(
         "Total {count} (delta {deltas}), reused {count} (delta {deltas}), in {:.1}s\n",
         started.elapsed().as_secs_f64()

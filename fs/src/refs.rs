@@ -122,6 +122,15 @@ impl Store {
         Ok(Blob(self.inner.blobs.import_bytes(bytes.into()).await?))
     }
 
+    /// Imports the chunks arriving on `chunks`, hashing as they come (bounded
+    /// memory: the channel's capacity). An `Err` item aborts the import.
+    pub async fn import_stream(
+        &self,
+        chunks: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    ) -> Result<Blob> {
+        Ok(Blob(self.inner.blobs.import_stream(chunks).await?))
+    }
+
     /// Makes the blob store's state durable: call after imports and before
     /// the commit that references them.
     pub async fn sync_blobs(&self) -> Result<()> {

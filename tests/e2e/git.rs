@@ -46,6 +46,8 @@ struct Forge {
     key: PathBuf,
     via: Via,
     version: u8,
+    /// Seconds a git command may take.
+    patience: u32,
 }
 
 impl Forge {
@@ -78,6 +80,7 @@ impl Forge {
             key,
             via,
             version,
+            patience: 120,
         }
     }
 
@@ -106,7 +109,7 @@ impl Forge {
             std::env::var("PATH").unwrap_or_default()
         );
         let mut c = Command::new("timeout");
-        c.arg("120")
+        c.arg(self.patience.to_string())
             .arg("git")
             .arg("-c")
             .arg(format!("protocol.version={}", self.version))
@@ -717,7 +720,7 @@ fn packs_live_in_the_store_and_survive_gc() {
     let listed = node.json(&["repo", "list"]);
     assert_eq!(listed[0]["packs"], 2, "{listed}");
     node.ok(&["gc"]);
-    // The pack directory is only where gix reads packs: lost, it is rebuilt
+    // The pack directory is only where packs are read: lost, it is rebuilt
     // from the blobs the repository holds.
     std::fs::remove_dir_all(node.data.join("git/hello")).expect("remove git/hello");
     let f = Forge {
@@ -726,6 +729,7 @@ fn packs_live_in_the_store_and_survive_gc() {
         node,
         via: Via::Tcp,
         version: 2,
+        patience: 120,
     };
     let copy = f.clone("copy", &[]);
     f.ok(&copy, &["fsck", "--full"]);
@@ -952,4 +956,59 @@ fn a_push_past_the_write_limits_is_refused_with_the_reason() {
     assert!(out.contains("file too large"), "{out}");
     let refs = stdout(&f, &src, &["ls-remote", &f.url("hello")]);
     assert!(refs.trim().is_empty(), "nothing moved: {refs}");
+}
+
+/// A 2 GiB file goes in by push, is published, and comes out by clone while
+/// the node's peak RSS stays under 300 MiB: packs stream through, no object
+/// is held whole.
+#[test]
+fn a_2_gib_file_is_pushed_and_cloned_in_bounded_memory() {
+    use std::io::Write;
+    const CHUNK: usize = 64 << 20;
+    const CHUNKS: usize = 32;
+    let mut f = Forge::start(Via::Tcp, 2);
+    f.patience = 900;
+    let src = f.clone("src", &[]);
+    let mut hasher = blake3::Hasher::new();
+    {
+        // Incompressible bytes, made fast: BLAKE3's output stream.
+        let mut bytes = blake3::Hasher::new().update(b"2 GiB").finalize_xof();
+        let mut chunk = vec![0u8; CHUNK];
+        let mut file = std::fs::File::create(src.join("big.bin")).expect("create");
+        for _ in 0..CHUNKS {
+            bytes.fill(&mut chunk);
+            hasher.update(&chunk);
+            file.write_all(&chunk).expect("write");
+        }
+    }
+    // Stored, not deflated: the pack on the wire is as large as the file.
+    f.ok(&src, &["-c", "core.compression=0", "add", "big.bin"]);
+    f.ok(&src, &["commit", "-q", "-m", "2 GiB"]);
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
+    let after_push = crate::util::peak_rss_kib(f.server.pid()).expect("VmHWM");
+    assert!(
+        after_push < 300 << 10,
+        "pushing: the server's peak RSS was {after_push} KiB"
+    );
+    let copy = f.clone("copy", &[]);
+    let after_clone = crate::util::peak_rss_kib(f.server.pid()).expect("VmHWM");
+    assert!(
+        after_clone < 300 << 10,
+        "cloning: the server's peak RSS was {after_clone} KiB"
+    );
+    let same = Command::new("cmp")
+        .arg(src.join("big.bin"))
+        .arg(copy.join("big.bin"))
+        .status()
+        .expect("run cmp");
+    assert!(same.success(), "the clone holds the pushed bytes");
+    std::fs::remove_dir_all(&copy).ok();
+    std::fs::remove_dir_all(&src).ok();
+    // The published file is the same bytes, and every blob is whole.
+    let node = f.stop();
+    let stat = node.json(&["stat", "hello:/big.bin"]);
+    assert_eq!(stat["size"], (CHUNK * CHUNKS) as u64, "{stat}");
+    assert_eq!(stat["hash"], hasher.finalize().to_hex().as_str(), "{stat}");
+    let fsck = node.json(&["fsck"]);
+    assert_eq!(fsck["problems"], serde_json::json!([]), "{fsck}");
 }
