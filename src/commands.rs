@@ -132,8 +132,35 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         Command::Bucket(BucketCmd::List) => {
             let buckets = store.list_buckets()?;
             print_list(json, &buckets, |b| {
-                format!("{}\t{}\t{} branches", b.name, b.kind, b.branches)
+                let quota = b.quota.map(|q| format!("\tquota {}", alknet_fs::format_size(q)));
+                format!(
+                    "{}\t{}\t{} branches{}",
+                    b.name,
+                    b.kind,
+                    b.branches,
+                    quota.unwrap_or_default()
+                )
             })?;
+        }
+        Command::Bucket(BucketCmd::Quota { name, size }) => {
+            let quota = match size.as_str() {
+                "none" => None,
+                s => Some(alknet_fs::parse_size(s)?),
+            };
+            store.set_quota(&name, quota)?;
+            let used = store.head_bytes(&name, alknet_fs::DEFAULT_BRANCH)?;
+            say(
+                json,
+                &serde_json::json!({"bucket": name, "quota": quota, "main_bytes": used}),
+                || match quota {
+                    Some(q) => format!(
+                        "bucket {name}: quota {} per branch head (main holds {})",
+                        alknet_fs::format_size(q),
+                        alknet_fs::format_size(used)
+                    ),
+                    None => format!("bucket {name}: no quota"),
+                },
+            )?;
         }
         Command::Bucket(BucketCmd::Delete { name }) => {
             store.delete_bucket(&name)?;

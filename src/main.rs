@@ -241,6 +241,9 @@ enum BucketCmd {
     List,
     /// Delete a bucket, its branches and its history.
     Delete { name: String },
+    /// Set the bytes each branch head of a bucket may hold (open writes
+    /// included), e.g. `10GiB`; `none` removes the quota.
+    Quota { name: String, size: String },
 }
 
 #[derive(Subcommand)]

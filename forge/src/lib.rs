@@ -4,7 +4,7 @@
 //! refs are the bucket's refs (compare-and-swap in SQLite, committed with
 //! their event); its objects are packs, each attached to the bucket as a blob
 //! (content-addressed, so sync can move them by hash and GC keeps them) and
-//! linked into `git/<repo>/objects/pack/` where gix-pack reads them. After a
+//! linked into `git/<repo>/objects/pack/` where they are read. After a
 //! push, the tree of each updated branch is published as the read-only fs
 //! branch `repo@branch`, its files sharing blobs with the rest of the store.
 //!
@@ -15,7 +15,9 @@
 //!
 //! Reading order: `repo.rs` (a repository on disk and in the store),
 //! `pkt.rs` (pkt-lines and side-band), `walk.rs` (which commits and objects
-//! a fetch sends), `upload.rs`, `receive.rs`, `publish.rs`.
+//! a fetch sends), `pack/` (packs in bounded memory: indexing a push,
+//! writing a fetch, reading a stored blob), `upload.rs`, `receive.rs`,
+//! `publish.rs`.
 
 mod error;
 mod pack;

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 /// - 5: `users`, `user_keys`, `grants` join the schema (they were kept by the
 ///   SSH frontend on a connection of its own); grants are keyed by bucket id,
 ///   and grants on buckets that no longer exist are dropped; `corrupt_blobs`.
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 /// Steps from each older schema to the next, applied in order.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -44,6 +44,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
          DROP TABLE grants;
          ALTER TABLE grants_by_id RENAME TO grants;",
     ),
+    // Counts from before schema 6 are unknown (NULL): a branch's head is
+    // walked once at its next commit.
+    (
+        5,
+        "ALTER TABLE buckets ADD COLUMN quota INTEGER;
+         ALTER TABLE versions ADD COLUMN bytes INTEGER;",
+    ),
 ];
 
 const SCHEMA: &str = "
@@ -55,7 +62,9 @@ CREATE TABLE IF NOT EXISTS buckets (
     id         INTEGER PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,
     kind       TEXT NOT NULL DEFAULT 'drive',
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    -- Bytes a branch head may hold (NULL: no quota); see quota.rs.
+    quota      INTEGER
 );
 -- A branch reads its own rows up to its limit, then its parent's rows up to
 -- fork_version: the fork point is fixed, so later parent writes never show.
@@ -76,7 +85,10 @@ CREATE TABLE IF NOT EXISTS versions (
     branch_id INTEGER NOT NULL,
     at_ms     INTEGER NOT NULL,
     op        TEXT NOT NULL,
-    paths     TEXT NOT NULL
+    paths     TEXT NOT NULL,
+    -- The file bytes at the branch's head after this commit (NULL: unknown,
+    -- from before schema 6).
+    bytes     INTEGER
 );
 CREATE INDEX IF NOT EXISTS versions_by_branch ON versions (branch_id, version);
 -- The tree, as immutable rows: (branch, parent entry, name) at a version.
@@ -347,6 +359,7 @@ mod tests {
         let conn = Connection::open(&path).expect("raw connection");
         conn.execute_batch(
             "ALTER TABLE branches DROP COLUMN pruned_before; ALTER TABLE nodes DROP COLUMN ctime_ns;
+             ALTER TABLE buckets DROP COLUMN quota; ALTER TABLE versions DROP COLUMN bytes;
              DROP TABLE users; DROP TABLE user_keys; DROP TABLE grants;
              PRAGMA user_version = 1;",
         )
@@ -359,7 +372,9 @@ mod tests {
                     c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
                     c.query_row(
                         "SELECT EXISTS (SELECT 1 FROM pragma_table_info('branches') WHERE name = 'pruned_before')
-                            AND EXISTS (SELECT 1 FROM pragma_table_info('nodes') WHERE name = 'ctime_ns')",
+                            AND EXISTS (SELECT 1 FROM pragma_table_info('nodes') WHERE name = 'ctime_ns')
+                            AND EXISTS (SELECT 1 FROM pragma_table_info('versions') WHERE name = 'bytes')
+                            AND EXISTS (SELECT 1 FROM pragma_table_info('buckets') WHERE name = 'quota')",
                         [],
                         |r| r.get(0),
                     )?,
@@ -407,6 +422,7 @@ mod tests {
         let conn = Connection::open(&path).expect("raw connection");
         conn.execute_batch(
             "DROP TABLE grants;
+             ALTER TABLE buckets DROP COLUMN quota; ALTER TABLE versions DROP COLUMN bytes;
              CREATE TABLE grants (user_id INTEGER NOT NULL, bucket TEXT NOT NULL, level TEXT NOT NULL,
                  PRIMARY KEY (user_id, bucket));
              INSERT INTO users (id, name, admin, created_ms) VALUES (1, 'bob', 0, 0);

@@ -97,6 +97,9 @@ pub enum Error {
     /// A write would eat into the disk's reserve, or the disk is full.
     #[error("{path}: no space left on the data directory's disk{detail}")]
     NoSpace { path: String, detail: String },
+    /// A write would take a branch of a bucket past the bucket's quota.
+    #[error("{path}: bucket {bucket} is at its quota of {}", crate::limits::format_size(*quota))]
+    Quota { path: String, bucket: String, quota: u64 },
     /// A size setting does not parse.
     #[error("invalid size {value:?}: {reason}")]
     InvalidSize { value: String, reason: &'static str },
@@ -146,6 +149,11 @@ impl Error {
                 path: path.clone(),
                 detail: detail.clone(),
             }),
+            Error::Quota { path, bucket, quota } => Some(Error::Quota {
+                path: path.clone(),
+                bucket: bucket.clone(),
+                quota: *quota,
+            }),
             _ => None,
         }
     }
@@ -189,7 +197,7 @@ impl Error {
             | Error::LastKey(_) => "invalid",
             Error::ReadOnly(_) => "read_only",
             Error::TooLarge { .. } => "too_large",
-            Error::NoSpace { .. } => "no_space",
+            Error::NoSpace { .. } | Error::Quota { .. } => "no_space",
             Error::Corrupt(_) => "corrupt",
             Error::RefChanged { .. } => "conflict",
             Error::Db(_) | Error::Blobs(_) | Error::Internal(_) | Error::Io { .. } | Error::Stream(_) => "internal",

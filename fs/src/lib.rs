@@ -36,6 +36,7 @@ mod error;
 mod limits;
 mod mutate;
 mod name;
+mod quota;
 mod refs;
 mod store;
 mod tree;

@@ -6,6 +6,7 @@ use crate::blobs::Imported;
 use crate::db::{notify, now_ms, now_ns};
 use crate::error::{Error, Result};
 use crate::name::{BucketPath, check_entry_name, check_symlink_target};
+use crate::quota::Counter;
 use crate::tree::{SetAttr, Tree};
 use crate::types::{Entry, EntryId, Kind, TOMBSTONE, Version};
 
@@ -20,8 +21,11 @@ const IMPORTS_IN_FLIGHT: usize = 16;
 /// Inserts the rows of one commit.
 pub(crate) struct Rows<'a> {
     pub(crate) tx: &'a Transaction<'a>,
+    tree: &'a Tree,
     branch_id: i64,
     version: Version,
+    /// The change in the head's file bytes (quota.rs).
+    count: Counter,
     /// Directories already given a new mtime in this commit.
     touched: std::cell::RefCell<Vec<EntryId>>,
 }
@@ -31,6 +35,7 @@ impl Rows<'_> {
     /// this commit; its ctime becomes the commit's time.
     pub(crate) fn put(&self, e: &mut Entry) -> Result<()> {
         e.ctime_ns = now_ns();
+        self.count.change(self.tree.by_id(self.tx, e.id)?.as_ref(), Some(e));
         self.tx
             .prepare_cached(
                 "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, hash, size, mode, mtime_ns, target, ctime_ns)
@@ -70,6 +75,7 @@ impl Rows<'_> {
 
     /// Records that `e` is gone from its current place.
     pub(crate) fn tombstone(&self, e: &Entry) -> Result<()> {
+        self.count.change(self.tree.by_id(self.tx, e.id)?.as_ref(), None);
         self.tx
             .prepare_cached(
                 "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, size, mode, mtime_ns)
@@ -132,6 +138,7 @@ impl Tree {
         let paths: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
         let paths_json = serde_json::to_string(&paths).expect("a list of strings serialises");
         self.inner.db.write(|tx| {
+            let before = self.head_bytes(tx)?;
             let version: i64 = tx.query_row(
                 "INSERT INTO versions (branch_id, at_ms, op, paths) VALUES (?1, ?2, ?3, ?4) RETURNING version",
                 params![self.branch_id, now_ms(), op, paths_json],
@@ -139,11 +146,14 @@ impl Tree {
             )?;
             let rows = Rows {
                 tx,
+                tree: self,
                 branch_id: self.branch_id,
                 version: Version(version as u64),
+                count: Counter::default(),
                 touched: Default::default(),
             };
             let out = f(&rows)?;
+            rows.count.record(tx, before, version)?;
             notify(
                 tx,
                 &serde_json::json!({
@@ -594,8 +604,9 @@ impl Tree {
             self.inner.limits.check_size(path.as_str(), size)?;
             total = total.saturating_add(size);
         }
-        // One look at the disk for the whole tree.
+        // One look at the disk (and the quota) for the whole tree.
         self.inner.limits.check_disk(&self.inner.dir, root.as_str(), total)?;
+        self.check_quota(root.as_str(), total)?;
         use n0_future::{BufferedStreamExt, StreamExt};
         // The blob store's actor hashes and stores on its own threads: keep
         // several imports in flight so small files do not wait on round trips.
@@ -662,6 +673,7 @@ impl Tree {
         self.check_writable(path.as_str())?;
         let size = std::fs::metadata(local).map_err(|e| Error::io(local, e))?.len();
         self.inner.limits.check(&self.inner.dir, path.as_str(), 0, size)?;
+        self.check_quota(path.as_str(), size)?;
         let blob = self.inner.blobs.import_file(local, progress).await?;
         self.write_file(
             path,

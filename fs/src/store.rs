@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     pub(crate) tmp: PathBuf,
     /// What a write may take of the disk.
     pub(crate) limits: crate::limits::Active,
+    /// Growth open write sessions hold against their bucket's quota.
+    pub(crate) reserved: crate::quota::Reserved,
 }
 
 impl Inner {
@@ -167,6 +169,7 @@ impl Store {
                 blobs: Blobs::new(dir.join("blobs")),
                 tmp,
                 limits: Default::default(),
+                reserved: Default::default(),
             }),
         };
         store.clean_stale_sessions()?;
@@ -272,7 +275,7 @@ impl Store {
     pub fn list_buckets(&self) -> Result<Vec<BucketInfo>> {
         self.inner.db.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT b.name, b.kind, b.created_ms, (SELECT count(*) FROM branches WHERE bucket_id = b.id)
+                "SELECT b.name, b.kind, b.created_ms, (SELECT count(*) FROM branches WHERE bucket_id = b.id), b.quota
                  FROM buckets b ORDER BY b.name",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -281,10 +284,34 @@ impl Store {
                     kind: r.get(1)?,
                     created_ms: r.get(2)?,
                     branches: r.get::<_, i64>(3)? as u64,
+                    quota: r.get::<_, Option<i64>>(4)?.map(|q| q.max(0) as u64),
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
+    }
+
+    /// Sets (or with `None` removes) the bucket's quota: the file bytes any
+    /// one of its branch heads may hold, open writes included (quota.rs).
+    /// A head already past a new quota keeps its files; it only cannot grow.
+    pub fn set_quota(&self, name: &str, quota: Option<u64>) -> Result<()> {
+        check_bucket_name(name)?;
+        self.inner.db.write(|tx| {
+            let n = tx.execute(
+                "UPDATE buckets SET quota = ?1 WHERE name = ?2",
+                params![quota.map(|q| q.min(i64::MAX as u64) as i64), name],
+            )?;
+            if n == 0 {
+                return Err(Error::NoSuchBucket(name.to_owned()));
+            }
+            Ok(())
+        })
+    }
+
+    /// The file bytes at the head of `bucket@branch` (what its quota counts).
+    pub fn head_bytes(&self, bucket: &str, branch: &str) -> Result<u64> {
+        let tree = self.tree(bucket, branch, &At::Head)?;
+        self.inner.db.read(|c| tree.head_bytes(c))
     }
 
     /// Deletes a bucket with all its branches, history and snapshots. Its
@@ -484,6 +511,12 @@ impl Store {
             let v = record(tx, id, bucket, new, "branch")?;
             let fork = pinned.map(|p| p.0 as i64).unwrap_or(v.0 as i64);
             tx.execute("UPDATE branches SET fork_version = ?1 WHERE id = ?2", params![fork, id])?;
+            // It starts with the parent's bytes at the fork (quota.rs).
+            tx.execute(
+                "UPDATE versions SET bytes = (SELECT bytes FROM versions WHERE branch_id = ?1 AND version <= ?2
+                     ORDER BY version DESC LIMIT 1) WHERE version = ?3",
+                params![parent, fork, v.0 as i64],
+            )?;
             Ok(v)
         })
     }
@@ -860,7 +893,9 @@ type BlobRef = (Vec<u8>, i64, String, String, String);
 /// Inserts a commit record without tree rows (bucket and branch creation).
 fn record(tx: &Connection, branch_id: i64, bucket: &str, branch: &str, op: &str) -> Result<Version> {
     let v: i64 = tx.query_row(
-        "INSERT INTO versions (branch_id, at_ms, op, paths) VALUES (?1, ?2, ?3, '[]') RETURNING version",
+        // No rows change: the branch's byte count carries over.
+        "INSERT INTO versions (branch_id, at_ms, op, paths, bytes) VALUES (?1, ?2, ?3, '[]',
+             (SELECT bytes FROM versions WHERE branch_id = ?1 ORDER BY version DESC LIMIT 1)) RETURNING version",
         params![branch_id, now_ms(), op],
         |r| r.get(0),
     )?;

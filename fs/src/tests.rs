@@ -955,3 +955,69 @@ async fn reads_of_a_corrupt_large_blob_fail_only_where_it_is_corrupt() {
         tokio::task::yield_now().await;
     }
 }
+
+/// The file bytes at a head, as a walk of the whole tree counts them.
+fn walked(t: &Tree) -> u64 {
+    t.inner
+        .db
+        .read(|c| {
+            Ok(t.walk_in(c, &BucketPath::root(), &crate::types::Entry::root())?
+                .iter()
+                .filter(|(_, e)| e.kind == Kind::File)
+                .map(|(_, e)| e.size)
+                .sum())
+        })
+        .expect("walk")
+}
+
+fn counted(t: &Tree) -> u64 {
+    t.inner.db.read(|c| t.head_bytes(c)).expect("count")
+}
+
+/// The per-commit count of head bytes (what quotas check) agrees with a
+/// walk after every kind of change, on a branch and on its fork.
+#[tokio::test(flavor = "multi_thread")]
+async fn head_bytes_follow_every_change() {
+    let (_d, store) = store();
+    let t = head(&store, "main");
+    put(&t, "/a", &[1u8; 1000]).await;
+    assert_eq!((counted(&t), walked(&t)), (1000, 1000));
+    put(&t, "/a", &[1u8; 10]).await;
+    assert_eq!(counted(&t), 10, "an overwrite replaces the old size");
+    t.mkdir_all(&p("/d/e")).expect("mkdir");
+    put(&t, "/d/e/f", &[2u8; 300]).await;
+    t.copy_file(&p("/d/e/f"), &p("/d/g")).expect("copy");
+    assert_eq!((counted(&t), walked(&t)), (610, 610), "after a copy");
+    t.rename(&p("/d/g"), &p("/h"), false).expect("rename");
+    assert_eq!((counted(&t), walked(&t)), (610, 610), "after a move");
+    t.rename(&p("/h"), &p("/d/e/f"), true).expect("rename over");
+    assert_eq!((counted(&t), walked(&t)), (310, 310), "after a move over a file");
+    t.remove_all(&p("/d")).expect("rm -r");
+    assert_eq!((counted(&t), walked(&t)), (10, 10), "after removing a tree");
+    let mut w = t.open_write(&p("/sparse"), OpenOptions::replace()).await.expect("open");
+    w.set_len(5000).await.expect("truncate up");
+    w.close().await.expect("close");
+    assert_eq!((counted(&t), walked(&t)), (5010, 5010), "a hole counts");
+
+    store.create_branch("b", "dev", "main", &At::Head).expect("fork");
+    let dev = head(&store, "dev");
+    assert_eq!(counted(&dev), 5010, "a fork starts with its parent's bytes");
+    put(&dev, "/more", &[3u8; 90]).await;
+    dev.remove(&p("/a")).expect("rm");
+    assert_eq!((counted(&dev), walked(&dev)), (5090, 5090));
+    assert_eq!(counted(&t), 5010, "the parent is untouched");
+
+    // Quotas: each head on its own, open writes included.
+    store.set_quota("b", Some(6000)).expect("quota");
+    let mut w1 = t.open_write(&p("/w1"), OpenOptions::replace()).await.expect("open");
+    w1.write_at(0, &[0u8; 500]).await.expect("within the quota");
+    let mut w2 = t.open_write(&p("/w2"), OpenOptions::replace()).await.expect("open");
+    let e = w2.write_at(0, &[0u8; 600]).await.expect_err("past it with w1's bytes");
+    assert!(matches!(e, Error::Quota { .. }), "{e}");
+    w2.abort();
+    w1.close().await.expect("close");
+    assert_eq!(counted(&t), 5510);
+    w1 = t.open_write(&p("/w3"), OpenOptions::replace()).await.expect("open");
+    w1.write_at(0, &[0u8; 490]).await.expect("the rest of the quota");
+    w1.close().await.expect("close");
+}

@@ -168,6 +168,8 @@ pub struct BucketInfo {
     pub kind: String,
     pub created_ms: i64,
     pub branches: u64,
+    /// Bytes each branch head may hold; `None`: no quota.
+    pub quota: Option<u64>,
 }
 
 /// A branch as listed.

@@ -110,6 +110,10 @@ pub struct WriteSession {
     /// the disk): the client's bytes did not all land, so close publishes
     /// nothing and reports this — the old content stays.
     refused: Option<Error>,
+    /// The bucket's quota, read at the first growth (`Some(None)`: none).
+    quota: Option<Option<u64>>,
+    /// Growth this session holds against the quota until it ends.
+    reserved: u64,
 }
 
 /// Chunks of a streamed write in flight to the blob store at once.
@@ -183,6 +187,8 @@ impl Tree {
             mtime_ns: None,
             finished: false,
             refused: None,
+            quota: None,
+            reserved: 0,
         };
         Ok(session)
     }
@@ -328,9 +334,10 @@ impl WriteSession {
         file.set_len(new_len).map_err(|e| Error::io(&self.staging, e))
     }
 
-    /// Refuses growth to `new_len` past the store's limits, before any byte
-    /// of it is made.
-    fn check_growth(&self, new_len: u64) -> Result<()> {
+    /// Refuses growth to `new_len` past the store's limits or the bucket's
+    /// quota, before any byte of it is made; holds what the quota allowed
+    /// until the session ends.
+    fn check_growth(&mut self, new_len: u64) -> Result<()> {
         let old_len = self.len()?;
         if new_len <= old_len {
             return Ok(());
@@ -338,7 +345,22 @@ impl WriteSession {
         self.tree
             .inner
             .limits
-            .check(&self.tree.inner.dir, self.path.as_str(), old_len, new_len)
+            .check(&self.tree.inner.dir, self.path.as_str(), old_len, new_len)?;
+        let quota = match self.quota {
+            Some(q) => q,
+            None => {
+                let q = self.tree.inner.db.read(|c| self.tree.quota(c))?;
+                self.quota = Some(q);
+                q
+            }
+        };
+        if let Some(quota) = quota {
+            let growth = new_len - old_len;
+            self.tree.check_against(self.path.as_str(), growth, quota)?;
+            self.tree.inner.reserved.add(self.tree.branch_id, growth);
+            self.reserved += growth;
+        }
+        Ok(())
     }
 
     /// Remembers the first failed write or truncate, so close reports it.
@@ -501,6 +523,10 @@ impl WriteSession {
             return;
         }
         self.finished = true;
+        self.tree
+            .inner
+            .reserved
+            .release(self.tree.branch_id, std::mem::take(&mut self.reserved));
         if let Staged::Stream { tx, .. } = &mut self.staged
             && let Some(tx) = tx.take()
         {

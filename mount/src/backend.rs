@@ -81,6 +81,7 @@ pub(crate) fn errno(e: &Error) -> Errno {
         Error::RenameIntoSelf { .. } => Errno::EINVAL,
         Error::TooLarge { .. } => Errno::EFBIG,
         Error::NoSpace { .. } => Errno::ENOSPC,
+        Error::Quota { .. } => Errno::EDQUOT,
         // As symlink(2): an empty target is ENOENT, a long one ENAMETOOLONG.
         Error::InvalidName {
             what: "symlink target",

@@ -1115,8 +1115,10 @@ mod garbage {
             }
             drop(tx);
             let mut sink = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut sink)).await;
-            let ended = tokio::time::timeout(Duration::from_secs(10), session).await;
+            // A hang is what this catches; 30 s leaves room for commits whose
+            // fsync waits behind other tests' writeback.
+            let _ = tokio::time::timeout(Duration::from_secs(30), rx.read_to_end(&mut sink)).await;
+            let ended = tokio::time::timeout(Duration::from_secs(30), session).await;
             let joined = ended.unwrap_or_else(|_| panic!("round {round}: the session did not end"));
             assert!(joined.is_ok(), "round {round}: the session panicked");
         }

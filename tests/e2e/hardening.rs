@@ -265,6 +265,78 @@ fn giant_writes_are_refused_at_once() {
     assert!(err.contains("file too large"), "{err}");
 }
 
+const QUOTA_WRITES: &str = r#"
+# Two files open at once: the second cannot take what the first holds.
+a = sftp.open('/b/a', 'w')
+a.write(b'a' * (600 << 10))
+b = sftp.open('/b/b', 'w')
+try:
+    b.write(b'b' * (600 << 10))
+    sys.exit('two writers passed the quota together')
+except IOError as e:
+    print('second writer refused:', e)
+b.close()
+a.close()
+assert sftp.stat('/b/a').st_size == 600 << 10
+f = sftp.open('/b/sparse', 'w')
+f.seek(2**30)
+try:
+    f.write(b'x')
+    sys.exit('a sparse write past the quota was taken')
+except IOError as e:
+    print('sparse write refused:', e)
+f.close()
+# Space freed is space to write again.
+sftp.remove('/b/a')
+sftp.putfo(io.BytesIO(b'c' * (900 << 10)), '/b/c')
+print('c is', sftp.stat('/b/c').st_size, 'bytes')
+"#;
+
+/// A bucket's quota bounds what any branch head of it holds, open writes
+/// included: a write past it fails at once with a message naming it, for
+/// every frontend; a fork starts with its parent's bytes.
+#[test]
+fn quotas_bound_each_branch_head() {
+    let (node, key) = admin_node();
+    let err = node.fails(&["bucket", "quota", "nosuch", "1MiB"]);
+    assert!(err.contains("nosuch"), "{err}");
+    node.ok(&["bucket", "quota", "b", "1MiB"]);
+    let list = node.json(&["bucket", "list"]);
+    assert_eq!(list[0]["quota"], 1 << 20, "{list}");
+
+    let server = Server::start(&node);
+    let (ok, out) = crate::util::paramiko_sftp(&node, &server, &key, QUOTA_WRITES);
+    assert!(ok, "{out}");
+    // (The file /b of bucket b.)
+    assert!(
+        out.contains("second writer refused: /b: bucket b is at its quota of 1.0 MiB"),
+        "{out}"
+    );
+    assert!(out.contains("sparse write refused:"), "{out}");
+    assert!(out.contains("c is 921600 bytes"), "{out}");
+    assert!(server.stop());
+
+    // The CLI: the head holds 900 KiB of the 1 MiB.
+    let big = node.write_local("big", &vec![7u8; 200 << 10]);
+    let err = node.fails(&["put", &big.display().to_string(), "b:/big"]);
+    assert!(err.contains("/big: bucket b is at its quota of 1.0 MiB"), "{err}");
+    let json = node
+        .cmd(&["--json", "put", &big.display().to_string(), "b:/big"])
+        .output()
+        .expect("put");
+    let err: serde_json::Value = serde_json::from_slice(&json.stdout).expect("a JSON error");
+    assert_eq!(err["error"]["kind"], "no_space", "{err}");
+    // A fork holds what its parent held at the fork, and is bounded alike.
+    node.ok(&["branch", "create", "b", "dev"]);
+    let err = node.fails(&["put", &big.display().to_string(), "b@dev:/big"]);
+    assert!(err.contains("quota"), "{err}");
+    node.ok(&["rm", "b@dev:/c"]);
+    node.ok(&["put", &big.display().to_string(), "b@dev:/big"]);
+    // No quota, no bound.
+    node.ok(&["bucket", "quota", "b", "none"]);
+    node.ok(&["put", &big.display().to_string(), "b:/big"]);
+}
+
 /// A grant belongs to the bucket it was given on, not to its name: it goes
 /// with the bucket, and a new bucket of that name starts with none.
 #[test]
