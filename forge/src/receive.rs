@@ -243,6 +243,8 @@ fn receive_objects(
         Guarded {
             inner: input,
             store: &store,
+            quota: store.attachment_headroom(&repo.name)?,
+            bucket: &repo.name,
             read: 0,
             refusal: &refusal,
         },
@@ -287,12 +289,16 @@ fn pack_alloc_limit(store: &alknet_fs::Store) -> u64 {
 
 /// A pushed pack as it arrives: each read asks the store's write limits
 /// whether the pack may grow by what it brought (a pack is a file of the
-/// store: `max_file_size`, and the disk's free space less its reserve), so a
-/// push cannot fill the disk; a refusal is kept to report instead of the indexer's
+/// store: `max_file_size`, and the disk's free space less its reserve), and
+/// the repository's quota whether its packs may, so a push cannot fill the
+/// disk; a refusal is kept to report instead of the indexer's
 /// view of the cut.
 struct Guarded<'a, R> {
     inner: R,
     store: &'a alknet_fs::Store,
+    /// The repository's quota and what its packs may still take.
+    quota: Option<(u64, u64)>,
+    bucket: &'a str,
     read: u64,
     refusal: &'a std::sync::Mutex<Option<alknet_fs::Error>>,
 }
@@ -301,7 +307,15 @@ impl<R: Read> Read for Guarded<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         let grown = self.read + n as u64;
-        if let Err(e) = self.store.check_growth("the pushed pack", self.read, grown) {
+        let quota = match self.quota {
+            Some((quota, left)) if grown > left => Err(alknet_fs::Error::Quota {
+                path: "the pushed pack".into(),
+                bucket: self.bucket.to_owned(),
+                quota,
+            }),
+            _ => Ok(()),
+        };
+        if let Err(e) = quota.and_then(|()| self.store.check_growth("the pushed pack", self.read, grown)) {
             let text = e.to_string();
             *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             return Err(std::io::Error::other(text));

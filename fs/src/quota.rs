@@ -12,7 +12,9 @@
 //! whose newest commit predates the count is walked once.
 //!
 //! Checked where a file grows, beside the write limits ([`crate::limits`]):
-//! `WriteSession::write_at`/`set_len` and `Tree::put_file(s)`.
+//! `WriteSession::write_at`/`set_len` and `Tree::put_file(s)`. A
+//! repository's quota bounds its packs instead (the bucket's attachments):
+//! the forge checks a pushed pack against [`crate::Store::attachment_headroom`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -123,6 +125,29 @@ impl Tree {
             });
         }
         Ok(())
+    }
+}
+
+impl crate::Store {
+    /// `(quota, what more bucket's attachments may take)`: a repository's
+    /// packs count against its quota, and a push checks its pack against
+    /// this as the pack arrives. `None` without a quota.
+    pub fn attachment_headroom(&self, bucket: &str) -> Result<Option<(u64, u64)>> {
+        self.inner.db.read(|c| {
+            let (quota, used): (Option<i64>, i64) = c
+                .query_row(
+                    "SELECT b.quota, (SELECT coalesce(sum(size), 0) FROM attachments WHERE bucket_id = b.id)
+                     FROM buckets b WHERE b.name = ?1",
+                    [bucket],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .ok_or_else(|| Error::NoSuchBucket(bucket.to_owned()))?;
+            Ok(quota.map(|q| {
+                let q = q.max(0) as u64;
+                (q, q.saturating_sub(used.max(0) as u64))
+            }))
+        })
     }
 }
 

@@ -956,6 +956,30 @@ fn a_push_past_the_write_limits_is_refused_with_the_reason() {
     assert!(out.contains("file too large"), "{out}");
     let refs = stdout(&f, &src, &["ls-remote", &f.url("hello")]);
     assert!(refs.trim().is_empty(), "nothing moved: {refs}");
+
+    // A quota on the repository bounds its packs.
+    let node = f.stop();
+    node.ok(&["bucket", "quota", "hello", "200KiB"]);
+    let f = Forge {
+        server: Server::start(&node),
+        key: node.work.join("alice"),
+        node,
+        via: Via::Tcp,
+        version: 2,
+        patience: 120,
+    };
+    let src = f.work("src");
+    std::fs::write(src.join("big.bin"), crate::util::pattern(300 << 10, 4)).expect("write");
+    f.ok(&src, &["commit", "-q", "--amend", "-a", "-m", "300 KiB"]);
+    let url = f.url("hello");
+    let out = f.fails(&src, &["push", &url, "HEAD:main"]);
+    assert!(
+        out.contains("the pushed pack: bucket hello is at its quota of 200.0 KiB"),
+        "{out}"
+    );
+    std::fs::write(src.join("big.bin"), crate::util::pattern(100 << 10, 4)).expect("write");
+    f.ok(&src, &["commit", "-q", "--amend", "-a", "-m", "100 KiB"]);
+    f.ok(&src, &["push", "-q", &url, "HEAD:main"]);
 }
 
 /// A 2 GiB file goes in by push, is published, and comes out by clone while
