@@ -544,16 +544,25 @@ impl Conn {
 
 /// A tree on a node, reached over a stream to its `alknet-fs` service.
 pub struct Remote {
-    /// The connection in use; replaced when it is gone.
+    link: Arc<Link>,
+    cache: Arc<Cache>,
+    read_only: bool,
+}
+
+/// The connection in use and what it takes to make a new one.
+struct Link {
+    /// Replaced when it is gone.
     conn: Mutex<Arc<Conn>>,
     dial: Box<dyn Dial>,
     addr: String,
     /// What the user asked for (`--read-only`), for each Hello.
     asked_read_only: bool,
-    /// When the last reconnection was tried: at most one a second.
-    last_dial: Mutex<std::time::Instant>,
-    cache: Arc<Cache>,
+    /// The tree's read-only state at mount time.
     read_only: bool,
+    /// A reconnection is under way.
+    dialing: AtomicBool,
+    /// When the last reconnection began: at most one a second.
+    last_dial: Mutex<std::time::Instant>,
 }
 
 /// A byte stream to a node's `alknet-fs` service.
@@ -630,59 +639,58 @@ impl Remote {
     pub async fn connect(dial: impl Dial, addr: &str, read_only: bool, cache: Arc<Cache>) -> std::io::Result<Remote> {
         let (conn, tree_read_only) = open_conn(dial.dial().await?, addr, read_only).await?;
         Ok(Remote {
-            conn: Mutex::new(conn),
-            dial: Box::new(dial),
-            addr: addr.to_owned(),
-            asked_read_only: read_only,
-            last_dial: Mutex::new(std::time::Instant::now()),
+            link: Arc::new(Link {
+                conn: Mutex::new(conn),
+                dial: Box::new(dial),
+                addr: addr.to_owned(),
+                asked_read_only: read_only,
+                read_only: tree_read_only,
+                dialing: AtomicBool::new(false),
+                last_dial: Mutex::new(std::time::Instant::now()),
+            }),
             cache,
             read_only: tree_read_only,
         })
     }
 
-    /// The connection to use: the current one, or a new one if it is gone
-    /// (files open on the old one stay failed: their node-side sessions
-    /// went with it, so unpublished writes are lost as in a crash). One
-    /// thread dials, at most once a second and for at most `DIAL_TIMEOUT`;
-    /// requests meanwhile fail at once with EIO instead of waiting.
+    /// The connection to use: the current one, even if it is gone — its
+    /// requests then fail at once with EIO — while a reconnection runs in
+    /// the background (one at a time, at most one a second, for at most
+    /// `DIAL_TIMEOUT`). Files open on a lost connection stay failed: their
+    /// node-side sessions went with it, so unpublished writes are lost as
+    /// in a crash.
     fn conn(&self) -> Arc<Conn> {
-        let current = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if !current.closed.load(Ordering::Relaxed) {
+        let current = self.link.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !current.closed.load(Ordering::Relaxed) || self.link.dialing.load(Ordering::Relaxed) {
             return current;
         }
-        let Ok(mut last) = self.last_dial.try_lock() else {
-            return current;
-        };
-        if last.elapsed() < Duration::from_secs(1) {
-            return current;
+        {
+            let mut last = self.link.last_dial.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() < Duration::from_secs(1) || self.link.dialing.swap(true, Ordering::AcqRel) {
+                return current;
+            }
+            *last = std::time::Instant::now();
         }
-        *last = std::time::Instant::now();
-        let dial = async {
-            let stream = self.dial.dial().await?;
-            open_conn(stream, &self.addr, self.asked_read_only).await
-        };
-        // The timer is made inside the runtime, whose clock it needs.
-        let fresh = current
-            .runtime
-            .block_on(async { tokio::time::timeout(DIAL_TIMEOUT, dial).await });
-        match fresh {
-            Ok(Ok((fresh, read_only))) => {
-                if read_only != self.read_only {
-                    tracing::warn!("mount: the tree is now read-only={read_only}; remount to follow");
+        let link = self.link.clone();
+        current.runtime.spawn(async move {
+            let dial = async {
+                let stream = link.dial.dial().await?;
+                open_conn(stream, &link.addr, link.asked_read_only).await
+            };
+            match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
+                Ok(Ok((fresh, read_only))) => {
+                    if read_only != link.read_only {
+                        tracing::warn!("mount: the tree is now read-only={read_only}; remount to follow");
+                    }
+                    tracing::info!("mount: reconnected to the node");
+                    *link.conn.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
                 }
-                tracing::info!("mount: reconnected to the node");
-                *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
-                fresh
+                Ok(Err(e)) => tracing::warn!("mount: reconnecting: {e}"),
+                Err(_) => tracing::warn!("mount: reconnecting: no answer within {} s", DIAL_TIMEOUT.as_secs()),
             }
-            Ok(Err(e)) => {
-                tracing::warn!("mount: reconnecting: {e}");
-                current
-            }
-            Err(_) => {
-                tracing::warn!("mount: reconnecting: no answer within {} s", DIAL_TIMEOUT.as_secs());
-                current
-            }
-        }
+            link.dialing.store(false, Ordering::Release);
+        });
+        current
     }
 
     fn call(&self, op: Op) -> Result<Reply> {

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use iroh::endpoint::{Connection, PortmapperConfig, presets};
+use iroh::endpoint::{Connection, PortmapperConfig, QuicTransportConfig, presets};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey};
 use tokio::net::TcpListener;
@@ -17,6 +17,13 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long the accept loop waits after a failed accept, first and at most.
 const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A peer that sends nothing for this long is gone (QUIC has no reset: a
+/// node killed mid-session is found by silence). Both sides send a
+/// keep-alive after `KEEP_ALIVE` of quiet, so a live but idle connection
+/// always has traffic; three missed in a row end it.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// ALPN of SSH over one QUIC bi-stream.
 pub const ALPN_SSH: &[u8] = b"alknet/ssh";
@@ -41,8 +48,16 @@ pub async fn bind_quic(secret: SecretKey, addr: SocketAddr) -> Result<Endpoint, 
         addr,
         reason: e.to_string(),
     };
+    let idle = IDLE_TIMEOUT.try_into().map_err(|e| bad(&e))?;
+    let transport = QuicTransportConfig::builder()
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(KEEP_ALIVE)
+        .default_path_max_idle_timeout(IDLE_TIMEOUT)
+        .default_path_keep_alive_interval(KEEP_ALIVE)
+        .build();
     Endpoint::builder(presets::Minimal)
         .secret_key(secret)
+        .transport_config(transport)
         .relay_mode(RelayMode::Disabled)
         .clear_address_lookup()
         .portmapper_config(PortmapperConfig::Disabled)

@@ -58,6 +58,9 @@ fn hash_hex(data: &[u8]) -> String {
 /// errno of a write to a read-only filesystem (Linux).
 const EROFS: i32 = 30;
 
+/// errno of an I/O error (Linux).
+const EIO: i32 = 5;
+
 fn wait_for(what: &str, ok: impl FnMut() -> bool) {
     wait_up_to(Duration::from_secs(5), what, ok);
 }
@@ -241,6 +244,41 @@ fn remote_mounts_follow_keys_and_grants() {
         std::fs::read(node.work.join("tcp-check")).expect("read"),
         b"changed over TCP"
     );
+}
+
+/// A node killed without a word (no FIN over QUIC, only silence): the
+/// mount finds it gone within the QUIC idle timeout (6 s), then answers
+/// EIO at once, and reconnects when the node is back.
+#[test]
+fn a_killed_node_fails_requests_with_eio_then_comes_back() {
+    let s = setup(&[("/f", b"before")]);
+    let node = &s.node;
+    let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
+    assert_eq!(std::fs::read(m.path("f")).expect("read"), b"before");
+    let (ssh, quic) = (
+        format!("127.0.0.1:{}", s.server.ssh_port),
+        s.server.quic.split_once('@').expect("NODE_ID@ADDR").1.to_owned(),
+    );
+    crate::util::sigkill(s.server.pid());
+    let killed = Instant::now();
+    let list = || std::fs::read_dir(m.path("")).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
+    let err = list().expect_err("the node is gone");
+    assert_eq!(err.raw_os_error(), Some(EIO), "{err}");
+    let first = killed.elapsed();
+    assert!(first < Duration::from_secs(12), "the first failure took {first:?}");
+    // Now known to be gone: each request fails at once.
+    let again = Instant::now();
+    assert!(list().is_err());
+    assert!(std::fs::metadata(m.path("g")).is_err());
+    assert!(again.elapsed() < Duration::from_secs(2), "took {:?}", again.elapsed());
+    drop(s.server);
+    let server = Server::start_at(node, &ssh, &quic);
+    wait_up_to(Duration::from_secs(20), "the mount to reach the node again", || {
+        list().is_ok()
+    });
+    assert_eq!(std::fs::read(m.path("f")).expect("read"), b"before");
+    assert!(m.stop());
+    drop(server);
 }
 
 #[test]
