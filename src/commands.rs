@@ -244,7 +244,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         Command::Get { addr, output, at, .. } => get(store, &addr, output.as_deref(), at.at.as_deref(), json).await?,
         Command::Cat { addr, at } => {
             let (tree, path) = open(store, &addr, at.at.as_deref())?;
-            let entry = tree.stat(&path)?;
+            let entry = tree.follow(&path, true)?.1;
             copy_to_stdout(&tree, &entry).await?;
         }
         Command::Ls {
@@ -547,7 +547,9 @@ fn open(store: &Store, addr: &str, at: Option<&str>) -> Result<(Tree, BucketPath
         None => a.at.clone(),
         Some(v) => Address::parse(&format!("{}@{}@{v}", a.bucket, a.branch))?.at,
     };
-    Ok((store.tree(&a.bucket, &a.branch, &at)?, a.path))
+    let tree = store.tree(&a.bucket, &a.branch, &at)?;
+    let path = tree.follow_dirs(&a.path)?;
+    Ok((tree, path))
 }
 
 /// Opens a tree for writing: the address must not name a version.
@@ -556,7 +558,9 @@ fn open_head(store: &Store, addr: &str) -> Result<(Tree, BucketPath)> {
     if a.at != At::Head {
         bail!("{a}: a past version is read-only");
     }
-    Ok((store.tree(&a.bucket, &a.branch, &At::Head)?, a.path))
+    let tree = store.tree(&a.bucket, &a.branch, &At::Head)?;
+    let path = tree.follow_dirs(&a.path)?;
+    Ok((tree, path))
 }
 
 /// Resolves two addresses that must name the same bucket@branch. A `to` that
@@ -817,7 +821,7 @@ fn set_mode_and_mtime(local: &Path, e: &Entry) -> Result<()> {
 
 async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, json: bool) -> Result<()> {
     let (tree, path) = open(store, addr, at)?;
-    let entry = tree.stat(&path)?;
+    let (path, entry) = tree.follow(&path, true)?;
     if entry.kind != Kind::File {
         bail!("{path}: not a regular file");
     }

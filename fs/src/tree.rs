@@ -22,6 +22,9 @@ use crate::types::{BlobHash, Change, Entry, EntryId, Kind, Version};
 /// Read limit of a live branch: every version.
 const HEAD: i64 = i64::MAX;
 
+/// Symlinks one path may pass through (Linux's `MAXSYMLINKS`).
+pub(crate) const MAX_SYMLINKS: usize = 40;
+
 /// `(branch_id, read limit)` per level of a chain, nearest first.
 pub(crate) type Levels = Arc<[(i64, i64)]>;
 
@@ -178,6 +181,73 @@ impl Tree {
     /// The entry at `path` (symlinks are not followed).
     pub fn stat(&self, path: &BucketPath) -> Result<Entry> {
         self.inner.db.read(|c| self.resolve(c, path))
+    }
+
+    /// `path` with the symlinks on it followed inside this tree — every one
+    /// among its directories, and the last component's too if
+    /// `follow_last` — and the entry found there. An absolute target is a
+    /// path from the tree's root (its one meaning, for every frontend);
+    /// `..` stops at the root; at most [`MAX_SYMLINKS`] links.
+    pub fn follow(&self, path: &BucketPath, follow_last: bool) -> Result<(BucketPath, Entry)> {
+        let mut todo: std::collections::VecDeque<String> = path.components().map(str::to_owned).collect();
+        let (mut at, mut entry) = (BucketPath::root(), Entry::root());
+        let mut hops = 0;
+        while let Some(name) = todo.pop_front() {
+            match name.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    at = at.split_last().map(|(p, _)| p).unwrap_or_else(BucketPath::root);
+                    entry = if at.is_root() { Entry::root() } else { self.stat(&at)? };
+                    continue;
+                }
+                _ => {}
+            }
+            let next = at.child(&name)?;
+            let e = self.stat(&next)?;
+            if e.kind == Kind::Symlink && (follow_last || !todo.is_empty()) {
+                hops += 1;
+                if hops > MAX_SYMLINKS {
+                    return Err(Error::InvalidPath {
+                        path: path.to_string(),
+                        reason: "too many levels of symbolic links",
+                    });
+                }
+                let target = e.target.unwrap_or_default();
+                if target.starts_with('/') {
+                    (at, entry) = (BucketPath::root(), Entry::root());
+                }
+                for part in target.split('/').rev() {
+                    todo.push_front(part.to_owned());
+                }
+                continue;
+            }
+            (at, entry) = (next, e);
+        }
+        Ok((at, entry))
+    }
+
+    /// `path` with the symlinks among its directories followed (the last
+    /// component stays as given: for operations on a link itself, or on a
+    /// name not yet made; directories not made yet stay as given too, for
+    /// `mkdir -p`). A path whose parent is a plain directory costs one
+    /// lookup.
+    pub fn follow_dirs(&self, path: &BucketPath) -> Result<BucketPath> {
+        let Some((parent, name)) = path.split_last() else {
+            return Ok(path.clone());
+        };
+        if parent.is_root() {
+            return Ok(path.clone());
+        }
+        match self.stat(&parent) {
+            Ok(e) if e.is_dir() => Ok(path.clone()),
+            Ok(_) | Err(Error::NotFound(_) | Error::NotADirectory(_)) => match self.follow(&parent, true) {
+                Ok((dir, _)) => dir.child(name),
+                // Some of it is not made yet: follow what is.
+                Err(Error::NotFound(_)) => Ok(self.follow_dirs(&parent)?.join(name)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Like [`Tree::stat`], but a missing path is `Ok(None)`.

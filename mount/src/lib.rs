@@ -53,6 +53,10 @@ pub struct Mount {
     next_handle: AtomicU64,
     /// The root has no stored mtime: it shows the time of mounting.
     mounted_ns: i64,
+    /// Where the tree is mounted (set by [`mount`]): an absolute symlink
+    /// target is a path from the tree's root, so the mount shows it below
+    /// this and takes one below this back as a tree path.
+    root: Option<String>,
 }
 
 enum Handle {
@@ -149,6 +153,32 @@ impl Mount {
             writers: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             mounted_ns: nanos(TimeOrNow::Now),
+            root: None,
+        }
+    }
+
+    /// A stored symlink target as the host sees it: an absolute one is a
+    /// path from the tree's root, which is the mountpoint here.
+    fn shown_target(&self, target: &str) -> String {
+        match &self.root {
+            Some(root) if target.starts_with('/') => format!("{root}{target}"),
+            _ => target.to_owned(),
+        }
+    }
+
+    /// A target given on the host, as stored: an absolute one must lie in
+    /// this mount (the store has no paths outside its tree).
+    fn stored_target(&self, target: &str) -> Result<String, Errno> {
+        if !target.starts_with('/') {
+            return Ok(target.to_owned());
+        }
+        let Some(root) = &self.root else {
+            return Ok(target.to_owned());
+        };
+        match target.strip_prefix(root.as_str()) {
+            Some("") => Ok("/".to_owned()),
+            Some(rest) if rest.starts_with('/') => Ok(rest.to_owned()),
+            _ => Err(Errno::EXDEV),
         }
     }
 
@@ -174,7 +204,11 @@ impl Mount {
         };
         let size = match e.kind {
             Kind::File => open.map(|(len, _)| len).unwrap_or(e.size),
-            Kind::Symlink => e.target.as_ref().map(|t| t.len() as u64).unwrap_or(e.size),
+            Kind::Symlink => e
+                .target
+                .as_ref()
+                .map(|t| self.shown_target(t).len() as u64)
+                .unwrap_or(e.size),
             Kind::Dir | Kind::Special => 0,
         };
         let t = time(mtime_ns);
@@ -453,7 +487,9 @@ impl Filesystem for Mount {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.entry(ino) {
-            Ok(e) if e.kind == Kind::Symlink => reply.data(e.target.unwrap_or_default().as_bytes()),
+            Ok(e) if e.kind == Kind::Symlink => {
+                reply.data(self.shown_target(e.target.as_deref().unwrap_or_default()).as_bytes())
+            }
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
         }
@@ -504,8 +540,8 @@ impl Filesystem for Mount {
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let run = || -> Result<Entry, Errno> {
             let name = child_name(link_name)?;
-            let target = target.to_str().ok_or(Errno::EINVAL)?;
-            self.backend.symlink(id_of(parent), name, target)
+            let target = self.stored_target(target.to_str().ok_or(Errno::EINVAL)?)?;
+            self.backend.symlink(id_of(parent), name, &target)
         };
         self.reply_entry(run(), reply);
     }
@@ -839,8 +875,15 @@ impl Drop for Mounted {
 }
 
 /// Mounts `fs` at `mountpoint`; `name` shows as the source in `/proc/mounts`.
-pub fn mount(fs: Mount, mountpoint: &std::path::Path, name: &str) -> std::io::Result<Mounted> {
+pub fn mount(mut fs: Mount, mountpoint: &std::path::Path, name: &str) -> std::io::Result<Mounted> {
     use fuser::MountOption;
+    let root = std::fs::canonicalize(mountpoint)?;
+    fs.root = Some(
+        root.to_str()
+            .ok_or_else(|| std::io::Error::other("the mountpoint's path is not UTF-8"))?
+            .trim_end_matches('/')
+            .to_owned(),
+    );
     let mut options = vec![
         MountOption::FSName(name.to_owned()),
         MountOption::Subtype("alknet".into()),

@@ -39,8 +39,6 @@ const MAX_HANDLES: usize = 1024;
 /// Cleared from the mode of files and directories created over SFTP, as the
 /// umask of OpenSSH's sftp-server would (clients send 0777 for `mkdir`).
 const UMASK: u32 = 0o022;
-/// Symlinks followed by one STAT before giving up (like Linux's ELOOP).
-const MAX_SYMLINKS: usize = 40;
 
 /// Who is on the other end, and what they may touch.
 #[derive(Clone)]
@@ -167,7 +165,13 @@ enum Listing {
 /// Where an SFTP path points.
 enum Place {
     Root,
-    Bucket { tree: Tree, path: BucketPath },
+    /// `path` has the symlinks among its directories followed; `prefix` is
+    /// the client's name for the tree (`/docs`, `/docs@edit`).
+    Bucket {
+        tree: Tree,
+        path: BucketPath,
+        prefix: String,
+    },
 }
 
 /// An SFTP error status with its message.
@@ -292,10 +296,13 @@ impl Session {
         }
         let tree = self.ctx.store.tree(&addr.bucket, &addr.branch, &addr.at)?;
         let path = BucketPath::parse(&rest).map_err(Fail::from)?;
+        let prefix = tree_prefix(&norm, &path);
+        // A symlinked directory on the way is passed through, as on a disk.
+        let path = tree.follow_dirs(&path)?;
         if !self.touched.contains(&addr.bucket) {
             self.touched.push(addr.bucket.clone());
         }
-        Ok(Place::Bucket { tree, path })
+        Ok(Place::Bucket { tree, path, prefix })
     }
 
     /// `head` (`b@feature`) and `rest` (`x/f`) re-split so that the branch is
@@ -334,9 +341,14 @@ impl Session {
     }
 
     fn in_bucket(&mut self, raw: &str, need: Level) -> Result<(Tree, BucketPath), Fail> {
+        self.in_bucket_named(raw, need).map(|(tree, path, _)| (tree, path))
+    }
+
+    /// [`Self::in_bucket`] with the client's name for the tree.
+    fn in_bucket_named(&mut self, raw: &str, need: Level) -> Result<(Tree, BucketPath, String), Fail> {
         match self.place(raw, need)? {
             Place::Root => Err(Fail::denied("/: the root holds buckets only")),
-            Place::Bucket { tree, path, .. } => Ok((tree, path)),
+            Place::Bucket { tree, path, prefix } => Ok((tree, path, prefix)),
         }
     }
 
@@ -378,8 +390,7 @@ impl Session {
                 append: flags.contains(OpenFlags::APPEND),
             }
         } else {
-            let entry = tree.stat(&path)?;
-            let entry = self.follow(&tree, &path, entry)?.1;
+            let entry = tree.follow(&path, true)?.1;
             if entry.kind == Kind::Dir {
                 return Err(Fail::new(StatusCode::Failure, format!("{path}: is a directory")));
             }
@@ -451,33 +462,15 @@ impl Session {
         }
     }
 
-    /// Follows a chain of symlinks inside one tree.
-    fn follow(&self, tree: &Tree, path: &BucketPath, mut entry: Entry) -> Result<(BucketPath, Entry), Fail> {
-        let mut path = path.clone();
-        for _ in 0..MAX_SYMLINKS {
-            if entry.kind != Kind::Symlink {
-                return Ok((path, entry));
-            }
-            let target = entry.target.clone().unwrap_or_default();
-            let parent = path.split_last().map(|(p, _)| p).unwrap_or_else(BucketPath::root);
-            let joined = if target.starts_with('/') {
-                target
-            } else {
-                format!("{parent}/{target}")
-            };
-            path = BucketPath::parse(&joined)
-                .map_err(|_| Fail::new(StatusCode::NoSuchFile, "a symlink leaves the bucket"))?;
-            entry = tree.stat(&path)?;
-        }
-        Err(Fail::new(StatusCode::Failure, "too many levels of symbolic links"))
-    }
-
     fn stat(&mut self, id: u32, raw: &str, follow: bool) -> Reply {
         let attrs = match self.place(raw, Level::Read)? {
             Place::Root => dir_attrs(self.ctx.owner),
             Place::Bucket { tree, path, .. } => {
-                let e = tree.stat(&path)?;
-                let e = if follow { self.follow(&tree, &path, e)?.1 } else { e };
+                let e = if follow {
+                    tree.follow(&path, true)?.1
+                } else {
+                    tree.stat(&path)?
+                };
                 self.attrs(&e)
             }
         };
@@ -554,8 +547,7 @@ impl Session {
                 Listing::Buckets(Some(files))
             }
             Place::Bucket { tree, path, .. } => {
-                let e = tree.stat(&path)?;
-                let (path, e) = self.follow(&tree, &path, e)?;
+                let (path, e) = tree.follow(&path, true)?;
                 if !e.is_dir() {
                     return Err(Fail::new(StatusCode::Failure, format!("{path}: not a directory")));
                 }
@@ -665,14 +657,12 @@ impl Session {
     /// rooted at the link's own bucket@branch, so it gets that tree's prefix
     /// (`/d/a` in bucket `docs` reads as `/docs/d/a`).
     fn readlink(&mut self, id: u32, raw: &str) -> Reply {
-        let (tree, path) = self.in_bucket(raw, Level::Read)?;
+        let (tree, path, prefix) = self.in_bucket_named(raw, Level::Read)?;
         let e = tree.stat(&path)?;
         match e.target {
             Some(t) if e.kind == Kind::Symlink => {
                 let shown = match t.strip_prefix('/') {
-                    Some(rest) => format!("{}/{rest}", tree_prefix(raw, &path))
-                        .trim_end_matches('/')
-                        .to_owned(),
+                    Some(rest) => format!("{prefix}/{rest}").trim_end_matches('/').to_owned(),
                     None => t,
                 };
                 Ok(name_reply(id, &shown, None))
@@ -685,9 +675,8 @@ impl Session {
     /// bucket@branch and is stored from that tree's root (the one meaning an
     /// absolute target has in the store: SFTP, the CLI and git all agree).
     fn symlink(&mut self, id: u32, link: &str, target: &str) -> Reply {
-        let (tree, path) = self.in_bucket(link, Level::Write)?;
+        let (tree, path, prefix) = self.in_bucket_named(link, Level::Write)?;
         let stored = if target.starts_with('/') {
-            let prefix = tree_prefix(link, &path);
             let full = normalize(target);
             match full.strip_prefix(prefix.as_str()) {
                 Some("") => "/".to_owned(),
@@ -770,8 +759,7 @@ impl Session {
                 }
                 let entry = if request == "check-file-name" {
                     let (tree, path) = self.in_bucket(&target, Level::Read)?;
-                    let e = tree.stat(&path)?;
-                    self.follow(&tree, &path, e)?.1
+                    tree.follow(&path, true)?.1
                 } else {
                     match self.handles.get(&target) {
                         Some(OpenHandle::Read { entry, .. }) => entry.clone(),

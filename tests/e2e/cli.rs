@@ -152,6 +152,13 @@ fn tree_operations() {
     let ls = node.ok(&["ls", "-l", "b"]);
     assert!(ls.contains("lrwxrwxrwx") && ls.contains("link -> z/b/c/f"), "{ls}");
     assert_eq!(node.ok(&["ls", "-R", "b:/z"]), "b\nb/c\nb/c/f\n");
+    // Links are followed as on a disk: the file's, and directories' on the way.
+    assert_eq!(node.ok(&["cat", "b:/link"]), "x");
+    node.ok(&["ln", "-s", "/z/b", "b:/dirlink"]);
+    assert_eq!(node.ok(&["cat", "b:/dirlink/c/f"]), "x");
+    node.ok_stdin(&["put", "-", "b:/dirlink/c/g"], b"y");
+    assert_eq!(node.ok(&["cat", "b:/z/b/c/g"]), "y");
+    node.ok(&["rm", "b:/dirlink"]);
     node.fails(&["rm", "b:/z"]);
     node.ok(&["rm", "-r", "b:/z"]);
     assert_eq!(node.ok(&["ls", "b"]), "copy\nlink\n");

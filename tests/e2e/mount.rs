@@ -253,6 +253,17 @@ fn files_and_directories_behave_like_a_disk() {
     sorted.sort();
     assert_eq!(sorted, ["a.txt", "d2", "link"]);
     std::fs::remove_file(m.path("link")).expect("unlink");
+    // An absolute target is a path from the tree's root, shown below the
+    // mountpoint; one outside the mount cannot be stored.
+    let root = std::fs::canonicalize(&m.dir).expect("canonical mountpoint");
+    std::os::unix::fs::symlink(root.join("d2/e/f"), m.path("abs")).expect("symlink");
+    assert_eq!(
+        std::fs::read_link(m.path("abs")).expect("readlink"),
+        root.join("d2/e/f")
+    );
+    assert_eq!(std::fs::read(m.path("abs")).expect("through the link"), b"g");
+    let outside = std::os::unix::fs::symlink("/etc/hostname", m.path("out"));
+    assert_eq!(outside.expect_err("outside the tree").raw_os_error(), Some(18)); // EXDEV
     // A large file streams through and reads back byte for byte.
     let big = pattern(48 << 20, 9);
     std::fs::write(m.path("big"), &big).expect("write big");
@@ -270,6 +281,11 @@ fn files_and_directories_behave_like_a_disk() {
     assert!(m.stop(), "a clean unmount on SIGTERM");
     // Everything was committed: the CLI reads it with the mount gone.
     assert_eq!(node.ok(&["cat", "photos:/d2/e/f"]), "g");
+    assert_eq!(
+        node.json(&["stat", "photos:/abs"])["target"],
+        "/d2/e/f",
+        "stored from the tree's root"
+    );
     assert_eq!(node.bytes(&["cat", "photos:/big"]).len(), big.len());
     let fsck = node.ok(&["fsck"]);
     assert!(fsck.contains("no problems"), "{fsck}");

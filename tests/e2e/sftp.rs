@@ -592,3 +592,60 @@ fn sigterm_during_an_upload_keeps_the_old_file() {
     assert!(!status.success(), "the interrupted upload must not report success");
     the_old_file_is_whole(&node);
 }
+
+/// A symlinked directory is passed through on the way to a file, as on a
+/// disk, whether its target is relative or absolute (from the tree's
+/// root); a loop ends with an error, not a hang; `..` stops at the tree.
+#[test]
+fn symlinked_directories_are_passed_through() {
+    let s = setup();
+    let node = &s.node;
+    node.write_local("small", b"through the link");
+    let script = "\
+mkdir /photos/real
+put small /photos/real/f
+symlink real /photos/rel
+symlink /photos/real /photos/abs
+symlink rel /photos/twice
+get /photos/rel/f got-rel
+get /photos/abs/f got-abs
+get /photos/twice/f got-twice
+ls /photos/abs/
+put small /photos/rel/new
+";
+    let (ok, out) = sftp_batch(node, &s.server, &s.alice, Via::Tcp, script);
+    assert!(ok, "{out}");
+    for name in ["got-rel", "got-abs", "got-twice"] {
+        assert_eq!(std::fs::read(node.work.join(name)).expect(name), b"through the link");
+    }
+    assert!(out.contains("/photos/abs/f"), "the listing through the link:\n{out}");
+    assert_eq!(stored_hash(node, "photos:/real/new"), b3(b"through the link"));
+    let (ok, out) = sftp_batch(
+        node,
+        &s.server,
+        &s.alice,
+        Via::Tcp,
+        "symlink loop2 /photos/loop1\nsymlink loop1 /photos/loop2\n",
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = crate::util::paramiko_sftp(
+        node,
+        &s.server,
+        &s.alice,
+        "try:\n    sftp.stat('/photos/loop1/x')\nexcept IOError as e:\n    print('refused:', e)\n",
+    );
+    assert!(
+        ok && out.contains("refused:") && out.contains("too many levels of symbolic links"),
+        "{out}"
+    );
+    // `..` in a target stops at the tree's root: it never reaches another bucket.
+    let (ok, out) = sftp_batch(
+        node,
+        &s.server,
+        &s.alice,
+        Via::Tcp,
+        "symlink ../../.. /photos/up\nls /photos/up/real\n",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("/photos/up/real/f"), "{out}");
+}
