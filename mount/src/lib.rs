@@ -74,7 +74,21 @@ enum Handle {
         written: bool,
     },
     /// A snapshot of a directory's entries for readdir: name and attributes.
-    Dir(Vec<(String, FileAttr)>),
+    Dir(Box<Listing>),
+}
+
+/// An open directory, listed a page at a time (a directory of a million
+/// entries holds one page in memory, not the million). Offsets are 1-based
+/// positions: `.` and `..` first, then entries in name order.
+struct Listing {
+    dir: EntryId,
+    dots: [(String, FileAttr); 2],
+    /// Index (among the entries, after the dots) of `page[0]`.
+    base: u64,
+    page: Vec<(String, FileAttr)>,
+    /// The name the next page starts after.
+    after: Option<String>,
+    done: bool,
 }
 
 fn ino_of(id: EntryId) -> INodeNo {
@@ -350,6 +364,9 @@ impl Mount {
 
     /// Hands the entries of directory handle `fh` from `offset` on to `add`
     /// (with the offset of the entry after each) until it says it is full.
+    /// Hands `add` the entries of directory handle `fh` from `offset` on,
+    /// until it says the reply is full; pages are fetched as needed, and a
+    /// rewind (`rewinddir`, `seekdir` back) lists from the start again.
     fn list_from(
         &self,
         fh: FileHandle,
@@ -357,16 +374,49 @@ impl Mount {
         mut add: impl FnMut(u64, &str, &FileAttr) -> bool,
     ) -> Result<(), Errno> {
         let h = self.handle(fh)?;
-        let h = h.lock().unwrap_or_else(|e| e.into_inner());
-        let Handle::Dir(entries) = &*h else {
+        let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+        let Handle::Dir(l) = &mut *h else {
             return Err(Errno::EBADF);
         };
-        for (i, (name, attr)) in entries.iter().enumerate().skip(offset as usize) {
-            if add((i + 1) as u64, name, attr) {
-                break;
+        let mut at = offset;
+        loop {
+            if at < 2 {
+                let (name, attr) = &l.dots[at as usize];
+                if add(at + 1, name, attr) {
+                    return Ok(());
+                }
+                at += 1;
+                continue;
             }
+            let k = at - 2;
+            if k < l.base {
+                (l.base, l.page, l.after, l.done) = (0, Vec::new(), None, false);
+            }
+            if k >= l.base + l.page.len() as u64 {
+                if l.done {
+                    return Ok(());
+                }
+                let page = self.backend.read_dir(l.dir, l.after.as_deref(), PAGE)?;
+                l.base += l.page.len() as u64;
+                // A page may come back shorter than asked (a node pages by
+                // bytes too): only an empty one ends the listing.
+                l.done = page.is_empty();
+                l.after = page.last().map(|e| e.name.clone()).or(l.after.take());
+                l.page = page
+                    .into_iter()
+                    .map(|e| {
+                        let attr = self.attr(&e);
+                        (e.name, attr)
+                    })
+                    .collect();
+                continue;
+            }
+            let (name, attr) = &l.page[(k - l.base) as usize];
+            if add(at + 1, name, attr) {
+                return Ok(());
+            }
+            at += 1;
         }
-        Ok(())
     }
 
     fn reply_entry(&self, made: Result<Entry, Errno>, reply: ReplyEntry) {
@@ -736,23 +786,15 @@ impl Filesystem for Mount {
             } else {
                 self.entry(ino_of(dir.parent))?
             };
-            let mut entries = vec![(".".to_owned(), self.attr(&dir)), ("..".to_owned(), self.attr(&parent))];
-            let mut after: Option<String> = None;
-            loop {
-                let page = self.backend.read_dir(dir.id, after.as_deref(), PAGE)?;
-                // A page may come back shorter than asked (a node pages by
-                // bytes too): only an empty one ends the listing.
-                let more = !page.is_empty();
-                after = page.last().map(|e| e.name.clone());
-                entries.extend(page.into_iter().map(|e| {
-                    let attr = self.attr(&e);
-                    (e.name, attr)
-                }));
-                if !more {
-                    break;
-                }
-            }
-            Ok(self.add_handle(Handle::Dir(entries)).0)
+            let listing = Listing {
+                dir: dir.id,
+                dots: [(".".to_owned(), self.attr(&dir)), ("..".to_owned(), self.attr(&parent))],
+                base: 0,
+                page: Vec::new(),
+                after: None,
+                done: false,
+            };
+            Ok(self.add_handle(Handle::Dir(Box::new(listing))).0)
         };
         match run() {
             Ok(fh) => reply.opened(fh, FopenFlags::empty()),

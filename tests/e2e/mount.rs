@@ -291,6 +291,45 @@ fn files_and_directories_behave_like_a_disk() {
     assert!(fsck.contains("no problems"), "{fsck}");
 }
 
+/// A directory of several pages lists whole and in order, a page at a
+/// time; telldir/seekdir and rewinddir come back to the same entries.
+#[test]
+fn a_large_directory_lists_in_pages_and_seeks() {
+    const FILES: usize = 2500;
+    let node = node_with_bucket();
+    let local = node.work.join("many");
+    std::fs::create_dir_all(&local).expect("dir");
+    for i in 0..FILES {
+        std::fs::write(local.join(format!("f{i:05}")), b"").expect("write");
+    }
+    node.ok(&["put", "-r", local.to_str().expect("utf-8"), "photos:/many"]);
+    let m = Mounted::start(&node, "photos", "m", &[]);
+    let script = r#"
+opendir(my $d, $ARGV[0]) or die "opendir: $!";
+my @first; push @first, scalar readdir($d) for 1..1500;
+my $pos = telldir($d);
+my @rest; while (defined(my $e = readdir($d))) { push @rest, $e }
+seekdir($d, $pos);
+my @again; while (defined(my $e = readdir($d))) { push @again, $e }
+rewinddir($d);
+my @all = readdir($d);
+print scalar(@first) + scalar(@rest), " ", join(",", @rest) eq join(",", @again) ? "same" : "differ", " ", scalar(@all), " ", $all[2], " ", $all[-1], "\n";
+"#;
+    let out = Command::new("perl")
+        .arg("-e")
+        .arg(script)
+        .arg(m.path("many"))
+        .output()
+        .expect("run perl");
+    let text = combined(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.trim(),
+        format!("{} same {} f00000 f{:05}", FILES + 2, FILES + 2, FILES - 1)
+    );
+    assert!(m.stop());
+}
+
 #[test]
 fn changes_from_the_cli_show_in_the_mount() {
     let node = node_with_bucket();
