@@ -758,10 +758,12 @@ async fn get_dir(store: &Store, addr: &str, output: Option<&str>, at: Option<&st
         None => Path::new(&name).to_path_buf(),
     };
     std::fs::create_dir_all(&dest).with_context(|| format!("{}: cannot create", dest.display()))?;
-    let entries = tree.walk(&path)?;
-    let mut files = 0u64;
+    let (mut files, mut entries) = (0u64, 0u64);
+    // Directories are kept for their times (set last); files stream past.
     let mut dirs = vec![(dest.clone(), top.clone())];
-    for (p, e) in &entries {
+    for walked in tree.walk_iter(&path)? {
+        let (p, e) = &walked?;
+        entries += 1;
         let rel = p
             .as_str()
             .strip_prefix(path.as_str())
@@ -803,8 +805,8 @@ async fn get_dir(store: &Store, addr: &str, output: Option<&str>, at: Option<&st
     }
     say(
         json,
-        &serde_json::json!({"path": dest, "files": files, "entries": entries.len()}),
-        || format!("wrote {} ({files} files, {} entries)", dest.display(), entries.len()),
+        &serde_json::json!({"path": dest, "files": files, "entries": entries}),
+        || format!("wrote {} ({files} files, {entries} entries)", dest.display()),
     )
 }
 
@@ -907,46 +909,75 @@ fn bar_with(wanted: bool, len: u64, what: &str, template: &str) -> Option<indica
 fn ls(store: &Store, addr: &str, long: bool, recursive: bool, at: Option<&str>, json: bool) -> Result<()> {
     let (tree, path) = open(store, addr, at)?;
     let top = tree.stat(&path)?;
-    let rows: Vec<(String, Entry)> = if !top.is_dir() {
-        vec![(top.name.clone(), top)]
+    // Rows stream out as they are read: a large tree is never held.
+    let rows: Box<dyn Iterator<Item = Result<(String, Entry)>> + '_> = if !top.is_dir() {
+        Box::new(std::iter::once(Ok((top.name.clone(), top))))
     } else if recursive {
-        tree.walk(&path)?
-            .into_iter()
-            .map(|(p, e)| {
-                let rel = p
-                    .as_str()
-                    .strip_prefix(path.as_str())
-                    .unwrap_or(p.as_str())
-                    .trim_start_matches('/');
-                (rel.to_owned(), e)
-            })
-            .collect()
+        let base = path.clone();
+        Box::new(tree.walk_iter(&path)?.map(move |walked| {
+            let (p, e) = walked?;
+            let rel = p
+                .as_str()
+                .strip_prefix(base.as_str())
+                .unwrap_or(p.as_str())
+                .trim_start_matches('/')
+                .to_owned();
+            Ok((rel, e))
+        }))
     } else {
-        let mut rows = Vec::new();
+        let (tree, path) = (&tree, path.clone());
         let mut after: Option<String> = None;
-        loop {
-            let page = tree.read_dir(&path, after.as_deref(), 1000)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.name.clone());
-            rows.extend(page.into_iter().map(|e| (e.name.clone(), e)));
-        }
-        rows
+        let mut done = false;
+        let pages = std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            match tree.read_dir(&path, after.as_deref(), 1000) {
+                Ok(page) if page.is_empty() => {
+                    done = true;
+                    None
+                }
+                Ok(page) => {
+                    after = page.last().map(|e| e.name.clone());
+                    Some(Ok(page))
+                }
+                Err(e) => {
+                    done = true;
+                    Some(Err(e))
+                }
+            }
+        });
+        Box::new(
+            pages.flat_map(|page| -> Box<dyn Iterator<Item = Result<(String, Entry)>>> {
+                match page {
+                    Ok(page) => Box::new(page.into_iter().map(|e| Ok((e.name.clone(), e)))),
+                    Err(e) => Box::new(std::iter::once(Err(e.into()))),
+                }
+            }),
+        )
     };
-    if json {
-        let entries: Vec<_> = rows
-            .iter()
-            .map(|(p, e)| serde_json::json!({"path": p, "entry": e}))
-            .collect();
-        return print_json(&entries);
-    }
     let mut out = std::io::stdout().lock();
-    for (name, e) in &rows {
+    if json {
+        // One JSON array, written entry by entry.
+        write!(out, "[")?;
+        for (i, row) in rows.enumerate() {
+            let (p, e) = row?;
+            if i > 0 {
+                write!(out, ",")?;
+            }
+            serde_json::to_writer(&mut out, &serde_json::json!({"path": p, "entry": e}))?;
+        }
+        writeln!(out, "]")?;
+        return Ok(());
+    }
+    for row in rows {
+        let (name, e) = row?;
         if long {
             let target = e.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
             writeln!(
                 out,
                 "{} {:>12} {} {name}{target}",
-                mode_string(e),
+                mode_string(&e),
                 e.size,
                 format_time(e.mtime_ns / 1_000_000)
             )?;

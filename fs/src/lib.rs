@@ -54,7 +54,7 @@ pub use name::{
 };
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
 pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch, process_alive};
-pub use tree::{EVENT_CHANNEL, FileReader, SetAttr, Tree};
+pub use tree::{EVENT_CHANNEL, FileReader, SetAttr, Tree, Walk};
 pub use types::{BlobHash, BranchInfo, BucketInfo, Change, Commit, Entry, EntryId, Kind, SnapshotInfo, Version};
 pub use write::{OpenOptions, WriteSession};
 

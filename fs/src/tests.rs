@@ -1021,3 +1021,37 @@ async fn head_bytes_follow_every_change() {
     w1.write_at(0, &[0u8; 490]).await.expect("the rest of the quota");
     w1.close().await.expect("close");
 }
+
+/// The paged walk visits what the whole-tree walk does, parents first and
+/// each directory in name order, across page boundaries.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_paged_walk_sees_the_whole_tree() {
+    let (_d, store) = store();
+    let t = head(&store, "main");
+    t.mkdir_all(&p("/big/sub/deeper")).expect("mkdir");
+    for i in 0..1205 {
+        t.create_empty(&p(&format!("/big/f{i:04}")), None).expect("create");
+    }
+    put(&t, "/big/sub/deeper/x", b"x").await;
+    put(&t, "/top", b"t").await;
+    let paged: Vec<String> = t
+        .walk_iter(&BucketPath::root())
+        .expect("walk")
+        .map(|r| r.expect("entry").0.to_string())
+        .collect();
+    let mut whole: Vec<String> = t
+        .walk(&BucketPath::root())
+        .expect("walk")
+        .into_iter()
+        .map(|(p, _)| p.to_string())
+        .collect();
+    assert_eq!(paged.len(), whole.len());
+    let pos = |s: &str| paged.iter().position(|p| p == s).expect(s);
+    assert!(pos("/big") < pos("/big/f0000") && pos("/big/sub") < pos("/big/sub/deeper/x"));
+    assert!(pos("/big/f1204") < pos("/big/sub"), "name order within a directory");
+    let mut sorted = paged.clone();
+    sorted.sort();
+    whole.sort();
+    assert_eq!(sorted, whole);
+    assert_eq!(t.walk_iter(&p("/top")).expect("a file").count(), 0);
+}

@@ -22,6 +22,62 @@ use crate::types::{BlobHash, Change, Entry, EntryId, Kind, Version};
 /// Read limit of a live branch: every version.
 const HEAD: i64 = i64::MAX;
 
+/// Entries one page of [`Walk`] reads.
+const WALK_PAGE: usize = 1000;
+
+/// The iterator of [`Tree::walk_iter`].
+pub struct Walk<'t> {
+    tree: &'t Tree,
+    stack: Vec<WalkLevel>,
+}
+
+struct WalkLevel {
+    path: BucketPath,
+    dir: EntryId,
+    /// The name the next page starts after.
+    after: Option<String>,
+    page: std::collections::VecDeque<Entry>,
+    done: bool,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = Result<(BucketPath, Entry)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let level = self.stack.last_mut()?;
+            if let Some(e) = level.page.pop_front() {
+                let path = level.path.join(&e.name);
+                if e.is_dir() {
+                    self.stack.push(WalkLevel {
+                        path: path.clone(),
+                        dir: e.id,
+                        after: None,
+                        page: Default::default(),
+                        done: false,
+                    });
+                }
+                return Some(Ok((path, e)));
+            }
+            if level.done {
+                self.stack.pop();
+                continue;
+            }
+            match self.tree.read_dir_of(level.dir, level.after.as_deref(), WALK_PAGE) {
+                Ok(page) => {
+                    level.done = page.is_empty();
+                    level.after = page.last().map(|e| e.name.clone());
+                    level.page = page.into();
+                }
+                Err(e) => {
+                    self.stack.clear();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
 /// Symlinks one path may pass through (Linux's `MAXSYMLINKS`).
 pub(crate) const MAX_SYMLINKS: usize = 40;
 
@@ -317,6 +373,25 @@ impl Tree {
             let top = self.resolve(c, path)?;
             self.walk_in(c, path, &top)
         })
+    }
+
+    /// [`Tree::walk`] as it goes: depth first, parents before children,
+    /// each directory in name order, read a page at a time (each page its
+    /// own read), so memory is a page per directory on the way down, not the
+    /// tree. A file's walk is empty.
+    pub fn walk_iter(&self, path: &BucketPath) -> Result<Walk<'_>> {
+        let top = self.stat(path)?;
+        let mut stack = Vec::new();
+        if top.is_dir() {
+            stack.push(WalkLevel {
+                path: path.clone(),
+                dir: top.id,
+                after: None,
+                page: Default::default(),
+                done: false,
+            });
+        }
+        Ok(Walk { tree: self, stack })
     }
 
     pub(crate) fn walk_in(&self, c: &Connection, path: &BucketPath, top: &Entry) -> Result<Vec<(BucketPath, Entry)>> {
