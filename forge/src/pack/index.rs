@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 use gix_hash::ObjectId;
 use gix_object::Kind;
 
-use super::{
-    EntryKind, OID_LEN, Region, apply_delta, encode_header, finish_hash, inflate, inflate_to_vec, object_hasher,
-    read_header,
-};
+use super::{EntryKind, Inflater, OID_LEN, Region, apply_delta, encode_header, finish_hash, object_hasher, read_header};
 use crate::Error;
 use crate::repo::Repo;
 
@@ -30,6 +27,8 @@ pub(crate) struct Indexed {
 
 struct Entry {
     offset: u64,
+    /// Where its compressed data ends (the next entry begins).
+    end: u64,
     crc: u32,
     header_len: u32,
     /// Inflated size of the entry's data.
@@ -154,6 +153,7 @@ pub(crate) fn index_pack(
     let count = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
     // The count is the sender's claim: memory grows with what arrives.
     let mut entries: Vec<Entry> = Vec::with_capacity((count as usize).min(1 << 16));
+    let mut inflater = Inflater::new();
     for _ in 0..count {
         let offset = incoming.offset;
         incoming.crc = crc32fast::Hasher::new();
@@ -166,14 +166,14 @@ pub(crate) fn index_pack(
         let id = match header.kind {
             EntryKind::Whole(kind) => {
                 let mut h = object_hasher(kind, header.size);
-                inflate(&mut incoming, header.size, |b| {
+                inflater.inflate(&mut incoming, header.size, |b| {
                     h.update(b);
                     Ok(())
                 })?;
                 Some((finish_hash(h)?, kind))
             }
             _ => {
-                inflate(&mut incoming, header.size, |_| Ok(()))?;
+                inflater.inflate(&mut incoming, header.size, |_| Ok(()))?;
                 None
             }
         };
@@ -181,6 +181,7 @@ pub(crate) fn index_pack(
         let crc = std::mem::replace(&mut incoming.crc, crc32fast::Hasher::new()).finalize();
         entries.push(Entry {
             offset,
+            end: incoming.offset,
             crc,
             header_len: header.len as u32,
             size: header.size,
@@ -205,6 +206,7 @@ pub(crate) fn index_pack(
         end: incoming.offset - OID_LEN as u64,
         limit,
         entries: &mut entries,
+        inflater,
     }
     .run()?;
     let sum = if appended.is_empty() {
@@ -247,6 +249,7 @@ struct Resolver<'a> {
     end: u64,
     limit: u64,
     entries: &'a mut Vec<Entry>,
+    inflater: Inflater,
 }
 
 /// A base and the deltas on it still to resolve.
@@ -348,18 +351,22 @@ impl Resolver<'_> {
         Ok(())
     }
 
-    /// The inflated data of entry `i`, read back from the file.
-    fn load(&self, i: usize) -> Result<Vec<u8>, Error> {
+    /// The inflated data of entry `i`, read back from the file (its
+    /// compressed bytes only: most entries are a few hundred bytes).
+    fn load(&mut self, i: usize) -> Result<Vec<u8>, Error> {
         let e = &self.entries[i];
+        let start = e.offset + u64::from(e.header_len);
+        let end = e.end.min(self.end);
+        let len = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX);
         let mut input = BufReader::with_capacity(
-            super::CHUNK,
+            len.clamp(1, super::CHUNK),
             Region {
                 file: self.file,
-                pos: e.offset + u64::from(e.header_len),
-                end: self.end,
+                pos: start,
+                end,
             },
         );
-        inflate_to_vec(&mut input, e.size, self.limit)
+        self.inflater.inflate_to_vec(&mut input, e.size, self.limit)
     }
 }
 
@@ -397,6 +404,7 @@ fn complete_thin(file: &File, entries: &mut Vec<Entry>, bases: &[(Kind, Vec<u8>)
         h.update(data);
         entries.push(Entry {
             offset,
+            end: offset + bytes.len() as u64,
             crc: crc32fast::hash(&bytes),
             header_len,
             size: data.len() as u64,

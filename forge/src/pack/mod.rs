@@ -245,66 +245,80 @@ pub(crate) fn apply_delta(base: &[u8], delta: &[u8], limit: u64) -> Result<Vec<u
     Ok(out)
 }
 
-/// Inflates one zlib stream from `input` (consuming exactly its bytes),
-/// handing the output to `sink` in chunks; returns the inflated length.
-/// Stops with an error once more than `expected` bytes come out.
-pub(crate) fn inflate(
-    input: &mut impl BufRead,
-    expected: u64,
-    mut sink: impl FnMut(&[u8]) -> Result<(), Error>,
-) -> Result<u64, Error> {
-    use gix_zlib::{Decompress, FlushDecompress, Status};
-    let mut state = Decompress::new();
-    let mut out = vec![0u8; CHUNK];
-    loop {
-        let (status, consumed, written) = {
-            let buf = input.fill_buf()?;
-            let (in0, out0) = (state.total_in(), state.total_out());
-            let flush = if buf.is_empty() {
-                FlushDecompress::Finish
-            } else {
-                FlushDecompress::None
-            };
-            let status = state
-                .decompress(buf, &mut out, flush)
-                .map_err(|e| Error::BadPack(format!("an entry's compressed data is corrupt: {e}")))?;
-            if buf.is_empty() && status != Status::StreamEnd && state.total_out() == out0 {
-                return Err(Error::BadPack("the pack ends inside an entry".into()));
-            }
-            (
-                status,
-                (state.total_in() - in0) as usize,
-                (state.total_out() - out0) as usize,
-            )
-        };
-        input.consume(consumed);
-        if state.total_out() > expected {
-            return Err(Error::BadPack("an entry inflates to more than its header says".into()));
-        }
-        sink(&out[..written])?;
-        if status == Status::StreamEnd {
-            break;
-        }
-    }
-    if state.total_out() != expected {
-        return Err(Error::BadPack("an entry inflates to less than its header says".into()));
-    }
-    Ok(state.total_out())
+/// A zlib inflater and its output buffer, reused from one entry to the
+/// next (a pack holds many small entries: a fresh state and buffer each
+/// would cost more than inflating them).
+pub(crate) struct Inflater {
+    state: gix_zlib::Decompress,
+    out: Vec<u8>,
 }
 
-/// Inflates one entry's data whole (a delta, or a delta's base).
-pub(crate) fn inflate_to_vec(input: &mut impl BufRead, size: u64, limit: u64) -> Result<Vec<u8>, Error> {
-    if size > limit {
-        return Err(Error::BadPack(format!(
-            "an entry of {size} bytes is more than may be held to resolve deltas ({limit})"
-        )));
+impl Inflater {
+    pub(crate) fn new() -> Inflater {
+        Inflater {
+            state: gix_zlib::Decompress::new(),
+            out: vec![0u8; CHUNK],
+        }
     }
-    let mut v = Vec::with_capacity(size as usize);
-    inflate(input, size, |b| {
-        v.extend_from_slice(b);
-        Ok(())
-    })?;
-    Ok(v)
+
+    /// Inflates one zlib stream from `input` (consuming exactly its bytes),
+    /// handing the output to `sink` in chunks; returns the inflated length.
+    /// Stops with an error once more than `expected` bytes come out.
+    pub(crate) fn inflate(
+        &mut self,
+        input: &mut impl BufRead,
+        expected: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        use gix_zlib::{FlushDecompress, Status};
+        let Inflater { state, out } = self;
+        state.reset();
+        loop {
+            let (status, consumed, written) = {
+                let buf = input.fill_buf()?;
+                let (in0, out0) = (state.total_in(), state.total_out());
+                let flush = if buf.is_empty() {
+                    FlushDecompress::Finish
+                } else {
+                    FlushDecompress::None
+                };
+                let status = state
+                    .decompress(buf, out, flush)
+                    .map_err(|e| Error::BadPack(format!("an entry's compressed data is corrupt: {e}")))?;
+                if buf.is_empty() && status != Status::StreamEnd && state.total_out() == out0 {
+                    return Err(Error::BadPack("the pack ends inside an entry".into()));
+                }
+                (status, (state.total_in() - in0) as usize, (state.total_out() - out0) as usize)
+            };
+            input.consume(consumed);
+            if state.total_out() > expected {
+                return Err(Error::BadPack("an entry inflates to more than its header says".into()));
+            }
+            sink(&out[..written])?;
+            if status == Status::StreamEnd {
+                break;
+            }
+        }
+        if state.total_out() != expected {
+            return Err(Error::BadPack("an entry inflates to less than its header says".into()));
+        }
+        Ok(state.total_out())
+    }
+
+    /// Inflates one entry's data whole (a delta, or a delta's base).
+    pub(crate) fn inflate_to_vec(&mut self, input: &mut impl BufRead, size: u64, limit: u64) -> Result<Vec<u8>, Error> {
+        if size > limit {
+            return Err(Error::BadPack(format!(
+                "an entry of {size} bytes is more than may be held to resolve deltas ({limit})"
+            )));
+        }
+        let mut v = Vec::with_capacity(size as usize);
+        self.inflate(input, size, |b| {
+            v.extend_from_slice(b);
+            Ok(())
+        })?;
+        Ok(v)
+    }
 }
 
 /// `[pos, end)` of a file, read with `pread` (no shared cursor, no map).
@@ -455,7 +469,7 @@ impl Packs {
             return Ok(None);
         };
         let mut hasher = object_hasher(kind, header.size);
-        inflate(&mut self.stream(&at, &header), header.size, |b| {
+        Inflater::new().inflate(&mut self.stream(&at, &header), header.size, |b| {
             hasher.update(b);
             sink(b)
         })?;
