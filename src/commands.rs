@@ -355,15 +355,25 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         }
         Command::Log { addr, limit } => {
             let (tree, path) = open(store, &addr, None)?;
-            let mut commits = store.log(&tree, if path.is_root() { limit } else { usize::MAX })?;
-            if !path.is_root() {
-                commits.retain(|c| {
+            let commits = if path.is_root() {
+                store.log(&tree, limit)?
+            } else {
+                // The commits that touched the path, read a page at a time.
+                let touches = |c: &alknet_fs::Commit| {
                     c.paths
                         .iter()
                         .any(|p| BucketPath::parse(p).is_ok_and(|p| p.starts_with(&path) || path.starts_with(&p)))
-                });
-                commits.truncate(limit);
-            }
+                };
+                let (mut found, mut before) = (Vec::new(), None);
+                while found.len() < limit {
+                    let page = store.log_before(&tree, before, 1000)?;
+                    let Some(last) = page.last() else { break };
+                    before = Some(last.version);
+                    found.extend(page.into_iter().filter(touches));
+                }
+                found.truncate(limit);
+                found
+            };
             print_list(json, &commits, |c| {
                 format!(
                     "{}\t{}\t{}\t{}\t{}",

@@ -60,12 +60,12 @@ fn ref_names_are_checked() {
 /// arguments and random bytes. Each round must end — with an answer or an
 /// error — without a panic, and move no ref. `ALKNET_FUZZ_ROUNDS` runs
 /// more rounds (docs/fuzzing.md has the long runs).
-mod garbage {
+pub(crate) mod garbage {
     use std::io::Cursor;
 
     use crate::{Forge, ForgeConfig, receive_pack, upload_pack};
 
-    fn rounds(default: u64) -> u64 {
+    pub(crate) fn rounds(default: u64) -> u64 {
         std::env::var("ALKNET_FUZZ_ROUNDS")
             .ok()
             .and_then(|n| n.parse().ok())
@@ -73,21 +73,21 @@ mod garbage {
     }
 
     /// xorshift64: reproducible noise without a dependency.
-    struct Noise(u64);
+    pub(crate) struct Noise(pub(crate) u64);
 
     impl Noise {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
         }
 
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }
 
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
+        pub(crate) fn bytes(&mut self, len: usize) -> Vec<u8> {
             (0..len).map(|_| self.next() as u8).collect()
         }
 

@@ -615,16 +615,23 @@ impl Store {
     /// The commits a tree is made of, newest first: its own, then those of
     /// the branches it was forked from, up to their fork points.
     pub fn log(&self, tree: &Tree, limit: usize) -> Result<Vec<Commit>> {
+        self.log_before(tree, None, limit)
+    }
+
+    /// [`Store::log`] from below version `before` (a page of a long history).
+    pub fn log_before(&self, tree: &Tree, before: Option<Version>, limit: usize) -> Result<Vec<Commit>> {
         self.inner.db.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT v.version, bu.name, br.name, v.at_ms, v.op, v.paths
                  FROM json_each(?1) AS ch
                  JOIN versions v ON v.branch_id = ch.value->>0 AND v.version <= ch.value->>1
                  JOIN branches br ON br.id = v.branch_id JOIN buckets bu ON bu.id = br.bucket_id
+                 WHERE v.version < ?3
                  ORDER BY v.version DESC LIMIT ?2",
             )?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![&*tree.chain, limit], commit_from_row)?;
+            let before = before.map_or(i64::MAX, |v| v.0 as i64);
+            let rows = stmt.query_map(params![&*tree.chain, limit, before], commit_from_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }

@@ -84,6 +84,18 @@ impl Forge {
         }
     }
 
+    /// A forge on a stopped one's node: a new server, alice's key, TCP, v2.
+    fn restart(node: Node) -> Forge {
+        Forge {
+            server: Server::start(&node),
+            key: node.work.join("alice"),
+            node,
+            via: Via::Tcp,
+            version: 2,
+            patience: 120,
+        }
+    }
+
     /// Stops the server (SIGTERM, asserting a clean exit); the node stays.
     fn stop(self) -> Node {
         assert!(self.server.stop(), "the server exits cleanly");
@@ -723,14 +735,7 @@ fn packs_live_in_the_store_and_survive_gc() {
     // The pack directory is only where packs are read: lost, it is rebuilt
     // from the blobs the repository holds.
     std::fs::remove_dir_all(node.data.join("git/hello")).expect("remove git/hello");
-    let f = Forge {
-        server: Server::start(&node),
-        key: node.work.join("alice"),
-        node,
-        via: Via::Tcp,
-        version: 2,
-        patience: 120,
-    };
+    let f = Forge::restart(node);
     let copy = f.clone("copy", &[]);
     f.ok(&copy, &["fsck", "--full"]);
     assert_eq!(stdout(&f, &copy, &["rev-parse", "HEAD"]), head);
@@ -960,14 +965,7 @@ fn a_push_past_the_write_limits_is_refused_with_the_reason() {
     // A quota on the repository bounds its packs.
     let node = f.stop();
     node.ok(&["bucket", "quota", "hello", "200KiB"]);
-    let f = Forge {
-        server: Server::start(&node),
-        key: node.work.join("alice"),
-        node,
-        via: Via::Tcp,
-        version: 2,
-        patience: 120,
-    };
+    let f = Forge::restart(node);
     let src = f.work("src");
     std::fs::write(src.join("big.bin"), crate::util::pattern(300 << 10, 4)).expect("write");
     f.ok(&src, &["commit", "-q", "--amend", "-a", "-m", "300 KiB"]);

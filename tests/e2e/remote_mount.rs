@@ -61,6 +61,14 @@ const EROFS: i32 = 30;
 /// errno of an I/O error (Linux).
 const EIO: i32 = 5;
 
+/// The SSH and QUIC socket addresses `server` listens on, to start it again there.
+fn addresses(server: &Server) -> (String, String) {
+    (
+        format!("127.0.0.1:{}", server.ssh_port),
+        server.quic.split_once('@').expect("NODE_ID@ADDR").1.to_owned(),
+    )
+}
+
 fn wait_for(what: &str, ok: impl FnMut() -> bool) {
     wait_up_to(Duration::from_secs(5), what, ok);
 }
@@ -255,10 +263,7 @@ fn a_killed_node_fails_requests_with_eio_then_comes_back() {
     let node = &s.node;
     let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
     assert_eq!(std::fs::read(m.path("f")).expect("read"), b"before");
-    let (ssh, quic) = (
-        format!("127.0.0.1:{}", s.server.ssh_port),
-        s.server.quic.split_once('@').expect("NODE_ID@ADDR").1.to_owned(),
-    );
+    let (ssh, quic) = addresses(&s.server);
     crate::util::sigkill(s.server.pid());
     let killed = Instant::now();
     let list = || std::fs::read_dir(m.path("")).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
@@ -287,10 +292,7 @@ fn a_remote_mount_reconnects_when_the_node_comes_back() {
     let node = &s.node;
     let m = Mounted::spawn(node, "m", remote_mount(node, "photos", "m", &s.server.quic, &s.alice));
     assert_eq!(std::fs::read(m.path("f")).expect("read"), b"before");
-    let (ssh, quic) = (
-        format!("127.0.0.1:{}", s.server.ssh_port),
-        s.server.quic.split_once('@').expect("NODE_ID@ADDR").1.to_owned(),
-    );
+    let (ssh, quic) = addresses(&s.server);
     assert!(s.server.stop());
     // The node restarts at the same address (same data directory: same id).
     let server = Server::start_at(node, &ssh, &quic);

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use gix_hash::ObjectId;
 use gix_object::Kind;
 
-use super::{EntryKind, Inflater, OID_LEN, Region, apply_delta, encode_header, finish_hash, object_hasher, read_header};
+use super::{
+    EntryKind, Inflater, OID_LEN, Region, apply_delta, encode_header, finish_hash, object_hasher, read_header,
+};
 use crate::Error;
 use crate::repo::Repo;
 

@@ -288,7 +288,11 @@ impl Inflater {
                 if buf.is_empty() && status != Status::StreamEnd && state.total_out() == out0 {
                     return Err(Error::BadPack("the pack ends inside an entry".into()));
                 }
-                (status, (state.total_in() - in0) as usize, (state.total_out() - out0) as usize)
+                (
+                    status,
+                    (state.total_in() - in0) as usize,
+                    (state.total_out() - out0) as usize,
+                )
             };
             input.consume(consumed);
             if state.total_out() > expected {

@@ -9,6 +9,7 @@ use gix_object::Kind;
 
 use super::index::index_pack;
 use super::{EntryKind, apply_delta, encode_header, read_header};
+use crate::tests::garbage::{Noise, rounds};
 use crate::{Forge, ForgeConfig};
 
 fn parse(bytes: &[u8]) -> super::Header {
@@ -113,26 +114,6 @@ fn deltas_apply_and_refuse_what_is_wrong() {
     }
 }
 
-/// xorshift64: reproducible noise.
-struct Noise(u64);
-
-impl Noise {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
-
 fn deflate(data: &[u8]) -> Vec<u8> {
     let mut z = gix_zlib::stream::deflate::Write::new(Vec::new(), gix_zlib::Compression::BEST_SPEED);
     z.write_all(data).expect("deflate");
@@ -227,10 +208,7 @@ async fn pack_ingest_ends_cleanly_on_garbage() {
     let store = alknet_fs::Store::open(&dir.path().join("store")).expect("store");
     let forge = Forge::new(store, ForgeConfig::default());
     forge.create("r").expect("repo");
-    let rounds: u64 = std::env::var("ALKNET_FUZZ_ROUNDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2000);
+    let rounds = rounds(2000);
     let out = dir.path().join("out");
     let ran = tokio::task::spawn_blocking(move || {
         let repo = forge.open("r").expect("open");
