@@ -206,6 +206,12 @@ pub struct Summary {
 impl Session {
     fn add(&self, open: Open) -> Result<u64> {
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        // An open that finishes after the client left must not add a handle:
+        // its lane would hold the session, and the session its lane, forever
+        // (`serve` sets `gone` before it clears the handles under this lock).
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(Errno::EIO);
+        }
         if handles.len() >= MAX_HANDLES {
             return Err(Errno::EMFILE);
         }
@@ -1121,12 +1127,12 @@ mod garbage {
                     break;
                 }
             }
+            // Hang up (dropping one half of a split stream closes nothing).
+            tx.shutdown().await.ok();
             drop(tx);
             let mut sink = Vec::new();
-            // A hang is what this catches; 30 s leaves room for commits whose
-            // fsync waits behind other tests' writeback.
-            let _ = tokio::time::timeout(Duration::from_secs(30), rx.read_to_end(&mut sink)).await;
-            let ended = tokio::time::timeout(Duration::from_secs(30), session).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut sink)).await;
+            let ended = tokio::time::timeout(Duration::from_secs(10), session).await;
             let joined = ended.unwrap_or_else(|_| panic!("round {round}: the session did not end"));
             assert!(joined.is_ok(), "round {round}: the session panicked");
         }
