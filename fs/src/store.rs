@@ -461,10 +461,13 @@ impl Store {
             for seq in &doomed {
                 del.execute([seq])?;
             }
+            // The oldest row anchors the branch; the newest carries the
+            // head's byte count (quota.rs).
             let versions = tx.execute(
                 "DELETE FROM versions WHERE branch_id = ?1 AND version < ?2
                    AND version NOT IN (SELECT version FROM snapshots WHERE branch_id = ?1)
-                   AND version <> (SELECT min(version) FROM versions WHERE branch_id = ?1)",
+                   AND version <> (SELECT min(version) FROM versions WHERE branch_id = ?1)
+                   AND version <> (SELECT max(version) FROM versions WHERE branch_id = ?1)",
                 params![id, before],
             )?;
             tx.execute(
