@@ -245,6 +245,13 @@ impl Tree {
     /// path from the tree's root (its one meaning, for every frontend);
     /// `..` stops at the root; at most [`MAX_SYMLINKS`] links.
     pub fn follow(&self, path: &BucketPath, follow_last: bool) -> Result<(BucketPath, Entry)> {
+        // A plain path (no link on it: a lookup cannot pass through one)
+        // costs one lookup; only a link, or a miss, walks it part by part.
+        match self.stat(path) {
+            Ok(e) if e.kind != Kind::Symlink || !follow_last => return Ok((path.clone(), e)),
+            Ok(_) | Err(Error::NotFound(_) | Error::NotADirectory(_)) => {}
+            Err(e) => return Err(e),
+        }
         let mut todo: std::collections::VecDeque<String> = path.components().map(str::to_owned).collect();
         let (mut at, mut entry) = (BucketPath::root(), Entry::root());
         let mut hops = 0;
