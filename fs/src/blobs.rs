@@ -513,6 +513,22 @@ fn clear_temp(temp: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a process holds the blob store of the data directory `data`
+/// (the one process that may, see `claim`).
+pub fn blobs_held(data: &Path) -> Result<bool> {
+    let path = data.join("blobs").join("alknet.lock");
+    let file = match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
 /// Takes the exclusive claim on the blob directory, waiting for another
 /// process to release it.
 fn claim(dir: &Path) -> Result<std::fs::File> {

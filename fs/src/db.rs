@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 /// - 5: `users`, `user_keys`, `grants` join the schema (they were kept by the
 ///   SSH frontend on a connection of its own); grants are keyed by bucket id,
 ///   and grants on buckets that no longer exist are dropped; `corrupt_blobs`.
-pub(crate) const SCHEMA_VERSION: i64 = 6;
+/// - 7: `tokens` (API tokens: a SHA-256 of each, never the token).
+pub(crate) const SCHEMA_VERSION: i64 = 7;
 
 /// Steps from each older schema to the next, applied in order.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -153,6 +154,18 @@ CREATE TABLE IF NOT EXISTS grants (
     level     TEXT NOT NULL,
     PRIMARY KEY (user_id, bucket_id)
 );
+-- API tokens (tokens.rs): found by prefix, checked by SHA-256; go with their user.
+CREATE TABLE IF NOT EXISTS tokens (
+    id         INTEGER PRIMARY KEY,
+    user_id    INTEGER NOT NULL,
+    name       TEXT NOT NULL,
+    prefix     TEXT NOT NULL,
+    hash       BLOB NOT NULL,
+    read_only  INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS tokens_prefix ON tokens (prefix);
 -- Blobs a verified read found corrupt (hex hash), for `stats` and the operator.
 CREATE TABLE IF NOT EXISTS corrupt_blobs (
     hash    TEXT PRIMARY KEY,

@@ -79,6 +79,9 @@ pub enum Error {
     /// A ref update found the ref changed since it was read.
     #[error("ref {name} changed meanwhile (now {})", current.as_deref().unwrap_or("absent"))]
     RefChanged { name: String, current: Option<String> },
+    /// A compare-and-swap write found the file changed (`WriteSession::expect`).
+    #[error("{0}: changed since it was read (the precondition does not hold)")]
+    Changed(String),
     #[error("user {0:?} does not exist")]
     NoSuchUser(String),
     #[error("user {0:?} already exists")]
@@ -199,7 +202,7 @@ impl Error {
             Error::TooLarge { .. } => "too_large",
             Error::NoSpace { .. } | Error::Quota { .. } => "no_space",
             Error::Corrupt(_) => "corrupt",
-            Error::RefChanged { .. } => "conflict",
+            Error::RefChanged { .. } | Error::Changed(_) => "conflict",
             Error::Db(_) | Error::Blobs(_) | Error::Internal(_) | Error::Io { .. } | Error::Stream(_) => "internal",
         }
     }

@@ -39,21 +39,23 @@ mod name;
 mod quota;
 mod refs;
 mod store;
+mod tokens;
 mod tree;
 mod types;
 mod write;
 
 pub use access::{Level, User, check_user_name};
-pub use blobs::read_at;
+pub use blobs::{blobs_held, read_at};
 pub use error::{Error, Result};
 pub use limits::{DEFAULT_DISK_RESERVE, Limits, format_size, parse_size};
-pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, LocalEntry};
+pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Expect, LocalEntry};
 pub use name::{
     Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, MAX_SYMLINK_TARGET, check_branch_name,
     check_bucket_name, check_entry_name, check_symlink_target,
 };
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
 pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch, process_alive};
+pub use tokens::{Principal, TOKEN_PREFIX, TokenInfo};
 pub use tree::{EVENT_CHANNEL, FileReader, SetAttr, Tree, Walk};
 pub use types::{BlobHash, BranchInfo, BucketInfo, Change, Commit, Entry, EntryId, Kind, SnapshotInfo, Version};
 pub use write::{OpenOptions, WriteSession};

@@ -123,6 +123,33 @@ pub(crate) struct Place {
     pub(crate) create_parents: bool,
     pub(crate) mode: Option<u32>,
     pub(crate) mtime_ns: Option<i64>,
+    /// What the file must hold when the commit runs (compare-and-swap).
+    pub(crate) expect: Option<Expect>,
+}
+
+/// A write's precondition on the file it replaces, checked inside the
+/// commit's transaction: HTTP's `If-Match` and `If-None-Match: *`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// No entry at the path.
+    Absent,
+    /// A file with this content.
+    Hash(crate::types::BlobHash),
+}
+
+impl Expect {
+    fn check(self, path: &str, existing: Option<&Entry>) -> Result<()> {
+        let holds = match (self, existing) {
+            (Expect::Absent, None) => true,
+            (Expect::Hash(want), Some(e)) => e.kind == Kind::File && e.hash == Some(want),
+            _ => false,
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(Error::Changed(path.to_owned()))
+        }
+    }
 }
 
 impl Tree {
@@ -508,6 +535,9 @@ impl Tree {
             if self.lookup(rows.tx, e.parent, &e.name)?.map(|h| h.id) != Some(id) {
                 return Err(Error::NotFound(path.to_string()));
             }
+            if let Some(expect) = place.expect {
+                expect.check(path.as_str(), Some(&e))?;
+            }
             e.hash = Some(blob.hash);
             e.size = blob.size;
             e.mode = place.mode.unwrap_or(e.mode);
@@ -548,6 +578,9 @@ impl Tree {
     fn place_file(&self, rows: &Rows<'_>, path: &BucketPath, blob: &Imported, place: Place) -> Result<Entry> {
         let (parent, name) = self.parent_dir(rows, path, place.create_parents)?;
         let existing = self.lookup(rows.tx, parent.id, name)?;
+        if let Some(expect) = place.expect {
+            expect.check(path.as_str(), existing.as_ref())?;
+        }
         if let Some(e) = &existing
             && e.kind != Kind::File
         {
@@ -633,6 +666,7 @@ impl Tree {
                             create_parents: true,
                             mode: Some(*mode),
                             mtime_ns: Some(*mtime_ns),
+                            expect: None,
                         };
                         self.place_file(rows, path, blob, place)?;
                     }
@@ -682,6 +716,7 @@ impl Tree {
                 create_parents: true,
                 mode,
                 mtime_ns: None,
+                expect: None,
             },
         )
         .await

@@ -114,6 +114,8 @@ pub struct WriteSession {
     quota: Option<Option<u64>>,
     /// Growth this session holds against the quota until it ends.
     reserved: u64,
+    /// What the file must hold when close commits (`expect`).
+    expect: Option<crate::mutate::Expect>,
 }
 
 /// Chunks of a streamed write in flight to the blob store at once.
@@ -189,6 +191,7 @@ impl Tree {
             refused: None,
             quota: None,
             reserved: 0,
+            expect: None,
         };
         Ok(session)
     }
@@ -504,6 +507,7 @@ impl WriteSession {
             create_parents: false,
             mode: self.mode,
             mtime_ns: self.mtime_ns,
+            expect: self.expect,
         };
         let result = match self.entry {
             Some(id) => self.tree.write_entry(id, blob, place).await,
@@ -511,6 +515,13 @@ impl WriteSession {
         };
         self.cleanup();
         result
+    }
+
+    /// Makes close publish only if the file then holds what `expect` says
+    /// (checked in the commit's own transaction); otherwise close fails with
+    /// [`Error::Changed`] and the file stays as it is.
+    pub fn expect(&mut self, expect: crate::mutate::Expect) {
+        self.expect = Some(expect);
     }
 
     /// Drops the staged content; the file stays as it was.
