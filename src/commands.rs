@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use alknet_fs::{Address, At, BucketPath, Entry, Kind, Store, Tree, Version};
@@ -10,12 +9,16 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::{BranchCmd, BucketCmd, Cli, Command, KeyCmd, RepoCmd, UserCmd};
+use crate::stdio::Stdio;
+use crate::{BranchCmd, BucketCmd, Cli, Command, KeyCmd, RepoCmd, TokenCmd, UserCmd};
 
 /// Transfers smaller than this get no progress bar.
 const PROGRESS_MIN: u64 = 16 << 20;
 
-pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+/// Runs the command line `cli`: through the node's socket when a node
+/// holds the data directory, else on the data directory itself. Returns
+/// the exit status.
+pub(crate) async fn run(cli: Cli) -> Result<u8> {
     let json = cli.json;
     match cli.command {
         Command::Init { admin_key, admin_name } => return init(&cli.data, admin_key.as_deref(), &admin_name, json),
@@ -25,62 +28,132 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             addr,
             mountpoint,
             read_only,
-            node: Some(node),
+            node,
             identity,
             cache_dir,
             cache_mib,
         } => {
-            let remote = crate::mount::RemoteOptions {
-                node,
-                identity,
-                cache_dir,
-                cache_bytes: cache_mib << 20,
+            let cache = crate::mount::CacheOptions {
+                dir: cache_dir,
+                bytes: cache_mib << 20,
             };
-            return crate::mount::run_remote(&remote, &addr, &mountpoint, read_only).await;
+            if let Some(node) = node {
+                let remote = crate::mount::RemoteOptions { node, identity };
+                return crate::mount::run_remote(&remote, &cache, &addr, &mountpoint, read_only).await;
+            }
+            if crate::node::connect(&cli.data)?.is_some() {
+                return crate::mount::run_beside(&cli.data, &cache, &addr, &mountpoint, read_only).await;
+            }
+            let store = open_store(&cli.data)?;
+            let out = crate::mount::run(&store, &addr, &mountpoint, read_only).await;
+            store.close().await?;
+            return out;
         }
-        Command::Proxy { node } => {
-            alknet_protocols::proxy(&node).await?;
-            return Ok(ExitCode::SUCCESS);
+        Command::Proxy { node, http } => {
+            let alpn = if http {
+                alknet_protocols::ALPN_HTTP
+            } else {
+                alknet_protocols::ALPN_SSH
+            };
+            alknet_protocols::proxy(&node, alpn).await?;
+            return Ok(0);
+        }
+        Command::Serve {
+            ssh,
+            quic,
+            no_quic,
+            http,
+            no_http,
+        } => {
+            if crate::node::connect(&cli.data)?.is_some() {
+                bail!(
+                    "a node already serves {} (alknet serve or alknet mount); stop it first",
+                    cli.data.display()
+                );
+            }
+            let store = open_store(&cli.data)?;
+            let out = crate::server::run(&store, ssh, quic, no_quic, http, no_http).await;
+            store.close().await?;
+            return out;
         }
         _ => {}
     }
-    if !cli.data.join("alknet.db").exists() {
-        bail!(
-            "no data directory at {} (run `alknet init`, or pass --data / set ALKNET_DATA)",
-            cli.data.display()
-        );
+    if let Some(conn) = crate::node::connect(&cli.data)? {
+        return crate::node::forward(conn);
     }
-    let store = Store::open(&cli.data).with_context(|| format!("opening {}", cli.data.display()))?;
-    // Every writer on this data directory keeps the same limits.
-    store.set_limits(crate::config::Config::load(store.dir())?.limits.store()?);
-    let out = dispatch(&store, cli.command, json).await;
-    let closed = store.close().await;
-    let code = out?;
-    closed?;
+    let store = open_store(&cli.data)?;
+    let io = Stdio::process()?;
+    let code = execute(&store, cli.command, json, &io).await;
+    store.close().await?;
     Ok(code)
 }
 
-async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCode> {
+/// Opens the data directory with the limits of its settings.
+fn open_store(data: &Path) -> Result<Store> {
+    if !data.join("alknet.db").exists() {
+        bail!(
+            "no data directory at {} (run `alknet init`, or pass --data / set ALKNET_DATA)",
+            data.display()
+        );
+    }
+    let store = Store::open(data).with_context(|| format!("opening {}", data.display()))?;
+    // Every writer on this data directory keeps the same limits.
+    store.set_limits(crate::config::Config::load(store.dir())?.limits.store()?);
+    Ok(store)
+}
+
+/// Runs one command on `store` with the streams of `io`, reports a failure
+/// there as the CLI does (`alknet: MESSAGE` on stderr, or a JSON error on
+/// stdout under `--json`), and returns the exit status. The same for a
+/// command run in this process and one a node runs for a client.
+pub(crate) async fn execute(store: &Store, command: Command, json: bool, io: &Stdio) -> u8 {
+    let out = dispatch(store, command, json, io).await;
+    let flushed = io.finish();
+    match out.and_then(|code| flushed.map(|()| code).map_err(anyhow::Error::from)) {
+        Ok(code) => code,
+        Err(e) => report(&e, json, io),
+    }
+}
+
+/// Reports a failed command on `io` and returns its exit status: nothing for
+/// a reader that went away (`alknet cat big | head`), a JSON error on
+/// stdout (where the answer goes) under `--json`, else `alknet: MESSAGE`
+/// on stderr.
+pub(crate) fn report(e: &anyhow::Error, json: bool, io: &Stdio) -> u8 {
+    if crate::is_broken_pipe(e) {
+        return 0;
+    }
+    if json {
+        let kind = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<alknet_fs::Error>())
+            .map_or("error", alknet_fs::Error::kind);
+        let report = serde_json::json!({"error": {"kind": kind, "message": format!("{e:#}")}});
+        let mut out = io.out();
+        writeln!(out, "{report}").and_then(|()| out.flush()).ok();
+    } else {
+        io.warn(format_args!("{e:#}"));
+    }
+    1
+}
+
+async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Result<u8> {
     match command {
-        Command::Init { .. } | Command::Proxy { .. } | Command::GitRemoteHelper { .. } | Command::Umount { .. } => {
-            unreachable!("handled before the store is opened")
-        }
-        Command::Serve { ssh, quic, no_quic } => return crate::server::run(store, ssh, quic, no_quic).await,
-        Command::Mount {
-            addr,
-            mountpoint,
-            read_only,
-            ..
-        } => return crate::mount::run(store, &addr, &mountpoint, read_only).await,
+        Command::Init { .. }
+        | Command::Proxy { .. }
+        | Command::GitRemoteHelper { .. }
+        | Command::Umount { .. }
+        | Command::Serve { .. }
+        | Command::Mount { .. } => bail!("this command does not run through a node"),
         Command::User(UserCmd::Add { name, key, admin }) => {
-            store.add_user(&name, &read_key(&key)?, admin)?;
-            say(json, &serde_json::json!({"added": name, "admin": admin}), || {
+            store.add_user(&name, &read_key(&io.local(&key))?, admin)?;
+            say(io, json, &serde_json::json!({"added": name, "admin": admin}), || {
                 format!("added user {name}")
             })?;
         }
         Command::User(UserCmd::List) => {
             let users = store.list_users()?;
-            print_list(json, &users, |u| {
+            print_list(io, json, &users, |u| {
                 let grants: Vec<String> = u.grants.iter().map(|(b, l)| format!("{b}:{l}")).collect();
                 format!(
                     "{}{}\t{} keys\t{}",
@@ -92,26 +165,27 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             })?;
         }
         Command::User(UserCmd::Key(KeyCmd::Add { name, key })) => {
-            store.add_user_key(&name, &read_key(&key)?)?;
-            say(json, &serde_json::json!({"user": name, "added_key": key}), || {
+            store.add_user_key(&name, &read_key(&io.local(&key))?)?;
+            say(io, json, &serde_json::json!({"user": name, "added_key": key}), || {
                 format!("added a key to user {name}")
             })?;
         }
         Command::User(UserCmd::Key(KeyCmd::Remove { name, key })) => {
-            store.remove_user_key(&name, &read_key(&key)?)?;
-            say(json, &serde_json::json!({"user": name, "removed_key": key}), || {
+            store.remove_user_key(&name, &read_key(&io.local(&key))?)?;
+            say(io, json, &serde_json::json!({"user": name, "removed_key": key}), || {
                 format!("removed a key from user {name}")
             })?;
         }
         Command::User(UserCmd::Remove { name }) => {
             store.remove_user(&name)?;
-            say(json, &serde_json::json!({"removed": name}), || {
+            say(io, json, &serde_json::json!({"removed": name}), || {
                 format!("removed user {name}")
             })?;
         }
         Command::Grant { user, bucket, level } => {
             store.grant(&user, &bucket, level.parse()?)?;
             say(
+                io,
                 json,
                 &serde_json::json!({"user": user, "bucket": bucket, "level": level}),
                 || format!("{user} has {level} access to {bucket}"),
@@ -119,19 +193,59 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         }
         Command::Revoke { user, bucket } => {
             store.revoke(&user, &bucket)?;
-            say(json, &serde_json::json!({"user": user, "bucket": bucket}), || {
+            say(io, json, &serde_json::json!({"user": user, "bucket": bucket}), || {
                 format!("revoked {user} on {bucket}")
+            })?;
+        }
+        Command::Token(TokenCmd::Create {
+            user,
+            name,
+            expires,
+            read_only,
+        }) => {
+            let (info, text) = store.create_token(&user, name.as_deref(), expires, read_only)?;
+            let mut shown = serde_json::to_value(&info)?;
+            shown["token"] = serde_json::json!(text);
+            say(io, json, &shown, || {
+                format!(
+                    "token {} for {user}{}{} (shown once; keep it secret):\n{text}",
+                    info.name,
+                    if read_only { ", read-only" } else { "" },
+                    expires.map(|d| format!(", expires in {d} days")).unwrap_or_default(),
+                )
+            })?;
+        }
+        Command::Token(TokenCmd::List) => {
+            let tokens = store.list_tokens(None)?;
+            print_list(io, json, &tokens, |t| {
+                format!(
+                    "{}\t{}\t{}\talk_{}…\t{}{}",
+                    t.id,
+                    t.user,
+                    t.name,
+                    t.prefix,
+                    t.expires_ms
+                        .map(|e| format!("expires {}", format_time(e)))
+                        .unwrap_or_else(|| "no expiry".into()),
+                    if t.read_only { "\tread-only" } else { "" }
+                )
+            })?;
+        }
+        Command::Token(TokenCmd::Revoke { token }) => {
+            let t = store.revoke_token(&token, None)?;
+            say(io, json, &t, || {
+                format!("revoked token {} ({}) of {}", t.id, t.name, t.user)
             })?;
         }
         Command::Bucket(BucketCmd::Create { name }) => {
             store.create_bucket(&name, "drive")?;
-            say(json, &serde_json::json!({"created": name}), || {
+            say(io, json, &serde_json::json!({"created": name}), || {
                 format!("created bucket {name}")
             })?;
         }
         Command::Bucket(BucketCmd::List) => {
             let buckets = store.list_buckets()?;
-            print_list(json, &buckets, |b| {
+            print_list(io, json, &buckets, |b| {
                 let quota = b.quota.map(|q| format!("\tquota {}", alknet_fs::format_size(q)));
                 format!(
                     "{}\t{}\t{} branches{}",
@@ -150,6 +264,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             store.set_quota(&name, quota)?;
             let used = store.head_bytes(&name, alknet_fs::DEFAULT_BRANCH)?;
             say(
+                io,
                 json,
                 &serde_json::json!({"bucket": name, "quota": quota, "main_bytes": used}),
                 || match quota {
@@ -164,7 +279,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         }
         Command::Bucket(BucketCmd::Delete { name }) => {
             store.delete_bucket(&name)?;
-            say(json, &serde_json::json!({"deleted": name}), || {
+            say(io, json, &serde_json::json!({"deleted": name}), || {
                 format!("deleted bucket {name} (run `alknet gc` to reclaim its space)")
             })?;
         }
@@ -174,7 +289,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             match cmd {
                 RepoCmd::Create { name } => {
                     let info = forge.create(&name)?;
-                    say(json, &info, || {
+                    say(io, json, &info, || {
                         format!(
                             "created repository {} (default branch {})",
                             info.name,
@@ -182,7 +297,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                         )
                     })?;
                 }
-                RepoCmd::List => print_list(json, &forge.list()?, |r| {
+                RepoCmd::List => print_list(io, json, &forge.list()?, |r| {
                     format!(
                         "{}\t{}\t{} refs\t{} packs\t{} bytes",
                         r.name,
@@ -194,13 +309,13 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                 })?,
                 RepoCmd::Delete { name } => {
                     forge.delete(&name)?;
-                    say(json, &serde_json::json!({"deleted": name}), || {
+                    say(io, json, &serde_json::json!({"deleted": name}), || {
                         format!("deleted repository {name} (its space is reclaimed by the next gc)")
                     })?;
                 }
                 RepoCmd::SetHead { name, branch } => {
                     forge.set_head(&name, &branch)?;
-                    say(json, &serde_json::json!({"repo": name, "head": branch}), || {
+                    say(io, json, &serde_json::json!({"repo": name, "head": branch}), || {
                         format!("HEAD of {name} now names {branch}")
                     })?;
                 }
@@ -210,6 +325,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             let src = Address::parse(&format!("{bucket}@{from}"))?;
             let v = store.create_branch(&bucket, &new, &src.branch, &src.at)?;
             say(
+                io,
                 json,
                 &serde_json::json!({"created": new, "from": from, "version": v}),
                 || format!("created branch {bucket}@{new} from {from}"),
@@ -217,14 +333,14 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         }
         Command::Branch(BranchCmd::List { bucket }) => {
             let branches = store.list_branches(&bucket)?;
-            print_list(json, &branches, |b| match (&b.parent, b.fork_version) {
+            print_list(io, json, &branches, |b| match (&b.parent, b.fork_version) {
                 (Some(p), Some(v)) => format!("{}\tfrom {p}@{v}", b.name),
                 _ => b.name.clone(),
             })?;
         }
         Command::Branch(BranchCmd::Delete { bucket, name }) => {
             store.delete_branch(&bucket, &name)?;
-            say(json, &serde_json::json!({"deleted": name}), || {
+            say(io, json, &serde_json::json!({"deleted": name}), || {
                 format!("deleted branch {bucket}@{name}")
             })?;
         }
@@ -233,30 +349,32 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             addr,
             recursive: true,
             ..
-        } => put_dir(store, &local, &addr, json).await?,
-        Command::Put { local, addr, mode, .. } => put(store, &local, &addr, mode, json).await?,
+        } => put_dir(store, &local, &addr, json, io).await?,
+        Command::Put { local, addr, mode, .. } => put(store, &local, &addr, mode, json, io).await?,
         Command::Get {
             addr,
             output,
             recursive: true,
             at,
-        } => get_dir(store, &addr, output.as_deref(), at.at.as_deref(), json).await?,
-        Command::Get { addr, output, at, .. } => get(store, &addr, output.as_deref(), at.at.as_deref(), json).await?,
+        } => get_dir(store, &addr, output.as_deref(), at.at.as_deref(), json, io).await?,
+        Command::Get { addr, output, at, .. } => {
+            get(store, &addr, output.as_deref(), at.at.as_deref(), json, io).await?
+        }
         Command::Cat { addr, at } => {
             let (tree, path) = open(store, &addr, at.at.as_deref())?;
             let entry = tree.follow(&path, true)?.1;
-            copy_to_stdout(&tree, &entry).await?;
+            copy_to_stdout(&tree, &entry, io).await?;
         }
         Command::Ls {
             addr,
             long,
             recursive,
             at,
-        } => ls(store, &addr, long, recursive, at.at.as_deref(), json)?,
+        } => ls(store, &addr, long, recursive, at.at.as_deref(), json, io)?,
         Command::Stat { addr, at } => {
             let (tree, path) = open(store, &addr, at.at.as_deref())?;
             let e = tree.stat(&path)?;
-            say(json, &e, || {
+            say(io, json, &e, || {
                 format!(
                     "path: {path}\nkind: {:?}\nsize: {}\nmode: {:o}\nmtime: {}\nid: {}\nversion: {}\nhash: {}{}",
                     e.kind,
@@ -277,7 +395,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             } else {
                 tree.mkdir(&path, None)?
             };
-            say(json, &e, || format!("created {path}"))?;
+            say(io, json, &e, || format!("created {path}"))?;
         }
         Command::Rm {
             addr, entry: Some(id), ..
@@ -285,6 +403,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             let (tree, _) = open_head(store, &addr)?;
             let path = tree.remove_entry(alknet_fs::EntryId(id))?;
             say(
+                io,
                 json,
                 &serde_json::json!({"removed": path.as_str(), "entry": id}),
                 || format!("removed entry {id} ({path})"),
@@ -302,14 +421,14 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                 e if e.is_dir() => tree.remove_all(&path)?,
                 _ => tree.remove(&path)?,
             }
-            say(json, &serde_json::json!({"removed": path.as_str()}), || {
+            say(io, json, &serde_json::json!({"removed": path.as_str()}), || {
                 format!("removed {path}")
             })?;
         }
         Command::Mv { from, to } => {
             let (tree, from, to) = same_tree(store, &from, &to)?;
             let e = tree.rename(&from, &to, true)?;
-            say(json, &e, || {
+            say(io, json, &e, || {
                 format!(
                     "moved {from} to {}",
                     tree.path_of(e.id).ok().flatten().unwrap_or(to.clone())
@@ -319,7 +438,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         Command::Cp { from, to } => {
             let (tree, from, to) = same_tree(store, &from, &to)?;
             let e = tree.copy_file(&from, &to)?;
-            say(json, &e, || {
+            say(io, json, &e, || {
                 format!(
                     "copied {from} to {}",
                     tree.path_of(e.id).ok().flatten().unwrap_or(to.clone())
@@ -333,12 +452,12 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         } => {
             let (tree, path) = open_head(store, &addr)?;
             let e = tree.symlink(&path, &target)?;
-            say(json, &e, || format!("{path} -> {target}"))?;
+            say(io, json, &e, || format!("{path} -> {target}"))?;
         }
         Command::Snapshot { addr, name } => {
             let (tree, _) = open_head(store, &addr)?;
             let v = tree.snapshot(name.as_deref())?;
-            say(json, &serde_json::json!({"version": v, "name": name}), || {
+            say(io, json, &serde_json::json!({"version": v, "name": name}), || {
                 let a = format!(
                     "{}@{}@{}",
                     tree.bucket(),
@@ -351,7 +470,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         Command::Snapshots { addr } => {
             let a = Address::parse(&addr)?;
             let snaps = store.snapshots(&a.bucket, &a.branch)?;
-            print_list(json, &snaps, |s| format!("{}\t{}", s.version, s.name))?;
+            print_list(io, json, &snaps, |s| format!("{}\t{}", s.version, s.name))?;
         }
         Command::Log { addr, limit } => {
             let (tree, path) = open(store, &addr, None)?;
@@ -374,7 +493,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                 found.truncate(limit);
                 found
             };
-            print_list(json, &commits, |c| {
+            print_list(io, json, &commits, |c| {
                 format!(
                     "{}\t{}\t{}\t{}\t{}",
                     c.version,
@@ -398,7 +517,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                 };
                 BucketPath::parse(path).is_ok_and(|p| p.starts_with(&scope))
             });
-            print_list(json, &changes, |c| match c {
+            print_list(io, json, &changes, |c| match c {
                 alknet_fs::Change::Added { path, .. } => format!("A\t{path}"),
                 alknet_fs::Change::Removed { path, .. } => format!("D\t{path}"),
                 alknet_fs::Change::Modified { path, .. } => format!("M\t{path}"),
@@ -407,13 +526,13 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                 }
             })?;
         }
-        Command::Watch { addr, from } => watch(store, &addr, from)?,
+        Command::Watch { addr, from } => watch(store, &addr, from, io)?,
         Command::Prune { addr, before } => {
             let a = Address::parse(&addr)?;
             let at = Address::parse(&format!("{}@{}@{before}", a.bucket, a.branch))?.at;
             let version = store.tree(&a.bucket, &a.branch, &at)?.at().unwrap_or(Version(0));
             let r = store.prune(&a.bucket, &a.branch, version)?;
-            say(json, &r, || {
+            say(io, json, &r, || {
                 format!(
                     "pruned {}@{} before version {version}: {} tree rows and {} commits dropped (run `alknet gc` to reclaim space)",
                     a.bucket, a.branch, r.rows, r.commits
@@ -422,7 +541,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         }
         Command::Gc => {
             let r = store.gc().await?;
-            say(json, &r, || {
+            say(io, json, &r, || {
                 format!(
                     "{} blobs live; {} of {} reclaimed; {} stale write sessions cleared",
                     r.live,
@@ -434,7 +553,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
         }
         Command::Fsck => {
             let r = store.fsck().await?;
-            say(json, &r, || {
+            say(io, json, &r, || {
                 let mut s = format!(
                     "checked {} blobs ({} bytes) and {} entries",
                     r.blobs_checked, r.bytes_checked, r.entries_checked
@@ -448,12 +567,12 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
                 s
             })?;
             if !r.problems.is_empty() {
-                return Ok(ExitCode::FAILURE);
+                return Ok(1);
             }
         }
         Command::Stats => {
             let s = store.stats().await?;
-            say(json, &s, || {
+            say(io, json, &s, || {
                 format!(
                     "buckets: {}\nbranches: {}\nversions: {}\ntree rows: {}\nblobs: {} ({} bytes)\ndisk: {} bytes\npending jobs: {}\ncorrupt blobs: {}{}",
                     s.buckets,
@@ -470,7 +589,7 @@ async fn dispatch(store: &Store, command: Command, json: bool) -> Result<ExitCod
             })?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// The key in an OpenSSH public key file, as the store keeps it.
@@ -479,7 +598,7 @@ fn read_key(file: &Path) -> Result<String> {
     alknet_protocols::parse_key(&text).with_context(|| format!("{}", file.display()))
 }
 
-fn init(data: &Path, admin_key: Option<&Path>, admin_name: &str, json: bool) -> Result<ExitCode> {
+fn init(data: &Path, admin_key: Option<&Path>, admin_name: &str, json: bool) -> Result<u8> {
     let existed = data.join("alknet.db").exists();
     let store = Store::open(data).with_context(|| format!("creating the store in {}", data.display()))?;
     let keys = crate::keys::ensure(&data.join("keys"))?;
@@ -517,7 +636,9 @@ fn init(data: &Path, admin_key: Option<&Path>, admin_name: &str, json: bool) -> 
     let fresh = !existed || keys.created || wrote_config || admin.is_some();
     let verb = if fresh { "initialized" } else { "already initialized" };
     let no_users = store.user_count()? == 0;
+    let io = &Stdio::process()?;
     say(
+        io,
         json,
         &serde_json::json!({
             "data": data, "node_id": keys.node_id, "ssh_host_key": keys.ssh_fingerprint_line, "admin": admin,
@@ -538,7 +659,8 @@ fn init(data: &Path, admin_key: Option<&Path>, admin_name: &str, json: bool) -> 
             )
         },
     )?;
-    Ok(ExitCode::SUCCESS)
+    io.finish()?;
+    Ok(0)
 }
 
 /// The operator's own public key, if they have one.
@@ -589,7 +711,7 @@ fn same_tree(store: &Store, from: &str, to: &str) -> Result<(Tree, BucketPath, B
     Ok((tree, from_path, to_path))
 }
 
-async fn put(store: &Store, local: &str, addr: &str, mode: Option<u32>, json: bool) -> Result<()> {
+async fn put(store: &Store, local: &str, addr: &str, mode: Option<u32>, json: bool, io: &Stdio) -> Result<()> {
     let (tree, mut path) = open_head(store, addr)?;
     let into_dir = path.is_root() || addr.ends_with('/') || tree.try_stat(&path)?.is_some_and(|e| e.is_dir());
     if into_dir {
@@ -603,14 +725,14 @@ async fn put(store: &Store, local: &str, addr: &str, mode: Option<u32>, json: bo
         path = BucketPath::parse(&format!("{path}/{name}"))?;
     }
     let entry = if local == "-" {
-        tree.put_reader(&path, &mut tokio::io::stdin(), mode).await?
+        tree.put_reader(&path, &mut io.stdin()?, mode).await?
     } else {
-        let local_path = Path::new(local);
+        let local_path = &io.local(local);
         let md = std::fs::metadata(local_path).with_context(|| format!("{local}: cannot read"))?;
         if md.is_dir() {
             bail!("{local}: is a directory (put stores one file)");
         }
-        let bar = progress_bar(md.len(), "storing");
+        let bar = progress_bar(io, md.len(), "storing");
         let on_progress = |done: u64, total: u64| {
             if let Some(b) = &bar {
                 b.set_length(total.max(1));
@@ -623,7 +745,7 @@ async fn put(store: &Store, local: &str, addr: &str, mode: Option<u32>, json: bo
         }
         e
     };
-    say(json, &entry, || {
+    say(io, json, &entry, || {
         format!(
             "stored {}@{}:{path} ({} bytes)",
             tree.bucket(),
@@ -637,9 +759,9 @@ async fn put(store: &Store, local: &str, addr: &str, mode: Option<u32>, json: bo
 /// else as ADDR: files, symlinks and directories (empty ones too), with
 /// their modes and mtimes. Special files and names that are not UTF-8 are
 /// skipped with a warning.
-async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<()> {
+async fn put_dir(store: &Store, local: &str, addr: &str, json: bool, io: &Stdio) -> Result<()> {
     let (tree, path) = open_head(store, addr)?;
-    let src = Path::new(local);
+    let src = &io.local(local);
     let top = std::fs::metadata(src).with_context(|| format!("{local}: cannot read"))?;
     if !top.is_dir() {
         bail!("{local}: not a directory (put -r stores a directory)");
@@ -663,7 +785,10 @@ async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<(
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
-                eprintln!("alknet: skipping {}: the name is not UTF-8", entry.path().display());
+                io.warn(format_args!(
+                    "skipping {}: the name is not UTF-8",
+                    entry.path().display()
+                ));
                 continue;
             };
             let meta = std::fs::symlink_metadata(entry.path())?;
@@ -685,7 +810,10 @@ async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<(
             } else if ty.is_symlink() {
                 let target = std::fs::read_link(entry.path())?;
                 let Some(target) = target.to_str() else {
-                    eprintln!("alknet: skipping {}: the target is not UTF-8", entry.path().display());
+                    io.warn(format_args!(
+                        "skipping {}: the target is not UTF-8",
+                        entry.path().display()
+                    ));
                     continue;
                 };
                 files.push((
@@ -695,10 +823,10 @@ async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<(
                     },
                 ));
             } else {
-                eprintln!(
-                    "alknet: skipping {}: not a file, directory or symlink",
+                io.warn(format_args!(
+                    "skipping {}: not a file, directory or symlink",
                     entry.path().display()
-                );
+                ));
             }
         }
     }
@@ -708,6 +836,7 @@ async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<(
         .filter(|(_, e)| matches!(e, alknet_fs::LocalEntry::File { .. }))
         .count();
     let bar = bar_with(
+        io,
         count > 1000,
         count as u64,
         "storing",
@@ -724,6 +853,7 @@ async fn put_dir(store: &Store, local: &str, addr: &str, json: bool) -> Result<(
         b.finish_and_clear();
     }
     say(
+        io,
         json,
         &serde_json::json!({"path": root.as_str(), "files": count, "entries": files.len(), "version": version}),
         || {
@@ -751,7 +881,14 @@ fn local_dir(meta: &std::fs::Metadata) -> alknet_fs::LocalEntry {
 /// `get -r ADDR -o DIR`: like `cp -a` out of the store: the tree at ADDR
 /// becomes DIR (or DIR/NAME if DIR exists), with files, symlinks and
 /// directories, modes and mtimes. Each file lands whole or not at all.
-async fn get_dir(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, json: bool) -> Result<()> {
+async fn get_dir(
+    store: &Store,
+    addr: &str,
+    output: Option<&str>,
+    at: Option<&str>,
+    json: bool,
+    io: &Stdio,
+) -> Result<()> {
     let (tree, path) = open(store, addr, at)?;
     let top = tree.stat(&path)?;
     if !top.is_dir() {
@@ -762,10 +899,10 @@ async fn get_dir(store: &Store, addr: &str, output: Option<&str>, at: Option<&st
     } else {
         top.name.clone()
     };
-    let dest = match output {
-        Some(o) if Path::new(o).is_dir() => Path::new(o).join(&name),
-        Some(o) => Path::new(o).to_path_buf(),
-        None => Path::new(&name).to_path_buf(),
+    let dest = match output.map(|o| io.local(o)) {
+        Some(o) if o.is_dir() => o.join(&name),
+        Some(o) => o,
+        None => io.local(&name),
     };
     std::fs::create_dir_all(&dest).with_context(|| format!("{}: cannot create", dest.display()))?;
     let (mut files, mut entries) = (0u64, 0u64);
@@ -805,7 +942,7 @@ async fn get_dir(store: &Store, addr: &str, output: Option<&str>, at: Option<&st
                 std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &local)
                     .with_context(|| format!("{}: cannot create the symlink", local.display()))?;
             }
-            _ => eprintln!("alknet: skipping {p}: a special file"),
+            _ => io.warn(format_args!("skipping {p}: a special file")),
         }
     }
     // Directory times last, deepest first: filling a directory changes its mtime.
@@ -813,10 +950,13 @@ async fn get_dir(store: &Store, addr: &str, output: Option<&str>, at: Option<&st
     for (local, e) in &dirs {
         set_mode_and_mtime(local, e)?;
     }
+    // Paths as the client gave them, not as this process resolved them.
+    let shown = dest.strip_prefix(io.local("")).unwrap_or(&dest).to_path_buf();
     say(
+        io,
         json,
-        &serde_json::json!({"path": dest, "files": files, "entries": entries}),
-        || format!("wrote {} ({files} files, {entries} entries)", dest.display()),
+        &serde_json::json!({"path": shown, "files": files, "entries": entries}),
+        || format!("wrote {} ({files} files, {entries} entries)", shown.display()),
     )
 }
 
@@ -831,27 +971,27 @@ fn set_mode_and_mtime(local: &Path, e: &Entry) -> Result<()> {
         .with_context(|| format!("{}: cannot set its mode", local.display()))
 }
 
-async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, json: bool) -> Result<()> {
+async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, json: bool, io: &Stdio) -> Result<()> {
     let (tree, path) = open(store, addr, at)?;
     let (path, entry) = tree.follow(&path, true)?;
     if entry.kind != Kind::File {
         bail!("{path}: not a regular file");
     }
     let output = match output {
-        Some("-") => return copy_to_stdout(&tree, &entry).await,
+        Some("-") => return copy_to_stdout(&tree, &entry, io).await,
         // Into an existing directory, like cp.
-        Some(o) if Path::new(o).is_dir() => Path::new(o).join(&entry.name).display().to_string(),
+        Some(o) if io.local(o).is_dir() => Path::new(o).join(&entry.name).display().to_string(),
         Some(o) => o.to_owned(),
         None => entry.name.clone(),
     };
     // Write beside the target and rename, so a failed get never leaves half a file.
-    let target = Path::new(&output);
+    let target = &io.local(&output);
     let tmp = target.with_file_name(format!(
         ".{}.alknet-partial",
         target.file_name().and_then(|n| n.to_str()).unwrap_or("get")
     ));
     let result = async {
-        let bar = progress_bar(entry.size, "fetching");
+        let bar = progress_bar(io, entry.size, "fetching");
         if let Some(b) = &bar {
             b.set_position(0);
         }
@@ -872,20 +1012,20 @@ async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, 
         tokio::fs::remove_file(&tmp).await.ok();
     }
     result?;
-    say(json, &entry, || format!("wrote {output} ({} bytes)", entry.size))
+    say(io, json, &entry, || format!("wrote {output} ({} bytes)", entry.size))
 }
 
-async fn copy_to_stdout(tree: &Tree, entry: &Entry) -> Result<()> {
+async fn copy_to_stdout(tree: &Tree, entry: &Entry, io: &Stdio) -> Result<()> {
     if entry.kind != Kind::File {
         bail!("{}: not a regular file", entry.name);
     }
-    let bar = progress_bar(entry.size, "reading");
+    let bar = progress_bar(io, entry.size, "reading");
     let on_progress = |done: u64| {
         if let Some(b) = &bar {
             b.set_position(done);
         }
     };
-    let mut stdout = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
+    let mut stdout = tokio::io::BufWriter::with_capacity(1 << 20, io.stdout()?);
     tree.copy_to(entry, &mut stdout, &on_progress).await?;
     stdout.flush().await?;
     if let Some(b) = bar {
@@ -896,8 +1036,9 @@ async fn copy_to_stdout(tree: &Tree, entry: &Entry) -> Result<()> {
 
 /// A bar on stderr for a transfer of `size` bytes, if it is a terminal and
 /// the transfer is big enough to wait for.
-fn progress_bar(size: u64, what: &str) -> Option<indicatif::ProgressBar> {
+fn progress_bar(io: &Stdio, size: u64, what: &str) -> Option<indicatif::ProgressBar> {
     bar_with(
+        io,
         size >= PROGRESS_MIN,
         size,
         what,
@@ -905,18 +1046,18 @@ fn progress_bar(size: u64, what: &str) -> Option<indicatif::ProgressBar> {
     )
 }
 
-fn bar_with(wanted: bool, len: u64, what: &str, template: &str) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !wanted || !std::io::stderr().is_terminal() {
+fn bar_with(io: &Stdio, wanted: bool, len: u64, what: &str, template: &str) -> Option<indicatif::ProgressBar> {
+    if !wanted || !io.err_tty() {
         return None;
     }
-    let bar = indicatif::ProgressBar::new(len);
+    let term = io.term().ok()?;
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::term_like(term));
     bar.set_style(indicatif::ProgressStyle::with_template(template).expect("the template is valid"));
     bar.set_message(what.to_owned());
     Some(bar)
 }
 
-fn ls(store: &Store, addr: &str, long: bool, recursive: bool, at: Option<&str>, json: bool) -> Result<()> {
+fn ls(store: &Store, addr: &str, long: bool, recursive: bool, at: Option<&str>, json: bool, io: &Stdio) -> Result<()> {
     let (tree, path) = open(store, addr, at)?;
     let top = tree.stat(&path)?;
     // Rows stream out as they are read: a large tree is never held.
@@ -966,7 +1107,7 @@ fn ls(store: &Store, addr: &str, long: bool, recursive: bool, at: Option<&str>, 
             }),
         )
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = io.out();
     if json {
         // One JSON array, written entry by entry.
         write!(out, "[")?;
@@ -975,7 +1116,7 @@ fn ls(store: &Store, addr: &str, long: bool, recursive: bool, at: Option<&str>, 
             if i > 0 {
                 write!(out, ",")?;
             }
-            serde_json::to_writer(&mut out, &serde_json::json!({"path": p, "entry": e}))?;
+            serde_json::to_writer(&mut *out, &serde_json::json!({"path": p, "entry": e}))?;
         }
         writeln!(out, "]")?;
         return Ok(());
@@ -998,7 +1139,7 @@ fn ls(store: &Store, addr: &str, long: bool, recursive: bool, at: Option<&str>, 
     Ok(())
 }
 
-fn watch(store: &Store, addr: &str, from: Option<u64>) -> Result<()> {
+fn watch(store: &Store, addr: &str, from: Option<u64>, io: &Stdio) -> Result<()> {
     let a = Address::parse(addr)?;
     let from = match from {
         Some(v) => Version(v),
@@ -1008,14 +1149,20 @@ fn watch(store: &Store, addr: &str, from: Option<u64>) -> Result<()> {
         }
     };
     let mut watch = store.watch(&a.bucket, &a.branch, from)?;
-    let mut out = std::io::stdout().lock();
-    loop {
-        for commit in watch.next(Duration::from_secs(3600))? {
-            serde_json::to_writer(&mut out, &commit)?;
+    // Wakes each second to notice a client of the node that went away.
+    while !io.gone() {
+        let commits = watch.next(Duration::from_secs(1))?;
+        if commits.is_empty() {
+            continue;
+        }
+        let mut out = io.out();
+        for commit in commits {
+            serde_json::to_writer(&mut *out, &commit)?;
             out.write_all(b"\n")?;
         }
         out.flush()?;
     }
+    Ok(())
 }
 
 fn mode_string(e: &Entry) -> String {
@@ -1031,30 +1178,30 @@ fn format_time(ms: i64) -> String {
     )
 }
 
-fn say<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+fn say<T: Serialize>(io: &Stdio, json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
     if json {
-        print_json(value)
+        print_json(io, value)
     } else {
-        let mut out = std::io::stdout().lock();
+        let mut out = io.out();
         writeln!(out, "{}", text())?;
         Ok(())
     }
 }
 
-fn print_list<T: Serialize>(json: bool, items: &[T], line: impl Fn(&T) -> String) -> Result<()> {
+fn print_list<T: Serialize>(io: &Stdio, json: bool, items: &[T], line: impl Fn(&T) -> String) -> Result<()> {
     if json {
-        return print_json(&items);
+        return print_json(io, &items);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = io.out();
     for item in items {
         writeln!(out, "{}", line(item))?;
     }
     Ok(())
 }
 
-fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value)?;
+fn print_json<T: Serialize + ?Sized>(io: &Stdio, value: &T) -> Result<()> {
+    let mut out = io.out();
+    serde_json::to_writer(&mut *out, value)?;
     writeln!(out)?;
     Ok(())
 }

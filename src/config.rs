@@ -20,6 +20,20 @@ listen = "127.0.0.1:2222"
 # NODE_ID@HOST:PORT through `alknet proxy`; relays and discovery are off.
 listen = "127.0.0.1:2223"
 
+[http]
+# Where the HTTP API listens (flags: --http, --no-http). The same API answers
+# on the QUIC endpoint under ALPN alknet/http.
+listen = "127.0.0.1:8080"
+# Serve HTTPS instead: a PEM certificate chain and its private key.
+# tls_cert = "/etc/alknet/cert.pem"
+# tls_key = "/etc/alknet/key.pem"
+# Serve /metrics without a token.
+metrics_public = false
+# Seconds a client may take to send a request's head (slow clients are cut off).
+header_timeout_secs = 10
+# HTTP connections open at once (TCP and QUIC streams).
+max_connections = 512
+
 [git]
 # The branch HEAD names in a new repository.
 default_branch = "main"
@@ -49,6 +63,8 @@ disk_reserve = "256MiB"
 pub(crate) struct Config {
     pub(crate) ssh: Listen,
     pub(crate) quic: Listen,
+    #[serde(default)]
+    pub(crate) http: Http,
     #[serde(default)]
     pub(crate) git: Git,
     #[serde(default)]
@@ -112,6 +128,40 @@ impl Limits {
         l.max_startups = self.max_startups.clamp(1, l.max_connections);
         l.login_grace = std::time::Duration::from_secs(self.login_grace_secs.max(1));
         l
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Http {
+    pub(crate) listen: SocketAddr,
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+    pub(crate) tls_key: Option<std::path::PathBuf>,
+    pub(crate) metrics_public: bool,
+    pub(crate) header_timeout_secs: u64,
+    pub(crate) max_connections: usize,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        let d = alknet_protocols::HttpLimits::default();
+        Http {
+            listen: "127.0.0.1:8080".parse().expect("a literal address"),
+            tls_cert: None,
+            tls_key: None,
+            metrics_public: false,
+            header_timeout_secs: d.header_timeout.as_secs(),
+            max_connections: d.max_connections,
+        }
+    }
+}
+
+impl Http {
+    pub(crate) fn limits(&self) -> alknet_protocols::HttpLimits {
+        alknet_protocols::HttpLimits {
+            max_connections: self.max_connections.max(1),
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.max(1)),
+        }
     }
 }
 

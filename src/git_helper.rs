@@ -8,7 +8,6 @@
 //! the same SSH server, users and grants as over TCP, one QUIC stream.
 
 use std::io::{Read, Write};
-use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
@@ -41,7 +40,7 @@ fn read_line(input: &mut impl Read) -> Result<Option<String>> {
     }
 }
 
-pub(crate) fn run(url: &str) -> Result<ExitCode> {
+pub(crate) fn run(url: &str) -> Result<u8> {
     let (node, repo) = parse_url(url)?;
     let mut stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
@@ -58,16 +57,16 @@ pub(crate) fn run(url: &str) -> Result<ExitCode> {
             drop(stdout);
             return ssh(&node, service, &repo);
         } else if line.is_empty() {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(0);
         } else {
             bail!("unsupported remote-helper command {line:?}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// Runs the service through ssh over QUIC, stdin and stdout passed through.
-fn ssh(node: &str, service: &str, repo: &str) -> Result<ExitCode> {
+fn ssh(node: &str, service: &str, repo: &str) -> Result<u8> {
     let me = std::env::current_exe().context("finding the alknet binary")?;
     let ssh = std::env::var("GIT_SSH_COMMAND").unwrap_or_else(|_| "ssh".into());
     let mut command = std::process::Command::new("sh");
@@ -88,9 +87,9 @@ fn ssh(node: &str, service: &str, repo: &str) -> Result<ExitCode> {
         .status()
         .context("running ssh")?;
     Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(c) => ExitCode::from(c.clamp(1, 255) as u8),
-        None => ExitCode::FAILURE,
+        Some(0) => 0,
+        Some(c) => c.clamp(1, 255) as u8,
+        None => 1,
     })
 }
 

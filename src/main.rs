@@ -6,7 +6,9 @@ mod config;
 mod git_helper;
 mod keys;
 mod mount;
+mod node;
 mod server;
+mod stdio;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,7 +43,8 @@ enum Command {
         #[arg(long, default_value = "admin")]
         admin_name: String,
     },
-    /// Serve the store: SSH (SFTP and git) over TCP and over QUIC.
+    /// Serve the store: SSH (SFTP and git) and the HTTP API over TCP and QUIC,
+    /// and the local socket the CLI and mounts use beside it.
     Serve {
         /// SSH listen address (default: ssh.listen in alknet.toml).
         #[arg(long, value_name = "ADDR")]
@@ -52,6 +55,12 @@ enum Command {
         /// Do not start the QUIC endpoint.
         #[arg(long, conflicts_with = "quic")]
         no_quic: bool,
+        /// HTTP API listen address (default: http.listen in alknet.toml).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+        /// Do not listen for HTTP over TCP (the API still answers over QUIC).
+        #[arg(long, conflicts_with = "http")]
+        no_http: bool,
     },
     /// The git remote helper for alknet:// URLs (git runs it as `git-remote-alknet`).
     GitRemoteHelper {
@@ -60,10 +69,13 @@ enum Command {
         /// alknet://NODE_ID@HOST:PORT/REPO
         url: String,
     },
-    /// Join stdin/stdout to a node's SSH over QUIC (for ssh/sftp ProxyCommand).
+    /// Join stdin/stdout to a node's SSH (for ssh/sftp ProxyCommand) or HTTP API over QUIC.
     Proxy {
         /// NODE_ID@HOST:PORT, as `alknet serve` prints it.
         node: String,
+        /// Join the node's HTTP API instead (one HTTP/1.1 connection).
+        #[arg(long)]
+        http: bool,
     },
     /// Add, list or remove users.
     #[command(subcommand)]
@@ -76,6 +88,9 @@ enum Command {
     },
     /// Take a user's access to a bucket away.
     Revoke { user: String, bucket: String },
+    /// Create, list or revoke API tokens (HTTP API, git over HTTP).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Create, list or delete buckets.
     #[command(subcommand)]
     Bucket(BucketCmd),
@@ -234,6 +249,27 @@ struct AtArg {
 }
 
 #[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a token that signs in as USER; it is printed once, never again.
+    Create {
+        user: String,
+        /// A name to tell it apart (default: token-PREFIX).
+        #[arg(long)]
+        name: Option<String>,
+        /// Days until it stops working (default: never).
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<u32>,
+        /// Never more than read access, whatever the user's grants.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by its id, name or prefix.
+    Revoke { token: String },
+}
+
+#[derive(Subcommand)]
 enum BucketCmd {
     /// Create a bucket with an empty main branch.
     Create { name: String },
@@ -360,28 +396,20 @@ fn main() -> ExitCode {
     };
     let json = cli.json;
     match runtime.block_on(commands::run(cli)) {
-        Ok(code) => code,
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
-        Err(e) if json => {
-            // Under --json, errors are JSON too (on stdout, where the answer goes).
-            let kind = e
-                .chain()
-                .find_map(|c| c.downcast_ref::<alknet_fs::Error>())
-                .map_or("error", alknet_fs::Error::kind);
-            let out = serde_json::json!({"error": {"kind": kind, "message": format!("{e:#}")}});
-            println!("{out}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("alknet: {e:#}");
-            ExitCode::FAILURE
-        }
+        Ok(code) => ExitCode::from(code),
+        Err(e) => match stdio::Stdio::process() {
+            Ok(io) => ExitCode::from(commands::report(&e, json, &io)),
+            Err(_) => {
+                eprintln!("alknet: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
 /// `alknet cat big | head` ends with EPIPE: that is the reader's choice, not
 /// an error to report.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
+pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)

@@ -1,7 +1,6 @@
 //! `alknet mount` and `alknet umount`.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,47 +9,101 @@ use anyhow::{Context, Result, bail};
 
 /// Mounts `addr` of the data directory at `mountpoint` and serves it until
 /// it is unmounted or the process gets SIGINT or SIGTERM (then it unmounts).
-pub(crate) async fn run(store: &Store, addr: &str, mountpoint: &Path, read_only: bool) -> Result<ExitCode> {
+pub(crate) async fn run(store: &Store, addr: &str, mountpoint: &Path, read_only: bool) -> Result<u8> {
     let address = checked(addr, mountpoint)?;
     let tree = store.tree(&address.bucket, &address.branch, &address.at)?;
     // Mount only once the blob store is ours: a mount that appeared while
     // `alknet serve` holds the data directory would hang on its first read.
     store.claim_blobs().await?;
     let owner = owner_of(store.dir())?;
+    // This process holds the store now: later commands and mounts on the
+    // data directory go through it (decision 18).
+    let socket = crate::node::Listener::bind(store)?;
     let backend = alknet_mount::Local::new(store, tree, read_only);
-    serve(Arc::new(backend), addr, &address, mountpoint, owner).await
+    let out = serve(Arc::new(backend), addr, &address, mountpoint, owner).await;
+    // Mounts and commands that came through this process keep it alive
+    // until they end, or until another SIGINT or SIGTERM.
+    tokio::select! {
+        () = socket.close(None) => {}
+        () = crate::server::shutdown_signal() => {}
+    }
+    out
 }
 
 /// How to reach a node for `alknet mount --node`.
 pub(crate) struct RemoteOptions {
     pub node: String,
     pub identity: Option<PathBuf>,
-    pub cache_dir: Option<PathBuf>,
-    pub cache_bytes: u64,
+}
+
+/// Where a mount from a node keeps file contents.
+pub(crate) struct CacheOptions {
+    pub dir: Option<PathBuf>,
+    pub bytes: u64,
+}
+
+impl CacheOptions {
+    fn open(&self) -> Result<alknet_mount::Cache> {
+        let dir = match &self.dir {
+            Some(p) => p.clone(),
+            None => std::env::home_dir()
+                .context("no home directory for the cache: give one with --cache-dir")?
+                .join(".cache/alknet/blobs"),
+        };
+        alknet_mount::Cache::open(&dir, self.bytes).with_context(|| format!("cache at {}", dir.display()))
+    }
+}
+
+/// Mounts `addr` of a data directory through the node that holds it (its
+/// socket).
+pub(crate) async fn run_beside(
+    data: &Path,
+    cache: &CacheOptions,
+    addr: &str,
+    mountpoint: &Path,
+    read_only: bool,
+) -> Result<u8> {
+    let address = checked(addr, mountpoint)?;
+    // Redials come from this directory, whatever the mount's working directory is.
+    let data = std::path::absolute(data)?;
+    let dial = SocketDial { data: data.clone() };
+    let remote = alknet_mount::Remote::connect(dial, addr, read_only, Arc::new(cache.open()?))
+        .await
+        .with_context(|| format!("mounting {addr} through the node on {}", data.display()))?;
+    let owner = owner_of(&data)?;
+    serve(Arc::new(remote), addr, &address, mountpoint, owner).await
+}
+
+/// Connects to the node's socket for a mount session.
+struct SocketDial {
+    data: PathBuf,
+}
+
+impl alknet_mount::Dial for SocketDial {
+    fn dial(&self) -> alknet_mount::Dialing<'_> {
+        Box::pin(async move {
+            let conn = crate::node::dial_mount(&self.data).await?;
+            Ok(Box::pin(conn) as alknet_mount::Stream)
+        })
+    }
 }
 
 /// Mounts `addr` on a running node, signed in with the user's key; file
 /// contents are cached by hash in a local directory.
 pub(crate) async fn run_remote(
     opts: &RemoteOptions,
+    cache: &CacheOptions,
     addr: &str,
     mountpoint: &Path,
     read_only: bool,
-) -> Result<ExitCode> {
+) -> Result<u8> {
     let address = checked(addr, mountpoint)?;
     let identity = match &opts.identity {
         Some(p) => p.clone(),
         None => alknet_protocols::default_identity()
             .context("no SSH key in ~/.ssh (id_ed25519, id_ecdsa, id_rsa): give one with --identity")?,
     };
-    let cache_dir = match &opts.cache_dir {
-        Some(p) => p.clone(),
-        None => std::env::home_dir()
-            .context("no home directory for the cache: give one with --cache-dir")?
-            .join(".cache/alknet/blobs"),
-    };
-    let cache = alknet_mount::Cache::open(&cache_dir, opts.cache_bytes)
-        .with_context(|| format!("cache at {}", cache_dir.display()))?;
+    let cache = cache.open()?;
     let dial = NodeDial {
         node: opts.node.clone(),
         identity,
@@ -123,7 +176,7 @@ async fn serve(
     address: &Address,
     mountpoint: &Path,
     owner: (u32, u32),
-) -> Result<ExitCode> {
+) -> Result<u8> {
     let fs = alknet_mount::Mount::new(backend, owner);
     let ro = fs.is_read_only();
     let name = format!("alknet:{}@{}", address.bucket, address.branch);
@@ -148,17 +201,17 @@ async fn serve(
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if mounted.is_finished() {
                     tracing::info!("unmounted from outside");
-                    return Ok(ExitCode::SUCCESS);
+                    return Ok(0);
                 }
             }
         }
     }
     tokio::task::block_in_place(|| mounted.unmount()).context("unmounting")?;
     tracing::info!("unmounted");
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-pub(crate) fn umount(mountpoint: &Path) -> Result<ExitCode> {
+pub(crate) fn umount(mountpoint: &Path) -> Result<u8> {
     alknet_mount::unmount(mountpoint)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }

@@ -2,7 +2,6 @@
 //! prints where they are, and runs until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::process::ExitCode;
 
 use alknet_fs::Store;
 use anyhow::{Context, Result};
@@ -12,12 +11,17 @@ use crate::config::Config;
 /// How often the server looks for queued garbage collections.
 const GC_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a shutdown waits for commands that came through the socket.
+const SOCKET_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) async fn run(
     store: &Store,
     ssh: Option<SocketAddr>,
     quic: Option<SocketAddr>,
     no_quic: bool,
-) -> Result<ExitCode> {
+    http: Option<SocketAddr>,
+    no_http: bool,
+) -> Result<u8> {
     let config = Config::load(store.dir())?;
     // The server owns the blob store from the start (one process may hold
     // it): a mount or CLI command waits for it, not the other way round.
@@ -33,7 +37,22 @@ pub(crate) async fn run(
     }
     let forge = alknet_forge::Forge::new(store.clone(), config.git.forge());
     let limits = config.limits.connections(raise_open_file_limit());
+    let http_server =
+        alknet_protocols::HttpServer::new(forge.clone(), config.http.limits(), config.http.metrics_public);
     let server = alknet_protocols::SshServer::new(forge, host_key, limits);
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(alknet_protocols::load_tls(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("alknet.toml: http.tls_cert and http.tls_key go together"),
+    };
+    let http_tcp = match (!no_http).then(|| http.unwrap_or(config.http.listen)) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (http)"))?,
+        ),
+        None => None,
+    };
 
     let tcp = tokio::net::TcpListener::bind(ssh_addr)
         .await
@@ -42,22 +61,41 @@ pub(crate) async fn run(
         Some(addr) => Some(alknet_protocols::bind_quic(node_key, addr).await?),
         None => None,
     };
-    println!("alknet serving {}", store.dir().display());
-    println!("ssh: {}", tcp.local_addr()?);
+    // Commands and mounts on this data directory come through the node's socket.
+    let socket = crate::node::Listener::bind(store)?;
+    // One write, and a reader that went away is no reason to stop serving.
+    let mut banner = format!(
+        "alknet serving {}\nsocket: {}\nssh: {}\n",
+        store.dir().display(),
+        socket.path().display(),
+        tcp.local_addr()?
+    );
+    if let Some(l) = &http_tcp {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        banner.push_str(&format!("http: {scheme}://{}\n", l.local_addr()?));
+    }
     if let Some(ep) = &endpoint {
         for a in alknet_protocols::node_addrs(ep) {
-            println!("quic: {a}");
+            banner.push_str(&format!("quic: {a}\n"));
         }
     }
     use std::io::Write;
-    std::io::stdout().flush()?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(banner.as_bytes()).and_then(|()| out.flush()).ok();
+    drop(out);
 
     // Deletions queue a collection; this process holds the blob store, so it runs them.
     let gc = tokio::spawn(store.clone().gc_task(GC_EVERY));
-    alknet_protocols::serve(server, Some(tcp), endpoint, shutdown_signal()).await;
+    let http = alknet_protocols::HttpFront {
+        server: http_server,
+        tcp: http_tcp.map(|l| (l, tls)),
+    };
+    alknet_protocols::serve(server, Some(tcp), endpoint, Some(http), shutdown_signal()).await;
     gc.abort();
+    // Commands in progress get a moment to finish; a watch or mount is cut.
+    socket.close(Some(SOCKET_GRACE)).await;
     tracing::info!("shut down");
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 fn alknet_protocols_host_key(path: &std::path::Path) -> Result<russh_keys::PrivateKey> {
@@ -81,7 +119,7 @@ fn raise_open_file_limit() -> Option<u64> {
     getrlimit(Resource::Nofile).current
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return std::future::pending().await;

@@ -900,8 +900,10 @@ impl Mounted {
     /// Unmounts and waits for the request threads to end.
     pub fn unmount(mut self) -> std::io::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
-        match self.session.take() {
-            Some(s) => s.umount_and_join(),
+        match self.session.take().map(|s| s.umount_and_join()) {
+            // Unmounted from outside (`alknet umount`) a moment before.
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            Some(r) => r,
             None => Ok(()),
         }
     }

@@ -571,6 +571,9 @@ struct Link {
     last_dial: Mutex<std::time::Instant>,
 }
 
+/// How long a node may take to answer a mount's first request.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A byte stream to a node's `alknet-fs` service.
 pub trait Duplex: AsyncRead + AsyncWrite + Send {}
 
@@ -620,12 +623,18 @@ async fn open_conn(stream: Stream, addr: &str, read_only: bool) -> std::io::Resu
         tracing::warn!("mount: {end}; requests fail with EIO until the node answers again");
         reader.fail_all();
     });
-    let hello = conn
-        .start(Op::Hello {
-            addr: addr.to_owned(),
-            read_only,
-        })
-        .await;
+    let hello = conn.start(Op::Hello {
+        addr: addr.to_owned(),
+        read_only,
+    });
+    // A node that takes the connection but never answers is as good as none.
+    let Ok(hello) = tokio::time::timeout(HELLO_TIMEOUT, hello).await else {
+        conn.fail_all();
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the node did not answer within {} s", HELLO_TIMEOUT.as_secs()),
+        ));
+    };
     match hello {
         Ok(Reply::Hello { read_only }) => Ok((conn, read_only)),
         Ok(other) => Err(std::io::Error::other(format!("unexpected answer {other:?}"))),

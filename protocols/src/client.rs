@@ -102,7 +102,7 @@ pub async fn open_subsystem(node: &str, identity: &Path, subsystem: &str) -> Res
     config.window_size = 16 << 20;
     let config = Arc::new(config);
     let (session, endpoint) = if node.contains('@') {
-        let (ep, conn) = connect_quic(node).await?;
+        let (ep, conn) = connect_quic(node, crate::ALPN_SSH).await?;
         let (send, recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
         let checker = Checker {
             tcp: None,

@@ -9,6 +9,7 @@ use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey};
 use tokio::net::TcpListener;
 
+use crate::http::{ALPN_HTTP, HttpServer};
 use crate::ssh::SshServer;
 
 /// How long `proxy` waits for a node to answer before giving up.
@@ -93,20 +94,57 @@ impl ProtocolHandler for SshOverQuic {
     }
 }
 
-/// Serves SSH on every listener given until `shutdown` resolves. Connections
-/// in flight are dropped with the runtime; their open writes abort (the old
-/// files stay) and nothing committed is lost.
+#[derive(Clone)]
+struct HttpOverQuic(HttpServer);
+
+impl std::fmt::Debug for HttpOverQuic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpOverQuic")
+    }
+}
+
+impl ProtocolHandler for HttpOverQuic {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        self.0.serve_quic(conn).await;
+        Ok(())
+    }
+}
+
+/// The HTTP side of a node: its server, and the TCP listener (with TLS or
+/// not) it also answers on besides QUIC.
+pub struct HttpFront {
+    pub server: HttpServer,
+    pub tcp: Option<(TcpListener, Option<std::sync::Arc<rustls::ServerConfig>>)>,
+}
+
+/// Serves SSH (and HTTP, if given) on every listener given until `shutdown`
+/// resolves. SSH connections in flight are dropped with the runtime; their
+/// open writes abort (the old files stay) and nothing committed is lost.
+/// HTTP connections finish the request in progress first, for a while.
 pub async fn serve(
     server: SshServer,
     tcp: Option<TcpListener>,
     quic: Option<Endpoint>,
+    http: Option<HttpFront>,
     shutdown: impl Future<Output = ()>,
 ) {
     let router = quic.map(|ep| {
-        Router::builder(ep)
-            .accept(ALPN_SSH, SshOverQuic(server.clone()))
-            .spawn()
+        let builder = Router::builder(ep).accept(ALPN_SSH, SshOverQuic(server.clone()));
+        match &http {
+            Some(h) => builder.accept(ALPN_HTTP, HttpOverQuic(h.server.clone())),
+            None => builder,
+        }
+        .spawn()
     });
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let http_task = http
+        .and_then(|h| h.tcp.map(|(listener, tls)| (h.server, listener, tls)))
+        .map(|(server, listener, tls)| {
+            let mut stopped = http_stopped.clone();
+            tokio::spawn(server.serve_tcp(listener, tls, async move {
+                stopped.wait_for(|s| *s).await.ok();
+            }))
+        });
     let accept = async {
         let Some(tcp) = tcp else {
             return std::future::pending::<()>().await;
@@ -139,6 +177,10 @@ pub async fn serve(
         () = accept => {}
         () = shutdown => {}
     };
+    stop_http.send(true).ok();
+    if let Some(task) = http_task {
+        task.await.ok();
+    }
     if let Some(router) = router {
         router.shutdown().await.ok();
     }
@@ -180,7 +222,7 @@ async fn resolve_node_addr(s: &str) -> Result<EndpointAddr, Error> {
 /// Connects to the `alknet/ssh` service of the node at `addr`
 /// (`NODE_ID@HOST:PORT`) from a fresh endpoint; keep the endpoint as long as
 /// the connection.
-pub(crate) async fn connect_quic(addr: &str) -> Result<(Endpoint, Connection), Error> {
+pub(crate) async fn connect_quic(addr: &str, alpn: &[u8]) -> Result<(Endpoint, Connection), Error> {
     let target = resolve_node_addr(addr).await?;
     let local: SocketAddr = if target.ip_addrs().any(|a| a.is_ipv6()) {
         "[::]:0"
@@ -190,7 +232,7 @@ pub(crate) async fn connect_quic(addr: &str) -> Result<(Endpoint, Connection), E
     .parse()
     .expect("a literal socket address");
     let ep = bind_quic(SecretKey::generate(), local).await?;
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(target, ALPN_SSH))
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect(target, alpn))
         .await
         .map_err(|_| connect_error(addr, &format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
         .map_err(|e| connect_error(addr, &e))?;
@@ -204,10 +246,11 @@ pub(crate) fn connect_error(addr: &str, e: &dyn std::fmt::Display) -> Error {
     }
 }
 
-/// Joins stdin and stdout to an `alknet/ssh` stream on the node at `addr`,
-/// so OpenSSH can use `ProxyCommand='alknet proxy NODE_ID@HOST:PORT'`.
-pub async fn proxy(addr: &str) -> Result<(), Error> {
-    let (ep, conn) = connect_quic(addr).await?;
+/// Joins stdin and stdout to a stream of the service `alpn` on the node at
+/// `addr`: `alknet/ssh`, so OpenSSH can use `ProxyCommand='alknet proxy
+/// NODE_ID@HOST:PORT'`, or `alknet/http`, one HTTP/1.1 connection.
+pub async fn proxy(addr: &str, alpn: &[u8]) -> Result<(), Error> {
+    let (ep, conn) = connect_quic(addr, alpn).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connect_error(addr, &e))?;
     let up = async {
         tokio::io::copy(&mut tokio::io::stdin(), &mut send).await?;

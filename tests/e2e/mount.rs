@@ -550,48 +550,6 @@ fn pjdfstest_fails_only_where_expected() {
     assert!(m.stop());
 }
 
-#[test]
-fn a_mount_waits_while_the_server_holds_the_data_directory() {
-    let node = node_with_bucket();
-    node.ok_stdin(&["put", "-", "photos:/f"], b"data");
-    // The server holds the blob store from its start.
-    let server = crate::util::Server::start(&node);
-    let dir = node.work.join("m");
-    std::fs::create_dir_all(&dir).expect("mountpoint");
-    let child = node
-        .cmd(&["mount", "photos", dir.to_str().expect("utf-8")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mount");
-    // Killed and unmounted however the test ends.
-    let mut mount = Mounted {
-        child: Some(child),
-        dir: dir.clone(),
-        done: Arc::new(AtomicBool::new(true)),
-    };
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        !is_mounted(&dir),
-        "no mount may appear while another process holds the blob store"
-    );
-    assert!(server.stop(), "the server stops cleanly");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !is_mounted(&dir) {
-        assert!(Instant::now() < deadline, "the mount comes up once the server is gone");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(std::fs::read(dir.join("f")).expect("read"), b"data");
-    let child = mount.child.take().expect("running");
-    Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{}", combined(&out));
-    assert!(!is_mounted(&dir));
-}
-
 /// `tar -x` into a mount's root sets the root's times last; that used to
 /// fail with EINVAL. The root's attributes stay fixed; the files arrive.
 #[test]

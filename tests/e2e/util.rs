@@ -154,6 +154,8 @@ pub(crate) struct Server {
     pub(crate) ssh_port: u16,
     /// `NODE_ID@127.0.0.1:PORT`
     pub(crate) quic: String,
+    /// `http://127.0.0.1:PORT`
+    pub(crate) http: String,
 }
 
 impl Server {
@@ -163,7 +165,10 @@ impl Server {
 
     /// A server listening for SSH at `ssh` and QUIC at `quic`.
     pub(crate) fn start_at(node: &Node, ssh: &str, quic: &str) -> Server {
-        Self::spawn(node, node.cmd(&["serve", "--ssh", ssh, "--quic", quic]))
+        Self::spawn(
+            node,
+            node.cmd(&["serve", "--ssh", ssh, "--quic", quic, "--http", "127.0.0.1:0"]),
+        )
     }
 
     /// A server on free loopback ports, run by `wrapper` (`prlimit …`).
@@ -173,7 +178,15 @@ impl Server {
             .arg(bin())
             .arg("--data")
             .arg(&node.data)
-            .args(["serve", "--ssh", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--ssh",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ])
             .current_dir(&node.work)
             .env_remove("ALKNET_DATA");
         Self::spawn(node, cmd)
@@ -188,8 +201,8 @@ impl Server {
             .spawn()
             .expect("spawn alknet serve");
         let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let (mut ssh_port, mut quic) = (None, None);
-        while ssh_port.is_none() || quic.is_none() {
+        let (mut ssh_port, mut quic, mut http) = (None, None, None);
+        while ssh_port.is_none() || quic.is_none() || http.is_none() {
             let Some(Ok(line)) = lines.next() else {
                 let log = std::fs::read_to_string(node.work.join("serve.log")).unwrap_or_default();
                 panic!("alknet serve ended before printing its addresses:\n{log}");
@@ -198,12 +211,15 @@ impl Server {
                 ssh_port = Some(addr.rsplit(':').next().expect("port").parse().expect("a port"));
             } else if let Some(addr) = line.strip_prefix("quic: ") {
                 quic = Some(addr.to_owned());
+            } else if let Some(url) = line.strip_prefix("http: ") {
+                http = Some(url.to_owned());
             }
         }
         Server {
             child,
             ssh_port: ssh_port.expect("ssh port"),
             quic: quic.expect("quic address"),
+            http: http.expect("http address"),
         }
     }
 
