@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use alknet_fs::{Address, Store};
+use alknet_fs::Store;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rustix::net::{
@@ -232,9 +232,11 @@ async fn session(mut conn: UnixStream, store: Store) -> Result<()> {
     };
     match request {
         Request::Mount => {
-            let summary = alknet_mount::serve(conn, |addr, read_only| mount_tree(&store, addr, read_only))
-                .await
-                .context("local mount")?;
+            let summary = alknet_mount::serve(conn, |addr, read_only| {
+                alknet_protocols::mount_tree(&store, None, addr, read_only)
+            })
+            .await
+            .context("local mount")?;
             tracing::info!(addr = %summary.addr, sent = summary.sent, received = summary.received, "local mount ended");
             Ok(())
         }
@@ -331,16 +333,4 @@ async fn receive(conn: &mut UnixStream) -> Result<Option<(Request, Vec<OwnedFd>)
         serde_json::from_slice(&body).context("an unreadable request")?,
         fds,
     )))
-}
-
-/// The tree a local mount asked for: the owner is the data directory's
-/// admin, so only the tree's own state (a past version, a published
-/// branch) or `--read-only` makes it read-only.
-fn mount_tree(store: &Store, addr: &str, read_only: bool) -> std::result::Result<alknet_mount::Local, String> {
-    let a = Address::parse(addr).map_err(|e| e.to_string())?;
-    if !a.path.is_root() {
-        return Err(format!("{addr}: mount a bucket or branch, not a path inside it"));
-    }
-    let tree = store.tree(&a.bucket, &a.branch, &a.at).map_err(|e| e.to_string())?;
-    Ok(alknet_mount::Local::new(store, tree, read_only))
 }

@@ -4,7 +4,8 @@
 //!
 //! Deny by default: a key that belongs to no user authenticates nobody, and
 //! a user sees a bucket only through a grant or by being an admin.
-//! [`Store::level`] is the whole policy; every frontend asks it.
+//! [`Store::level`] is the whole policy, and [`Store::open_as`] applies it:
+//! every frontend opens the trees it serves through it.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -51,6 +52,30 @@ impl Level {
 impl std::fmt::Display for Level {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Who is asking: a user, and whether they came with a read-only token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub user: String,
+    pub read_only: bool,
+}
+
+impl Principal {
+    /// A user signed in with a key or a token that may change things.
+    pub fn user(name: &str) -> Principal {
+        Principal {
+            user: name.to_owned(),
+            read_only: false,
+        }
+    }
+
+    /// The user's level on `bucket`, capped at `read` for a read-only token.
+    pub fn level(&self, store: &Store, bucket: &str) -> Result<Option<Level>> {
+        Ok(store
+            .level(&self.user, bucket)?
+            .map(|l| if self.read_only { l.min(Level::Read) } else { l }))
     }
 }
 
@@ -246,6 +271,38 @@ impl Store {
                 Some((false, level)) => level.and_then(|l| l.parse().ok()),
             })
         })
+    }
+
+    /// The tree `bucket@branch` at `at`, opened for `who`, who must have
+    /// `need` on the bucket — the one access rule every frontend calls. A
+    /// bucket `who` may not see is [`Error::NoSuchBucket`], exactly as if it
+    /// did not exist; too low a level is [`Error::Denied`]; a change to a
+    /// past version or a branch published from git is [`Error::ReadOnly`].
+    pub fn open_as(
+        &self,
+        who: &Principal,
+        bucket: &str,
+        branch: &str,
+        at: &crate::At,
+        need: Level,
+    ) -> Result<crate::Tree> {
+        let Some(level) = who.level(self, bucket)? else {
+            return Err(Error::NoSuchBucket(bucket.to_owned()));
+        };
+        if level < need {
+            return Err(Error::Denied {
+                user: who.user.clone(),
+                bucket: bucket.to_owned(),
+                has: level,
+                needs: need,
+                token: who.read_only,
+            });
+        }
+        let tree = self.tree(bucket, branch, at)?;
+        if need >= Level::Write {
+            tree.check_writable(&format!("{bucket}@{branch}"))?;
+        }
+        Ok(tree)
     }
 
     pub fn is_admin(&self, user: &str) -> Result<bool> {

@@ -79,6 +79,15 @@ pub enum Error {
     /// A ref update found the ref changed since it was read.
     #[error("ref {name} changed meanwhile (now {})", current.as_deref().unwrap_or("absent"))]
     RefChanged { name: String, current: Option<String> },
+    /// A user may see a bucket but not do this on it (`Store::open_as`).
+    #[error("{}", if *token { format!("{bucket}: a read-only token cannot change anything") } else { format!("{bucket}: {user} has {has} access, this needs {needs}") })]
+    Denied {
+        user: String,
+        bucket: String,
+        has: crate::access::Level,
+        needs: crate::access::Level,
+        token: bool,
+    },
     /// A compare-and-swap write found the file changed (`WriteSession::expect`).
     #[error("{0}: changed since it was read (the precondition does not hold)")]
     Changed(String),
@@ -171,7 +180,7 @@ impl Error {
 
     /// A word for the kind of error, for machine-readable output (`--json`):
     /// `not_found`, `exists`, `invalid`, `read_only`, `too_large`,
-    /// `no_space`, `corrupt`, `conflict` or `internal`.
+    /// `no_space`, `corrupt`, `conflict`, `denied` or `internal`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotFound(_)
@@ -199,6 +208,7 @@ impl Error {
             | Error::BranchInUse { .. }
             | Error::LastKey(_) => "invalid",
             Error::ReadOnly(_) => "read_only",
+            Error::Denied { .. } => "denied",
             Error::TooLarge { .. } => "too_large",
             Error::NoSpace { .. } | Error::Quota { .. } => "no_space",
             Error::Corrupt(_) => "corrupt",

@@ -44,7 +44,7 @@ mod tree;
 mod types;
 mod write;
 
-pub use access::{Level, User, check_user_name};
+pub use access::{Level, Principal, User, check_user_name};
 pub use blobs::{blobs_held, read_at};
 pub use error::{Error, Result};
 pub use limits::{DEFAULT_DISK_RESERVE, Limits, format_size, parse_size};
@@ -55,7 +55,7 @@ pub use name::{
 };
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
 pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch, process_alive};
-pub use tokens::{Principal, TOKEN_PREFIX, TokenInfo};
+pub use tokens::{TOKEN_PREFIX, TokenInfo};
 pub use tree::{EVENT_CHANNEL, FileReader, SetAttr, Tree, Walk};
 pub use types::{BlobHash, BranchInfo, BucketInfo, Change, Commit, Entry, EntryId, Kind, SnapshotInfo, Version};
 pub use write::{OpenOptions, WriteSession};

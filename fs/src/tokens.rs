@@ -3,7 +3,7 @@
 //! A token is `alk_` and 64 hex digits (256 random bits), shown once when
 //! it is made. The store keeps its first 8 hex digits to find it and the
 //! SHA-256 of the whole token to check it, never the token itself. A token
-//! acts as its user, with the user's grants ([`Store::level`]); a
+//! acts as its user, with the user's grants ([`Store::open_as`]); a
 //! read-only token never gets more than `read`. A token dies with its
 //! user, when it expires, or when it is revoked.
 
@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::access::Level;
+use crate::access::Principal;
 use crate::db::now_ms;
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -31,22 +31,6 @@ pub struct TokenInfo {
     pub read_only: bool,
     pub created_ms: i64,
     pub expires_ms: Option<i64>,
-}
-
-/// Who a valid token signs in as.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    pub user: String,
-    pub read_only: bool,
-}
-
-impl Principal {
-    /// The user's level on `bucket`, capped at `read` for a read-only token.
-    pub fn level(&self, store: &Store, bucket: &str) -> Result<Option<Level>> {
-        Ok(store
-            .level(&self.user, bucket)?
-            .map(|l| if self.read_only { l.min(Level::Read) } else { l }))
-    }
 }
 
 impl Store {

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use alknet_fs::{Address, At, BucketPath, Entry, Error as FsError, Kind, OpenOptions, SetAttr, Store, Tree};
+use alknet_fs::{Address, BucketPath, Entry, Error as FsError, Kind, OpenOptions, SetAttr, Store, Tree};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
@@ -196,7 +196,7 @@ impl From<FsError> for Fail {
             | FsError::NoSuchBucket(_)
             | FsError::NoSuchBranch { .. }
             | FsError::NoSuchVersion { .. } => StatusCode::NoSuchFile,
-            FsError::ReadOnly(_) => StatusCode::PermissionDenied,
+            FsError::ReadOnly(_) | FsError::Denied { .. } => StatusCode::PermissionDenied,
             _ => StatusCode::Failure,
         };
         if e.is_user_error() {
@@ -284,17 +284,15 @@ impl Session {
         if head.contains('@') && !rest.is_empty() {
             (addr, rest) = self.longest_branch(head, addr, rest);
         }
-        let level = self.level(&addr.bucket)?;
-        if level < need {
-            return Err(Fail::denied(format!(
-                "{}: you have {level:?} access, this needs {need:?}",
-                addr.bucket
-            )));
-        }
-        if need >= Level::Write && addr.at != At::Head {
-            return Err(Fail::denied(format!("{head}: a past version is read-only")));
-        }
-        let tree = self.ctx.store.tree(&addr.bucket, &addr.branch, &addr.at)?;
+        let who = alknet_fs::Principal::user(&self.ctx.user);
+        let tree = self
+            .ctx
+            .store
+            .open_as(&who, &addr.bucket, &addr.branch, &addr.at, need)
+            .map_err(|e| match e {
+                alknet_fs::Error::NoSuchBucket(b) => Fail::new(StatusCode::NoSuchFile, format!("/{b}: no such bucket")),
+                e => Fail::from(e),
+            })?;
         let path = BucketPath::parse(&rest).map_err(Fail::from)?;
         let prefix = tree_prefix(&norm, &path);
         // A symlinked directory on the way is passed through, as on a disk.

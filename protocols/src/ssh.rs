@@ -343,7 +343,7 @@ impl russh::server::Handler for Conn {
         if name == alknet_mount::SUBSYSTEM {
             let store = self.shared.store.clone();
             let who = user.clone();
-            let open = move |addr: &str, read_only: bool| mount_tree(&store, &who, addr, read_only);
+            let open = move |addr: &str, read_only: bool| mount_tree(&store, Some(&who), addr, read_only);
             tokio::spawn(async move {
                 match alknet_mount::serve(channel.into_stream(), open).await {
                     Ok(s) => tracing::info!(
@@ -418,22 +418,36 @@ impl russh::server::Handler for Conn {
     }
 }
 
-/// The tree a remote mount asks for, as `user` may use it: refused without
-/// a grant (as "no such bucket", like a missing one), read-only on a `read`
-/// grant.
-fn mount_tree(store: &Store, user: &str, addr: &str, read_only: bool) -> Result<alknet_mount::Local, String> {
+/// The tree a remote or local mount asks for, as `user` may use it
+/// (`None`: the data directory's owner, through the node's socket, who may
+/// do anything): refused without a grant (as "no such bucket", like a
+/// missing one), read-only on a `read` grant, a past version or a branch
+/// published from git.
+pub fn mount_tree(
+    store: &Store,
+    user: Option<&str>,
+    addr: &str,
+    read_only: bool,
+) -> Result<alknet_mount::Local, String> {
     let a = Address::parse(addr).map_err(|e| e.to_string())?;
     if !a.path.is_root() {
         return Err(format!("{addr}: mount a bucket or branch, not a path inside it"));
     }
-    let level = match store.level(user, &a.bucket) {
-        Ok(Some(level)) => level,
-        Ok(None) => return Err(format!("{}: no such bucket", a.bucket)),
-        Err(e) => {
-            tracing::error!("remote mount: access check: {e}");
-            return Err("access check failed".into());
-        }
+    let Some(user) = user else {
+        let tree = store.tree(&a.bucket, &a.branch, &a.at).map_err(|e| e.to_string())?;
+        return Ok(alknet_mount::Local::new(store, tree, read_only));
     };
-    let tree = store.tree(&a.bucket, &a.branch, &a.at).map_err(|e| e.to_string())?;
-    Ok(alknet_mount::Local::new(store, tree, read_only || level < Level::Write))
+    let who = alknet_fs::Principal::user(user);
+    let tree = store
+        .open_as(&who, &a.bucket, &a.branch, &a.at, Level::Read)
+        .map_err(|e| match e {
+            alknet_fs::Error::NoSuchBucket(b) => format!("{b}: no such bucket"),
+            e if e.is_user_error() => e.to_string(),
+            e => {
+                tracing::error!("remote mount: {e}");
+                "access check failed".into()
+            }
+        })?;
+    let writable = matches!(who.level(store, &a.bucket), Ok(Some(l)) if l >= Level::Write);
+    Ok(alknet_mount::Local::new(store, tree, read_only || !writable))
 }

@@ -425,11 +425,7 @@ impl ApiError {
     }
 
     fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-
-    fn not_found(what: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what}: not found"))
+        ApiError::new(StatusCode::FORBIDDEN, "denied", message)
     }
 }
 
@@ -462,6 +458,7 @@ impl From<alknet_fs::Error> for ApiError {
             E::Changed(_) => StatusCode::PRECONDITION_FAILED,
             e => match e.kind() {
                 "not_found" => StatusCode::NOT_FOUND,
+                "denied" => StatusCode::FORBIDDEN,
                 "exists" | "conflict" => StatusCode::CONFLICT,
                 "invalid" => StatusCode::BAD_REQUEST,
                 "read_only" => StatusCode::FORBIDDEN,
@@ -540,23 +537,26 @@ async fn admin(app: &App, headers: &HeaderMap, read: bool) -> Result<Principal, 
     Ok(who)
 }
 
-/// Checks that `who` has `need` on `bucket`: a bucket they cannot read is
-/// "not found", whether it exists or not.
-fn check(store: &Store, who: &Principal, bucket: &str, need: Level) -> Result<Level, ApiError> {
+/// Checks that `who` has `need` on `bucket` (`Store::open_as` applies the
+/// same rule to trees).
+fn check(store: &Store, who: &Principal, bucket: &str, need: Level) -> Result<(), ApiError> {
     match who.level(store, bucket)? {
-        None => Err(ApiError::not_found(&format!("bucket {bucket}"))),
-        Some(level) if level >= need => Ok(level),
-        Some(_) if who.read_only => Err(ApiError::forbidden("a read-only token cannot change anything")),
-        Some(level) => Err(ApiError::forbidden(format!(
-            "{} has {level} access to {bucket}; this needs {need}",
-            who.user
-        ))),
+        None => Err(alknet_fs::Error::NoSuchBucket(bucket.to_owned()).into()),
+        Some(level) if level >= need => Ok(()),
+        Some(has) => Err(alknet_fs::Error::Denied {
+            user: who.user.clone(),
+            bucket: bucket.to_owned(),
+            has,
+            needs: need,
+            token: who.read_only,
+        }
+        .into()),
     }
 }
 
 /// The tree `bucket@branch` (`branch` may carry `@VERSION` or
-/// `@SNAPSHOT`) and `path` in it, resolved by the one address rule, with
-/// `need` checked.
+/// `@SNAPSHOT`) and `path` in it, parsed by the one address rule and opened
+/// by the one access rule.
 fn open_tree(
     store: &Store,
     who: &Principal,
@@ -565,14 +565,8 @@ fn open_tree(
     path: &str,
     need: Level,
 ) -> Result<(Tree, BucketPath), ApiError> {
-    check(store, who, bucket, need)?;
     let a = Address::parse(&format!("{bucket}@{branch}:/{path}"))?;
-    let tree = store.tree(&a.bucket, &a.branch, &a.at)?;
-    if need >= Level::Write && tree.is_read_only() {
-        return Err(ApiError::forbidden(format!(
-            "{bucket}@{branch} is read-only (a past version or a published branch)"
-        )));
-    }
+    let tree = store.open_as(who, &a.bucket, &a.branch, &a.at, need)?;
     Ok((tree, a.path))
 }
 
@@ -727,8 +721,10 @@ async fn list_snapshots(
 ) -> Answer {
     let who = caller(&app, &headers).await?;
     blocking(move || {
-        check(&app.store, &who, &bucket, Level::Read)?;
-        Ok(to_json(&app.store.snapshots(&bucket, &branch)?))
+        let tree = app
+            .store
+            .open_as(&who, &bucket, &branch, &alknet_fs::At::Head, Level::Read)?;
+        Ok(to_json(&app.store.snapshots(tree.bucket(), tree.branch())?))
     })
     .await
 }
