@@ -56,7 +56,7 @@ pub use name::{
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
 pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch, process_alive};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
-pub use tree::{EVENT_CHANNEL, FileReader, SetAttr, Tree, Walk};
+pub use tree::{EVENT_CHANNEL, FileReader, ReadStream, SetAttr, Tree, Walk};
 pub use types::{BlobHash, BranchInfo, BucketInfo, Change, Commit, Entry, EntryId, Kind, SnapshotInfo, Version};
 pub use write::{OpenOptions, WriteSession};
 

@@ -30,9 +30,6 @@ use super::metrics::Metrics;
 const PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
 
-/// Bytes read from a blob per chunk of a download.
-const READ_CHUNK: u64 = 1 << 20;
-
 #[derive(Clone)]
 struct App {
     store: Store,
@@ -1081,26 +1078,24 @@ async fn download(app: &App, headers: &HeaderMap, tree: Tree, entry: Entry) -> A
             return Ok(r);
         }
     };
-    let reader = tree.open_read(&entry).await?;
+    let read = tree.read_stream(&entry, start..end).await?;
     let metrics = app.metrics.clone();
-    // A window at a time, each checked against the blob's hash tree as it is read.
-    let chunks = futures_util::stream::unfold((reader, start), move |(reader, at)| {
+    // Each window is checked against the blob's hash tree before it is sent;
+    // an error mid-way ends the body early, so the client sees a short
+    // transfer, never wrong bytes.
+    let chunks = futures_util::stream::unfold(Some(read), move |read| {
         let metrics = metrics.clone();
         async move {
-            if at >= end {
-                return None;
-            }
-            let len = READ_CHUNK.min(end - at);
-            match reader.read_at(at, len).await {
-                Ok(bytes) if bytes.is_empty() => None,
-                Ok(bytes) => {
+            let mut read = read?;
+            match read.next().await {
+                Ok(None) => None,
+                Ok(Some(bytes)) => {
                     metrics.bytes_out(bytes.len() as u64);
-                    let next = at + bytes.len() as u64;
-                    Some((Ok(Bytes::from(bytes)), (reader, next)))
+                    Some((Ok(bytes), Some(read)))
                 }
                 Err(e) => {
                     tracing::warn!("http: reading a file: {e}");
-                    Some((Err(std::io::Error::other(e.to_string())), (reader, end)))
+                    Some((Err(std::io::Error::other(e.to_string())), None))
                 }
             }
         }
