@@ -169,17 +169,26 @@ impl Listener {
     /// Stops listening and removes the socket; then waits for the sessions
     /// in progress to end, at most `wait` (forever for `None`).
     pub(crate) async fn close(self, wait: Option<Duration>) {
-        self.accept.abort();
-        std::fs::remove_file(&self.path).ok();
-        let busy = MAX_CLIENTS - self.clients.available_permits();
+        let clients = self.clients.clone();
+        // Stops the accept loop and removes the socket.
+        drop(self);
+        let busy = MAX_CLIENTS - clients.available_permits();
         if busy > 0 {
-            tracing::info!("waiting for {busy} sessions of {} to end", self.path.display());
+            tracing::info!("waiting for {busy} sessions of the node's socket to end");
         }
-        let all = self.clients.acquire_many(MAX_CLIENTS as u32);
+        let all = clients.acquire_many(MAX_CLIENTS as u32);
         match wait {
             Some(limit) => drop(tokio::time::timeout(limit, all).await),
             None => drop(all.await),
         }
+    }
+}
+
+impl Drop for Listener {
+    /// A node that fails after binding (a port in use) leaves no socket.
+    fn drop(&mut self) {
+        self.accept.abort();
+        std::fs::remove_file(&self.path).ok();
     }
 }
 

@@ -26,6 +26,10 @@ pub(crate) async fn run(
     // The server owns the blob store from the start (one process may hold
     // it): a mount or CLI command waits for it, not the other way round.
     store.claim_blobs().await?;
+    // From now on commands and mounts on this data directory come through the
+    // node's socket: bound at once, so that one started a moment after the
+    // node does not find the store held and no socket yet.
+    let socket = crate::node::Listener::bind(store)?;
     let ssh_addr = ssh.unwrap_or(config.ssh.listen);
     let quic_addr = (!no_quic).then(|| quic.unwrap_or(config.quic.listen));
 
@@ -61,8 +65,6 @@ pub(crate) async fn run(
         Some(addr) => Some(alknet_protocols::bind_quic(node_key, addr).await?),
         None => None,
     };
-    // Commands and mounts on this data directory come through the node's socket.
-    let socket = crate::node::Listener::bind(store)?;
     // One write, and a reader that went away is no reason to stop serving.
     let mut banner = format!(
         "alknet serving {}\nsocket: {}\nssh: {}\n",

@@ -430,7 +430,7 @@ async fn finish_import(
     progress: &(dyn Fn(u64, u64) + Sync),
     what: &(dyn std::fmt::Display + Sync),
 ) -> Result<Imported> {
-    let fail = |e: &dyn std::fmt::Display| Error::Blobs(format!("importing {what}: {e}"));
+    let fail = |e: &dyn std::fmt::Display| Error::blobs(format!("importing {what}: {e}"));
     let mut size = 0;
     let mut tag = None;
     while let Some(event) = events.next().await {

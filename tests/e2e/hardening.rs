@@ -649,7 +649,8 @@ f.close()
     assert!(ok, "{out}");
     assert!(
         out.contains("refused: ") && out.contains("no space left on the data directory's disk"),
-        "{out}"
+        "{out}\n{}",
+        std::fs::read_to_string(node.work.join("serve.log")).unwrap_or_default()
     );
     assert!(server.alive(), "the node keeps serving");
     // The failed upload's bytes are freed (removed by the node, not at a restart).
