@@ -41,9 +41,15 @@ pub(crate) async fn run(
     }
     let forge = alknet_forge::Forge::new(store.clone(), config.git.forge());
     let limits = config.limits.connections(raise_open_file_limit());
-    let http_server =
-        alknet_protocols::HttpServer::new(forge.clone(), config.http.limits(), config.http.metrics_public);
-    let server = alknet_protocols::SshServer::new(forge, host_key, limits);
+    // One set of counters for every frontend, served at /metrics.
+    let metrics = std::sync::Arc::new(alknet_protocols::Metrics::default());
+    let http_server = alknet_protocols::HttpServer::new(
+        forge.clone(),
+        config.http.limits(),
+        metrics.clone(),
+        config.http.metrics_public,
+    );
+    let server = alknet_protocols::SshServer::new(forge, host_key, limits, metrics);
     let tls = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => Some(alknet_protocols::load_tls(cert, key)?),
         (None, None) => None,

@@ -64,8 +64,8 @@ pub(crate) struct Request {
 }
 
 /// Serves one git request on `stream`, then reports the exit status and
-/// closes the channel.
-pub(crate) async fn serve<S>(req: Request, stream: S, handle: Handle, channel: ChannelId)
+/// closes the channel; returns the status.
+pub(crate) async fn serve<S>(req: Request, stream: S, handle: Handle, channel: ChannelId) -> u32
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -108,7 +108,7 @@ where
                     tracing::error!(%peer, %user, %repo, "git session crashed: {e}");
                     handle.exit_status_request(channel, 1).await.ok();
                     handle.close(channel).await.ok();
-                    return;
+                    return 1;
                 }
             };
             write = back;
@@ -133,6 +133,7 @@ where
     handle.exit_status_request(channel, code).await.ok();
     handle.eof(channel).await.ok();
     handle.close(channel).await.ok();
+    code
 }
 
 /// The repository the request may use, or the message that refuses it.

@@ -34,6 +34,7 @@ struct Shared {
     limits: Limits,
     /// One permit per open connection (`Limits::max_connections`).
     connections: Arc<Semaphore>,
+    metrics: Arc<crate::Metrics>,
     /// One permit per connection not yet logged in (`Limits::max_startups`).
     startups: Arc<Semaphore>,
 }
@@ -70,7 +71,8 @@ impl std::fmt::Debug for SshServer {
 }
 
 impl SshServer {
-    pub fn new(forge: Forge, host_key: PrivateKey, limits: Limits) -> SshServer {
+    /// `metrics`: the node's counters (shared with its other frontends).
+    pub fn new(forge: Forge, host_key: PrivateKey, limits: Limits, metrics: Arc<crate::Metrics>) -> SshServer {
         let store = forge.store().clone();
         let config = russh::server::Config {
             keys: vec![host_key],
@@ -98,6 +100,7 @@ impl SshServer {
                 owner,
                 limits,
                 connections: Arc::new(Semaphore::new(limits.max_connections)),
+                metrics,
                 startups: Arc::new(Semaphore::new(limits.max_startups)),
             }),
         }
@@ -344,12 +347,20 @@ impl russh::server::Handler for Conn {
             let store = self.shared.store.clone();
             let who = user.clone();
             let open = move |addr: &str, read_only: bool| mount_tree(&store, Some(&who), addr, read_only);
+            let shared = self.shared.clone();
             tokio::spawn(async move {
+                let counted = shared.metrics.session("mount");
                 match alknet_mount::serve(channel.into_stream(), open).await {
-                    Ok(s) => tracing::info!(
-                        %peer, %user, addr = %s.addr, sent = s.sent, received = s.received, outcome = "ok", "remote mount"
-                    ),
-                    Err(e) => tracing::warn!(%peer, %user, outcome = %e, "remote mount ended by the server"),
+                    Ok(s) => {
+                        counted.done(true);
+                        tracing::info!(
+                            %peer, %user, addr = %s.addr, sent = s.sent, received = s.received, outcome = "ok", "remote mount"
+                        )
+                    }
+                    Err(e) => {
+                        counted.done(false);
+                        tracing::warn!(%peer, %user, outcome = %e, "remote mount ended by the server")
+                    }
                 }
             });
             return Ok(());
@@ -359,12 +370,18 @@ impl russh::server::Handler for Conn {
             user: user.clone(),
             owner: self.shared.owner,
         };
+        let shared = self.shared.clone();
         tokio::spawn(async move {
+            let counted = shared.metrics.session("sftp");
             match sftp::serve(channel.into_stream(), ctx).await {
                 Ok(buckets) => {
+                    counted.done(true);
                     tracing::info!(%peer, %user, buckets = %buckets.join(","), outcome = "ok", "sftp session")
                 }
-                Err(e) => tracing::warn!(%peer, %user, outcome = %e, "sftp session ended by the server"),
+                Err(e) => {
+                    counted.done(false);
+                    tracing::warn!(%peer, %user, outcome = %e, "sftp session ended by the server")
+                }
             }
         });
         Ok(())
@@ -408,7 +425,12 @@ impl russh::server::Handler for Conn {
             v2,
             peer: self.peer.clone(),
         };
-        tokio::spawn(git::serve(req, channel.into_stream(), session.handle(), id));
+        let (shared, handle) = (self.shared.clone(), session.handle());
+        tokio::spawn(async move {
+            let counted = shared.metrics.session("git");
+            let code = git::serve(req, channel.into_stream(), handle, id).await;
+            counted.done(code == 0);
+        });
         Ok(())
     }
 

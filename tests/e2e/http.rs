@@ -585,6 +585,24 @@ fn metrics_parse_and_move() {
         1.0
     );
     assert!(after.contains_key("alknet_store_blob_bytes"));
+    // SSH frontends count their sessions on the same page.
+    let sftp_ok = "alknet_sessions_total{frontend=\"sftp\",outcome=\"ok\"}";
+    let bob_key = crate::util::client_key(&node, "bob");
+    let (ok, out) = crate::util::sftp_batch(&node, &server, &bob_key, crate::util::Via::Tcp, "ls /docs\n");
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = parse(&curl(Some(&admin), &[], &url).text());
+        if now[sftp_ok] == after[sftp_ok] + 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the SFTP session was not counted: {}",
+            now[sftp_ok]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(server.stop());
 }
 

@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::metrics::Metrics;
+use crate::Metrics;
 
 /// Entries per page of a listing, by default and at most.
 const PAGE: usize = 1000;

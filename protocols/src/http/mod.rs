@@ -11,7 +11,6 @@
 //! each request's head (a slow-loris client is cut off).
 
 mod api;
-mod metrics;
 
 use std::future::Future;
 use std::path::Path;
@@ -53,13 +52,13 @@ pub struct HttpServer {
     router: axum::Router,
     permits: Arc<tokio::sync::Semaphore>,
     limits: HttpLimits,
-    metrics: Arc<metrics::Metrics>,
+    metrics: Arc<crate::Metrics>,
 }
 
 impl HttpServer {
+    /// `metrics`: the node's counters (shared with its other frontends);
     /// `metrics_public`: serve `/metrics` without a token.
-    pub fn new(forge: Forge, limits: HttpLimits, metrics_public: bool) -> HttpServer {
-        let metrics = Arc::new(metrics::Metrics::default());
+    pub fn new(forge: Forge, limits: HttpLimits, metrics: Arc<crate::Metrics>, metrics_public: bool) -> HttpServer {
         let router = api::router(forge, metrics.clone(), metrics_public);
         HttpServer {
             router,

@@ -1,5 +1,7 @@
-//! Counters for `/metrics`, in Prometheus' text format (version 0.0.4).
-//! A handful of atomics: the set is small and fixed, so no registry.
+//! Counters for `/metrics`, in Prometheus' text format (version 0.0.4),
+//! shared by every frontend of a node (one `Arc<Metrics>`, made by whoever
+//! starts the frontends). A handful of atomics: the set is small and fixed,
+//! so no registry.
 
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -11,9 +13,15 @@ const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 const FRONTENDS: [&str; 3] = ["http", "https", "quic"];
 const OUTCOMES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+/// The SSH-borne frontends, counted per session.
+const SESSIONS: [&str; 3] = ["sftp", "git", "mount"];
 
 #[derive(Default)]
-pub(crate) struct Metrics {
+pub struct Metrics {
+    /// Sessions open now, per [`SESSIONS`] entry.
+    sessions_open: [AtomicU64; 3],
+    /// Sessions ended, `[frontend][ok, error]`.
+    sessions: [[AtomicU64; 2]; 3],
     /// `[frontend][outcome]`
     requests: [[AtomicU64; 4]; 3],
     open: [AtomicU64; 3],
@@ -40,7 +48,46 @@ impl Drop for Open<'_> {
     }
 }
 
+/// A session of an SSH frontend, counted open until it ends with `done`
+/// (or is dropped, which counts as an error).
+pub(crate) struct Session<'a> {
+    metrics: &'a Metrics,
+    index: usize,
+    ended: bool,
+}
+
+impl Session<'_> {
+    pub(crate) fn done(mut self, ok: bool) {
+        self.end(ok);
+    }
+
+    fn end(&mut self, ok: bool) {
+        if !self.ended {
+            self.ended = true;
+            self.metrics.sessions_open[self.index].fetch_sub(1, Ordering::Relaxed);
+            self.metrics.sessions[self.index][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}
+
 impl Metrics {
+    /// A session of `frontend` (`sftp`, `git` or `mount`) begins.
+    pub(crate) fn session(&self, frontend: &str) -> Session<'_> {
+        let index = SESSIONS.iter().position(|f| *f == frontend).unwrap_or(0);
+        self.sessions_open[index].fetch_add(1, Ordering::Relaxed);
+        Session {
+            metrics: self,
+            index,
+            ended: false,
+        }
+    }
+
     pub(crate) fn connection(&self, frontend: &str) -> Open<'_> {
         let gauge = &self.open[frontend_index(frontend)];
         gauge.fetch_add(1, Ordering::Relaxed);
@@ -110,6 +157,28 @@ impl Metrics {
                 load(&self.open[f])
             )
             .ok();
+        }
+        out.push_str("# HELP alknet_sessions_open SSH sessions open now, by frontend.\n");
+        out.push_str("# TYPE alknet_sessions_open gauge\n");
+        for (i, frontend) in SESSIONS.iter().enumerate() {
+            writeln!(
+                out,
+                "alknet_sessions_open{{frontend=\"{frontend}\"}} {}",
+                load(&self.sessions_open[i])
+            )
+            .ok();
+        }
+        out.push_str("# HELP alknet_sessions_total SSH sessions ended, by frontend and outcome.\n");
+        out.push_str("# TYPE alknet_sessions_total counter\n");
+        for (i, frontend) in SESSIONS.iter().enumerate() {
+            for (o, outcome) in ["ok", "error"].iter().enumerate() {
+                writeln!(
+                    out,
+                    "alknet_sessions_total{{frontend=\"{frontend}\",outcome=\"{outcome}\"}} {}",
+                    load(&self.sessions[i][o])
+                )
+                .ok();
+            }
         }
         out.push_str("# HELP alknet_http_content_bytes_total File content bytes received and sent over HTTP.\n");
         out.push_str("# TYPE alknet_http_content_bytes_total counter\n");
