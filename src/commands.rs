@@ -45,7 +45,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
                 return crate::mount::run_beside(&cli.data, &cache, &addr, &mountpoint, read_only).await;
             }
             let store = open_store(&cli.data)?;
-            let out = crate::mount::run(&store, &addr, &mountpoint, read_only).await;
+            let out = crate::mount::run(&store, &cache, &addr, &mountpoint, read_only).await;
             store.close().await?;
             return out;
         }

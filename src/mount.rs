@@ -9,12 +9,24 @@ use anyhow::{Context, Result, bail};
 
 /// Mounts `addr` of the data directory at `mountpoint` and serves it until
 /// it is unmounted or the process gets SIGINT or SIGTERM (then it unmounts).
-pub(crate) async fn run(store: &Store, addr: &str, mountpoint: &Path, read_only: bool) -> Result<u8> {
+pub(crate) async fn run(
+    store: &Store,
+    cache: &CacheOptions,
+    addr: &str,
+    mountpoint: &Path,
+    read_only: bool,
+) -> Result<u8> {
     let address = checked(addr, mountpoint)?;
     let tree = store.tree(&address.bucket, &address.branch, &address.at)?;
-    // Mount only once the blob store is ours: a mount that appeared while
-    // `alknet serve` holds the data directory would hang on its first read.
-    store.claim_blobs().await?;
+    // Mount only once the blob store is ours. If another process has just
+    // taken it (a node starting, or a second mount started at the same
+    // moment), go through that node's socket instead of waiting for it.
+    if !store.try_claim_blobs().await? {
+        if crate::node::socket_comes(store.dir()).await? {
+            return run_beside(store.dir(), cache, addr, mountpoint, read_only).await;
+        }
+        store.claim_blobs().await?;
+    }
     let owner = owner_of(store.dir())?;
     // This process holds the store now: later commands and mounts on the
     // data directory go through it (decision 18).

@@ -88,6 +88,20 @@ pub(crate) fn connect(data: &Path) -> Result<Option<StdStream>> {
     }
 }
 
+/// Waits a moment for the socket of a node that holds `data`'s store but
+/// has not bound it yet (it does so right after taking the store); whether
+/// it came. A one-shot command that holds the store never binds one.
+pub(crate) async fn socket_comes(data: &Path) -> Result<bool> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && alknet_fs::blobs_held(data)? {
+        if connect(data)?.is_some() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(false)
+}
+
 /// Runs this process's command line in the node at the other end of
 /// `conn`, with this process's standard streams; its exit status.
 pub(crate) fn forward(mut conn: StdStream) -> Result<u8> {

@@ -89,17 +89,33 @@ impl Blobs {
     }
 
     async fn store(&self) -> Result<&FsStore> {
+        self.open(true)
+            .await?
+            .ok_or_else(|| Error::Internal("the blob store was not claimed".into()))
+    }
+
+    /// The store, opened at the first call: waiting for another process that
+    /// holds it if `wait`, else `None` while one does.
+    async fn open(&self, wait: bool) -> Result<Option<&FsStore>> {
+        if let Some(opened) = self.store.get() {
+            return Ok(Some(&opened.store));
+        }
         let opened = self
             .store
             .get_or_try_init(|| async {
                 let dir = self.dir.clone();
                 let lock = tokio::task::spawn_blocking(move || {
-                    let lock = claim(&dir)?;
+                    let Some(lock) = claim(&dir, wait)? else {
+                        return Ok::<_, Error>(None);
+                    };
                     clear_temp(&dir.join("temp"))?;
-                    Ok::<_, Error>(lock)
+                    Ok(Some(lock))
                 })
                 .await
                 .map_err(Error::blobs)??;
+                let Some(lock) = lock else {
+                    return Err(Error::Internal(HELD.into()));
+                };
                 let mut opts = Options::new(&self.dir);
                 let gc = self.gc.clone();
                 opts.gc = Some(GcConfig {
@@ -114,8 +130,17 @@ impl Blobs {
                     .map_err(Error::blobs)?;
                 Ok::<_, Error>(Opened { store, _lock: lock })
             })
-            .await?;
-        Ok(&opened.store)
+            .await;
+        match opened {
+            Ok(opened) => Ok(Some(&opened.store)),
+            Err(Error::Internal(why)) if why == HELD => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the store now if no other process holds it; whether it did.
+    pub(crate) async fn try_open_now(&self) -> Result<bool> {
+        Ok(self.open(false).await?.is_some())
     }
 
     /// Opens the store now rather than at the first use (waiting, with a
@@ -529,9 +554,12 @@ pub fn blobs_held(data: &Path) -> Result<bool> {
     }
 }
 
+/// What `open` without waiting finds when another process holds the store.
+const HELD: &str = "another process holds the blob store";
+
 /// Takes the exclusive claim on the blob directory, waiting for another
-/// process to release it.
-fn claim(dir: &Path) -> Result<std::fs::File> {
+/// process to release it if `wait` (else `None` while one holds it).
+fn claim(dir: &Path, wait: bool) -> Result<Option<std::fs::File>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join("alknet.lock");
     let file = std::fs::OpenOptions::new()
@@ -542,13 +570,14 @@ fn claim(dir: &Path) -> Result<std::fs::File> {
         .map_err(|e| Error::io(&path, e))?;
     match file.try_lock() {
         Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) if !wait => return Ok(None),
         Err(std::fs::TryLockError::WouldBlock) => {
             tracing::warn!("waiting for another alknet process that holds {}", dir.display());
             file.lock().map_err(|e| Error::io(&path, e))?;
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// A failed validated export as the store's error: a hash mismatch is

@@ -184,6 +184,13 @@ impl Store {
         self.inner.blobs.open_now().await
     }
 
+    /// Claims the blob store now if no other process holds it; whether it
+    /// did. A process that would rather go through the holder (a mount
+    /// beside a node that is starting) asks this instead of waiting.
+    pub async fn try_claim_blobs(&self) -> Result<bool> {
+        self.inner.blobs.try_open_now().await
+    }
+
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }

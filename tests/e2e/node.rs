@@ -334,3 +334,30 @@ fn a_mount_beside_the_server_goes_through_it() {
     assert!(m.stop());
     assert!(server.stop());
 }
+
+/// Two local mounts started at the same moment with no node: whichever takes
+/// the store first serves the other, instead of the other waiting for it.
+#[test]
+fn two_local_mounts_started_together_both_come_up() {
+    let node = Node::new();
+    node.ok(&["bucket", "create", "b"]);
+    node.ok(&["branch", "create", "b", "dev"]);
+    let (one, two) = std::thread::scope(|s| {
+        let one = s.spawn(|| Mounted::start(&node, "b", "one", &["--cache-dir", "cache1"]));
+        let two = s.spawn(|| Mounted::start(&node, "b@dev", "two", &["--cache-dir", "cache2"]));
+        (one.join().expect("first mount"), two.join().expect("second mount"))
+    });
+    std::fs::write(one.path("on-main"), b"1").expect("write through the first");
+    std::fs::write(two.path("on-dev"), b"2").expect("write through the second");
+    assert_eq!(node.ok(&["ls", "b:/"]), "on-main\n");
+    assert_eq!(node.ok(&["ls", "b@dev:/"]), "on-dev\n");
+    // Stopped together: the one that came through the other ends at once,
+    // the holder once its socket has no session left.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| one.stop());
+        let b = s.spawn(|| two.stop());
+        (a.join().expect("stop"), b.join().expect("stop"))
+    });
+    assert!(a && b, "both mounts stop cleanly");
+    assert!(!node.data.join("alknet.sock").exists());
+}
