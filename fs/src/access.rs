@@ -273,6 +273,25 @@ impl Store {
         })
     }
 
+    /// Checks that `who` has `need` on `bucket`, for what is not a tree
+    /// (branches, snapshots); their level. The grant half of
+    /// [`Store::open_as`].
+    pub fn check_as(&self, who: &Principal, bucket: &str, need: Level) -> Result<Level> {
+        let Some(level) = who.level(self, bucket)? else {
+            return Err(Error::NoSuchBucket(bucket.to_owned()));
+        };
+        if level < need {
+            return Err(Error::Denied {
+                user: who.user.clone(),
+                bucket: bucket.to_owned(),
+                has: level,
+                needs: need,
+                token: who.read_only,
+            });
+        }
+        Ok(level)
+    }
+
     /// The tree `bucket@branch` at `at`, opened for `who`, who must have
     /// `need` on the bucket — the one access rule every frontend calls. A
     /// bucket `who` may not see is [`Error::NoSuchBucket`], exactly as if it
@@ -286,18 +305,7 @@ impl Store {
         at: &crate::At,
         need: Level,
     ) -> Result<crate::Tree> {
-        let Some(level) = who.level(self, bucket)? else {
-            return Err(Error::NoSuchBucket(bucket.to_owned()));
-        };
-        if level < need {
-            return Err(Error::Denied {
-                user: who.user.clone(),
-                bucket: bucket.to_owned(),
-                has: level,
-                needs: need,
-                token: who.read_only,
-            });
-        }
+        self.check_as(who, bucket, need)?;
         let tree = self.tree(bucket, branch, at)?;
         if need >= Level::Write {
             tree.check_writable(&format!("{bucket}@{branch}"))?;

@@ -470,6 +470,6 @@ pub fn mount_tree(
                 "access check failed".into()
             }
         })?;
-    let writable = matches!(who.level(store, &a.bucket), Ok(Some(l)) if l >= Level::Write);
+    let writable = store.check_as(&who, &a.bucket, Level::Write).is_ok();
     Ok(alknet_mount::Local::new(store, tree, read_only || !writable))
 }

@@ -534,23 +534,6 @@ async fn admin(app: &App, headers: &HeaderMap, read: bool) -> Result<Principal, 
     Ok(who)
 }
 
-/// Checks that `who` has `need` on `bucket` (`Store::open_as` applies the
-/// same rule to trees).
-fn check(store: &Store, who: &Principal, bucket: &str, need: Level) -> Result<(), ApiError> {
-    match who.level(store, bucket)? {
-        None => Err(alknet_fs::Error::NoSuchBucket(bucket.to_owned()).into()),
-        Some(level) if level >= need => Ok(()),
-        Some(has) => Err(alknet_fs::Error::Denied {
-            user: who.user.clone(),
-            bucket: bucket.to_owned(),
-            has,
-            needs: need,
-            token: who.read_only,
-        }
-        .into()),
-    }
-}
-
 /// The tree `bucket@branch` (`branch` may carry `@VERSION` or
 /// `@SNAPSHOT`) and `path` in it, parsed by the one address rule and opened
 /// by the one access rule.
@@ -665,7 +648,7 @@ async fn set_quota(State(app): State<App>, headers: HeaderMap, Path(bucket): Pat
 async fn list_branches(State(app): State<App>, headers: HeaderMap, Path(bucket): Path<String>) -> Answer {
     let who = caller(&app, &headers).await?;
     blocking(move || {
-        check(&app.store, &who, &bucket, Level::Read)?;
+        app.store.check_as(&who, &bucket, Level::Read)?;
         Ok(to_json(&app.store.list_branches(&bucket)?))
     })
     .await
@@ -687,7 +670,7 @@ async fn create_branch(
     let who = caller(&app, &headers).await?;
     let req: NewBranch = parse(&body)?;
     blocking(move || {
-        check(&app.store, &who, &bucket, Level::Write)?;
+        app.store.check_as(&who, &bucket, Level::Write)?;
         let from = req.from.as_deref().unwrap_or(alknet_fs::DEFAULT_BRANCH);
         let src = Address::parse(&format!("{bucket}@{from}"))?;
         let version = app.store.create_branch(&bucket, &req.name, &src.branch, &src.at)?;
@@ -704,7 +687,7 @@ async fn delete_branch(
 ) -> Answer {
     let who = caller(&app, &headers).await?;
     blocking(move || {
-        check(&app.store, &who, &bucket, Level::Write)?;
+        app.store.check_as(&who, &bucket, Level::Write)?;
         app.store.delete_branch(&bucket, &branch)?;
         Ok(axum::Json(json!({"deleted": branch})))
     })
