@@ -5,10 +5,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use alknet_fs::{Address, At, BucketPath, Entry, Kind, Store, Tree, Version};
+use alknet_protocols::http_client::{self, Method};
+use alknet_protocols::{NodeClient, RemoteError};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use crate::remote;
 use crate::stdio::Stdio;
 use crate::{BranchCmd, BucketCmd, Cli, Command, KeyCmd, RepoCmd, TokenCmd, UserCmd};
 
@@ -36,6 +40,16 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             let cache = crate::mount::CacheOptions {
                 dir: cache_dir,
                 bytes: cache_mib << 20,
+            };
+            // A global --node (or ALKNET_NODE) that names a QUIC node serves too:
+            // the mount's own protocol runs over SSH there, signed in by key.
+            let node = match (node, cli.node) {
+                (Some(node), _) => Some(node),
+                (None, Some(url)) if url.contains("://") => bail!(
+                    "{url}: a mount reaches a node over SSH, not HTTP; \
+                     use `alknet mount --node NODE_ID@HOST:PORT` (QUIC) or `--node HOST:PORT` (SSH over TCP)"
+                ),
+                (None, url) => url,
             };
             if let Some(node) = node {
                 let remote = crate::mount::RemoteOptions { node, identity };
@@ -78,12 +92,19 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         }
         _ => {}
     }
+    if let Some(url) = &cli.node {
+        let node = remote::connect(url).await?;
+        let io = Stdio::process()?;
+        let code = execute(On::Node(&node), cli.command, json, &io).await;
+        node.close().await;
+        return Ok(code);
+    }
     if let Some(conn) = crate::node::connect(&cli.data)? {
         return crate::node::forward(conn);
     }
     let store = open_store(&cli.data)?;
     let io = Stdio::process()?;
-    let code = execute(&store, cli.command, json, &io).await;
+    let code = execute(On::Store(&store), cli.command, json, &io).await;
     store.close().await?;
     Ok(code)
 }
@@ -106,8 +127,8 @@ fn open_store(data: &Path) -> Result<Store> {
 /// there as the CLI does (`alknet: MESSAGE` on stderr, or a JSON error on
 /// stdout under `--json`), and returns the exit status. The same for a
 /// command run in this process and one a node runs for a client.
-pub(crate) async fn execute(store: &Store, command: Command, json: bool, io: &Stdio) -> u8 {
-    let out = dispatch(store, command, json, io).await;
+pub(crate) async fn execute(on: On<'_>, command: Command, json: bool, io: &Stdio) -> u8 {
+    let out = dispatch(on, command, json, io).await;
     let flushed = io.finish();
     match out.and_then(|code| flushed.map(|()| code).map_err(anyhow::Error::from)) {
         Ok(code) => code,
@@ -124,10 +145,12 @@ pub(crate) fn report(e: &anyhow::Error, json: bool, io: &Stdio) -> u8 {
         return 0;
     }
     if json {
-        let kind = e
-            .chain()
-            .find_map(|c| c.downcast_ref::<alknet_fs::Error>())
-            .map_or("error", alknet_fs::Error::kind);
+        let kind = e.chain().find_map(|c| {
+            c.downcast_ref::<alknet_fs::Error>()
+                .map(alknet_fs::Error::kind)
+                .or_else(|| c.downcast_ref::<RemoteError>().map(|r| r.code.as_str()))
+        });
+        let kind = kind.unwrap_or("error");
         let report = serde_json::json!({"error": {"kind": kind, "message": format!("{e:#}")}});
         let mut out = io.out();
         writeln!(out, "{report}").and_then(|()| out.flush()).ok();
@@ -137,7 +160,26 @@ pub(crate) fn report(e: &anyhow::Error, json: bool, io: &Stdio) -> u8 {
     1
 }
 
-async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Result<u8> {
+/// Where a command runs: on a data directory (in this process, or in the
+/// node for a client of its socket), or against a remote node's HTTP API.
+#[derive(Clone, Copy)]
+pub(crate) enum On<'a> {
+    Store(&'a Store),
+    Node(&'a NodeClient),
+}
+
+impl<'a> On<'a> {
+    /// The store, for what only runs on the data directory itself.
+    fn store(self, what: &str) -> Result<&'a Store> {
+        match self {
+            On::Store(store) => Ok(store),
+            On::Node(_) => bail!("{what} does not run against a remote node; run it on the node"),
+        }
+    }
+}
+
+async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Result<u8> {
+    use Method as M;
     match command {
         Command::Init { .. }
         | Command::Proxy { .. }
@@ -146,13 +188,17 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
         | Command::Serve { .. }
         | Command::Mount { .. } => bail!("this command does not run through a node"),
         Command::User(UserCmd::Add { name, key, admin }) => {
-            store.add_user(&name, &read_key(&io.local(&key))?, admin)?;
-            say(io, json, &serde_json::json!({"added": name, "admin": admin}), || {
+            on.store("user add")?
+                .add_user(&name, &read_key(&io.local(&key))?, admin)?;
+            say(io, json, &json!({"added": name, "admin": admin}), || {
                 format!("added user {name}")
             })?;
         }
         Command::User(UserCmd::List) => {
-            let users = store.list_users()?;
+            let users: Vec<alknet_fs::User> = match on {
+                On::Store(store) => store.list_users()?,
+                On::Node(node) => node.json(M::GET, "/api/v1/users", None).await?,
+            };
             print_list(io, json, &users, |u| {
                 let grants: Vec<String> = u.grants.iter().map(|(b, l)| format!("{b}:{l}")).collect();
                 format!(
@@ -165,35 +211,48 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             })?;
         }
         Command::User(UserCmd::Key(KeyCmd::Add { name, key })) => {
-            store.add_user_key(&name, &read_key(&io.local(&key))?)?;
-            say(io, json, &serde_json::json!({"user": name, "added_key": key}), || {
+            on.store("user key add")?
+                .add_user_key(&name, &read_key(&io.local(&key))?)?;
+            say(io, json, &json!({"user": name, "added_key": key}), || {
                 format!("added a key to user {name}")
             })?;
         }
         Command::User(UserCmd::Key(KeyCmd::Remove { name, key })) => {
-            store.remove_user_key(&name, &read_key(&io.local(&key))?)?;
-            say(io, json, &serde_json::json!({"user": name, "removed_key": key}), || {
+            on.store("user key remove")?
+                .remove_user_key(&name, &read_key(&io.local(&key))?)?;
+            say(io, json, &json!({"user": name, "removed_key": key}), || {
                 format!("removed a key from user {name}")
             })?;
         }
         Command::User(UserCmd::Remove { name }) => {
-            store.remove_user(&name)?;
-            say(io, json, &serde_json::json!({"removed": name}), || {
-                format!("removed user {name}")
-            })?;
+            on.store("user remove")?.remove_user(&name)?;
+            say(io, json, &json!({"removed": name}), || format!("removed user {name}"))?;
         }
         Command::Grant { user, bucket, level } => {
-            store.grant(&user, &bucket, level.parse()?)?;
+            let parsed: alknet_fs::Level = level.parse()?;
+            match on {
+                On::Store(store) => store.grant(&user, &bucket, parsed)?,
+                On::Node(node) => {
+                    let url = format!("/api/v1/users/{}/grants/{}", enc(&user), enc(&bucket));
+                    node.json::<Value>(M::PUT, &url, Some(&json!({"level": level}))).await?;
+                }
+            }
             say(
                 io,
                 json,
-                &serde_json::json!({"user": user, "bucket": bucket, "level": level}),
+                &json!({"user": user, "bucket": bucket, "level": level}),
                 || format!("{user} has {level} access to {bucket}"),
             )?;
         }
         Command::Revoke { user, bucket } => {
-            store.revoke(&user, &bucket)?;
-            say(io, json, &serde_json::json!({"user": user, "bucket": bucket}), || {
+            match on {
+                On::Store(store) => store.revoke(&user, &bucket)?,
+                On::Node(node) => {
+                    let url = format!("/api/v1/users/{}/grants/{}", enc(&user), enc(&bucket));
+                    node.json::<Value>(M::DELETE, &url, None).await?;
+                }
+            }
+            say(io, json, &json!({"user": user, "bucket": bucket}), || {
                 format!("revoked {user} on {bucket}")
             })?;
         }
@@ -203,9 +262,18 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             expires,
             read_only,
         }) => {
-            let (info, text) = store.create_token(&user, name.as_deref(), expires, read_only)?;
+            let (info, text) = match on {
+                On::Store(store) => store.create_token(&user, name.as_deref(), expires, read_only)?,
+                On::Node(node) => {
+                    let body = json!({"user": user, "name": name, "expires_days": expires, "read_only": read_only});
+                    let mut answer: Value = node.json(M::POST, "/api/v1/tokens", Some(&body)).await?;
+                    let text = answer["token"].take().as_str().unwrap_or_default().to_owned();
+                    (serde_json::from_value(answer)?, text)
+                }
+            };
+            let info: alknet_fs::TokenInfo = info;
             let mut shown = serde_json::to_value(&info)?;
-            shown["token"] = serde_json::json!(text);
+            shown["token"] = json!(text);
             say(io, json, &shown, || {
                 format!(
                     "token {} for {user}{}{} (shown once; keep it secret):\n{text}",
@@ -216,7 +284,10 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             })?;
         }
         Command::Token(TokenCmd::List) => {
-            let tokens = store.list_tokens(None)?;
+            let tokens: Vec<alknet_fs::TokenInfo> = match on {
+                On::Store(store) => store.list_tokens(None)?,
+                On::Node(node) => node.json(M::GET, "/api/v1/tokens", None).await?,
+            };
             print_list(io, json, &tokens, |t| {
                 format!(
                     "{}\t{}\t{}\talk_{}…\t{}{}",
@@ -232,19 +303,32 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             })?;
         }
         Command::Token(TokenCmd::Revoke { token }) => {
-            let t = store.revoke_token(&token, None)?;
+            let t: alknet_fs::TokenInfo = match on {
+                On::Store(store) => store.revoke_token(&token, None)?,
+                On::Node(node) => {
+                    node.json(M::DELETE, &format!("/api/v1/tokens/{}", enc(&token)), None)
+                        .await?
+                }
+            };
             say(io, json, &t, || {
                 format!("revoked token {} ({}) of {}", t.id, t.name, t.user)
             })?;
         }
         Command::Bucket(BucketCmd::Create { name }) => {
-            store.create_bucket(&name, "drive")?;
-            say(io, json, &serde_json::json!({"created": name}), || {
-                format!("created bucket {name}")
-            })?;
+            match on {
+                On::Store(store) => store.create_bucket(&name, "drive")?,
+                On::Node(node) => {
+                    let body = json!({"name": name, "kind": "drive"});
+                    node.json::<Value>(M::POST, "/api/v1/buckets", Some(&body)).await?;
+                }
+            }
+            say(io, json, &json!({"created": name}), || format!("created bucket {name}"))?;
         }
         Command::Bucket(BucketCmd::List) => {
-            let buckets = store.list_buckets()?;
+            let buckets: Vec<alknet_fs::BucketInfo> = match on {
+                On::Store(store) => store.list_buckets()?,
+                On::Node(node) => node.json(M::GET, "/api/v1/buckets", None).await?,
+            };
             print_list(io, json, &buckets, |b| {
                 let quota = b.quota.map(|q| format!("\tquota {}", alknet_fs::format_size(q)));
                 format!(
@@ -261,12 +345,21 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
                 "none" => None,
                 s => Some(alknet_fs::parse_size(s)?),
             };
-            store.set_quota(&name, quota)?;
-            let used = store.head_bytes(&name, alknet_fs::DEFAULT_BRANCH)?;
+            let used = match on {
+                On::Store(store) => {
+                    store.set_quota(&name, quota)?;
+                    store.head_bytes(&name, alknet_fs::DEFAULT_BRANCH)?
+                }
+                On::Node(node) => {
+                    let url = format!("{}/quota", remote::bucket_api(&name));
+                    let answer: Value = node.json(M::PUT, &url, Some(&json!({"quota": quota}))).await?;
+                    answer["main_bytes"].as_u64().unwrap_or_default()
+                }
+            };
             say(
                 io,
                 json,
-                &serde_json::json!({"bucket": name, "quota": quota, "main_bytes": used}),
+                &json!({"bucket": name, "quota": quota, "main_bytes": used}),
                 || match quota {
                     Some(q) => format!(
                         "bucket {name}: quota {} per branch head (main holds {})",
@@ -278,12 +371,18 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             )?;
         }
         Command::Bucket(BucketCmd::Delete { name }) => {
-            store.delete_bucket(&name)?;
-            say(io, json, &serde_json::json!({"deleted": name}), || {
+            match on {
+                On::Store(store) => store.delete_bucket(&name)?,
+                On::Node(node) => {
+                    node.json::<Value>(M::DELETE, &remote::bucket_api(&name), None).await?;
+                }
+            }
+            say(io, json, &json!({"deleted": name}), || {
                 format!("deleted bucket {name} (run `alknet gc` to reclaim its space)")
             })?;
         }
         Command::Repo(cmd) => {
+            let store = on.store("repo")?;
             let config = crate::config::Config::load(store.dir())?;
             let forge = alknet_forge::Forge::new(store.clone(), config.git.forge());
             match cmd {
@@ -309,13 +408,13 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
                 })?,
                 RepoCmd::Delete { name } => {
                     forge.delete(&name)?;
-                    say(io, json, &serde_json::json!({"deleted": name}), || {
+                    say(io, json, &json!({"deleted": name}), || {
                         format!("deleted repository {name} (its space is reclaimed by the next gc)")
                     })?;
                 }
                 RepoCmd::SetHead { name, branch } => {
                     forge.set_head(&name, &branch)?;
-                    say(io, json, &serde_json::json!({"repo": name, "head": branch}), || {
+                    say(io, json, &json!({"repo": name, "head": branch}), || {
                         format!("HEAD of {name} now names {branch}")
                     })?;
                 }
@@ -323,24 +422,42 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
         }
         Command::Branch(BranchCmd::Create { bucket, new, from }) => {
             let src = Address::parse(&format!("{bucket}@{from}"))?;
-            let v = store.create_branch(&bucket, &new, &src.branch, &src.at)?;
-            say(
-                io,
-                json,
-                &serde_json::json!({"created": new, "from": from, "version": v}),
-                || format!("created branch {bucket}@{new} from {from}"),
-            )?;
+            let v: Version = match on {
+                On::Store(store) => store.create_branch(&bucket, &new, &src.branch, &src.at)?,
+                On::Node(node) => {
+                    let url = format!("{}/branches", remote::bucket_api(&bucket));
+                    let mut answer: Value = node
+                        .json(M::POST, &url, Some(&json!({"name": new, "from": from})))
+                        .await?;
+                    serde_json::from_value(answer["version"].take())?
+                }
+            };
+            say(io, json, &json!({"created": new, "from": from, "version": v}), || {
+                format!("created branch {bucket}@{new} from {from}")
+            })?;
         }
         Command::Branch(BranchCmd::List { bucket }) => {
-            let branches = store.list_branches(&bucket)?;
+            let branches: Vec<alknet_fs::BranchInfo> = match on {
+                On::Store(store) => store.list_branches(&bucket)?,
+                On::Node(node) => {
+                    let url = format!("{}/branches", remote::bucket_api(&bucket));
+                    node.json(M::GET, &url, None).await?
+                }
+            };
             print_list(io, json, &branches, |b| match (&b.parent, b.fork_version) {
                 (Some(p), Some(v)) => format!("{}\tfrom {p}@{v}", b.name),
                 _ => b.name.clone(),
             })?;
         }
         Command::Branch(BranchCmd::Delete { bucket, name }) => {
-            store.delete_branch(&bucket, &name)?;
-            say(io, json, &serde_json::json!({"deleted": name}), || {
+            match on {
+                On::Store(store) => store.delete_branch(&bucket, &name)?,
+                On::Node(node) => {
+                    let a = Address::parse(&format!("{bucket}@{name}"))?;
+                    node.json::<Value>(M::DELETE, &remote::branch_api(&a), None).await?;
+                }
+            }
+            say(io, json, &json!({"deleted": name}), || {
                 format!("deleted branch {bucket}@{name}")
             })?;
         }
@@ -349,31 +466,56 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             addr,
             recursive: true,
             ..
-        } => put_dir(store, &local, &addr, json, io).await?,
-        Command::Put { local, addr, mode, .. } => put(store, &local, &addr, mode, json, io).await?,
+        } => put_dir(on.store("put -r")?, &local, &addr, json, io).await?,
+        Command::Put { local, addr, mode, .. } => put(on, &local, &addr, mode, json, io).await?,
         Command::Get {
             addr,
             output,
             recursive: true,
             at,
-        } => get_dir(store, &addr, output.as_deref(), at.at.as_deref(), json, io).await?,
-        Command::Get { addr, output, at, .. } => {
-            get(store, &addr, output.as_deref(), at.at.as_deref(), json, io).await?
+        } => {
+            get_dir(
+                on.store("get -r")?,
+                &addr,
+                output.as_deref(),
+                at.at.as_deref(),
+                json,
+                io,
+            )
+            .await?
         }
-        Command::Cat { addr, at } => {
-            let (tree, path) = open(store, &addr, at.at.as_deref())?;
-            let entry = tree.follow(&path, true)?.1;
-            copy_to_stdout(&tree, &entry, io).await?;
-        }
+        Command::Get { addr, output, at, .. } => get(on, &addr, output.as_deref(), at.at.as_deref(), json, io).await?,
+        Command::Cat { addr, at } => match on {
+            On::Store(store) => {
+                let (tree, path) = open(store, &addr, at.at.as_deref())?;
+                let entry = tree.follow(&path, true)?.1;
+                copy_to_stdout(&Source::Tree(&tree), &entry, io).await?;
+            }
+            On::Node(node) => {
+                let a = at_address(&addr, at.at.as_deref())?;
+                let entry = remote::stat(node, &a, true).await?;
+                copy_to_stdout(&Source::Node(node, &a), &entry, io).await?;
+            }
+        },
         Command::Ls {
             addr,
             long,
             recursive,
             at,
-        } => ls(store, &addr, long, recursive, at.at.as_deref(), json, io)?,
+        } => ls(on, &addr, long, recursive, at.at.as_deref(), json, io).await?,
         Command::Stat { addr, at } => {
-            let (tree, path) = open(store, &addr, at.at.as_deref())?;
-            let e = tree.stat(&path)?;
+            let (path, e) = match on {
+                On::Store(store) => {
+                    let (tree, path) = open(store, &addr, at.at.as_deref())?;
+                    let e = tree.stat(&path)?;
+                    (path, e)
+                }
+                On::Node(node) => {
+                    let a = at_address(&addr, at.at.as_deref())?;
+                    let e = remote::stat(node, &a, false).await?;
+                    (a.path, e)
+                }
+            };
             say(io, json, &e, || {
                 format!(
                     "path: {path}\nkind: {:?}\nsize: {}\nmode: {:o}\nmtime: {}\nid: {}\nversion: {}\nhash: {}{}",
@@ -389,25 +531,33 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             })?;
         }
         Command::Mkdir { addr, parents } => {
-            let (tree, path) = open_head(store, &addr)?;
-            let e = if parents {
-                tree.mkdir_all(&path)?
-            } else {
-                tree.mkdir(&path, None)?
+            let (path, e) = match on {
+                On::Store(store) => {
+                    let (tree, path) = open_head(store, &addr)?;
+                    let e = if parents {
+                        tree.mkdir_all(&path)?
+                    } else {
+                        tree.mkdir(&path, None)?
+                    };
+                    (path, e)
+                }
+                On::Node(node) => {
+                    let a = head_address(&addr)?;
+                    let body = json!({"path": a.path.as_str(), "parents": parents});
+                    let e = remote::branch_post(node, &a, "mkdir", body).await?;
+                    (a.path, e)
+                }
             };
             say(io, json, &e, || format!("created {path}"))?;
         }
         Command::Rm {
             addr, entry: Some(id), ..
         } => {
-            let (tree, _) = open_head(store, &addr)?;
+            let (tree, _) = open_head(on.store("rm --entry")?, &addr)?;
             let path = tree.remove_entry(alknet_fs::EntryId(id))?;
-            say(
-                io,
-                json,
-                &serde_json::json!({"removed": path.as_str(), "entry": id}),
-                || format!("removed entry {id} ({path})"),
-            )?;
+            say(io, json, &json!({"removed": path.as_str(), "entry": id}), || {
+                format!("removed entry {id} ({path})")
+            })?;
         }
         Command::Rm { addr, recursive, .. } => {
             // GNU rm's rule: `.` and `..` name directories already in use.
@@ -415,84 +565,118 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             if raw.rsplit('/').next().is_some_and(|last| last == "." || last == "..") {
                 bail!("{addr}: refusing to remove '.' or '..'");
             }
-            let (tree, path) = open_head(store, &addr)?;
-            match tree.stat(&path)? {
-                e if e.is_dir() && !recursive => bail!("{path}: is a directory (use rm -r)"),
-                e if e.is_dir() => tree.remove_all(&path)?,
-                _ => tree.remove(&path)?,
-            }
-            say(io, json, &serde_json::json!({"removed": path.as_str()}), || {
+            let path = match on {
+                On::Store(store) => {
+                    let (tree, path) = open_head(store, &addr)?;
+                    match tree.stat(&path)? {
+                        e if e.is_dir() && !recursive => bail!("{path}: is a directory (use rm -r)"),
+                        e if e.is_dir() => tree.remove_all(&path)?,
+                        _ => tree.remove(&path)?,
+                    }
+                    path
+                }
+                On::Node(node) => {
+                    let a = head_address(&addr)?;
+                    let e = remote::stat(node, &a, false).await?;
+                    if e.is_dir() && !recursive {
+                        bail!("{}: is a directory (use rm -r)", a.path);
+                    }
+                    remote::remove(node, &a, e.is_dir()).await?;
+                    a.path
+                }
+            };
+            say(io, json, &json!({"removed": path.as_str()}), || {
                 format!("removed {path}")
             })?;
         }
         Command::Mv { from, to } => {
-            let (tree, from, to) = same_tree(store, &from, &to)?;
-            let e = tree.rename(&from, &to, true)?;
-            say(io, json, &e, || {
-                format!(
-                    "moved {from} to {}",
-                    tree.path_of(e.id).ok().flatten().unwrap_or(to.clone())
-                )
-            })?;
+            let (from, to, e) = match on {
+                On::Store(store) => {
+                    let (tree, from, to) = same_tree(store, &from, &to)?;
+                    let e = tree.rename(&from, &to, true)?;
+                    let to = tree.path_of(e.id).ok().flatten().unwrap_or(to);
+                    (from, to, e)
+                }
+                On::Node(node) => {
+                    let (a, from, to) = same_branch(node, &from, &to).await?;
+                    let body = json!({"from": from.as_str(), "to": to.as_str()});
+                    (from, to, remote::branch_post(node, &a, "move", body).await?)
+                }
+            };
+            say(io, json, &e, || format!("moved {from} to {to}"))?;
         }
         Command::Cp { from, to } => {
-            let (tree, from, to) = same_tree(store, &from, &to)?;
-            let e = tree.copy_file(&from, &to)?;
-            say(io, json, &e, || {
-                format!(
-                    "copied {from} to {}",
-                    tree.path_of(e.id).ok().flatten().unwrap_or(to.clone())
-                )
-            })?;
+            let (from, to, e) = match on {
+                On::Store(store) => {
+                    let (tree, from, to) = same_tree(store, &from, &to)?;
+                    let e = tree.copy_file(&from, &to)?;
+                    let to = tree.path_of(e.id).ok().flatten().unwrap_or(to);
+                    (from, to, e)
+                }
+                On::Node(node) => {
+                    let (a, from, to) = same_branch(node, &from, &to).await?;
+                    let body = json!({"from": from.as_str(), "to": to.as_str()});
+                    (from, to, remote::branch_post(node, &a, "copy", body).await?)
+                }
+            };
+            say(io, json, &e, || format!("copied {from} to {to}"))?;
         }
         Command::Ln {
             symbolic: _,
             target,
             addr,
         } => {
-            let (tree, path) = open_head(store, &addr)?;
-            let e = tree.symlink(&path, &target)?;
+            let (path, e) = match on {
+                On::Store(store) => {
+                    let (tree, path) = open_head(store, &addr)?;
+                    let e = tree.symlink(&path, &target)?;
+                    (path, e)
+                }
+                On::Node(node) => {
+                    let a = head_address(&addr)?;
+                    let body = json!({"path": a.path.as_str(), "target": target});
+                    let e = remote::branch_post(node, &a, "symlink", body).await?;
+                    (a.path, e)
+                }
+            };
             say(io, json, &e, || format!("{path} -> {target}"))?;
         }
         Command::Snapshot { addr, name } => {
-            let (tree, _) = open_head(store, &addr)?;
-            let v = tree.snapshot(name.as_deref())?;
-            say(io, json, &serde_json::json!({"version": v, "name": name}), || {
-                let a = format!(
-                    "{}@{}@{}",
-                    tree.bucket(),
-                    tree.branch(),
+            let (a, v) = match on {
+                On::Store(store) => {
+                    let (tree, _) = open_head(store, &addr)?;
+                    let v = tree.snapshot(name.as_deref())?;
+                    (format!("{}@{}", tree.bucket(), tree.branch()), v)
+                }
+                On::Node(node) => {
+                    let a = head_address(&addr)?;
+                    let mut answer: Value = remote::branch_post(node, &a, "snapshots", json!({"name": name})).await?;
+                    (
+                        format!("{}@{}", a.bucket, a.branch),
+                        serde_json::from_value(answer["version"].take())?,
+                    )
+                }
+            };
+            say(io, json, &json!({"version": v, "name": name}), || {
+                format!(
+                    "snapshot {a}@{} (version {v})",
                     name.as_deref().unwrap_or(&v.to_string())
-                );
-                format!("snapshot {a} (version {v})")
+                )
             })?;
         }
         Command::Snapshots { addr } => {
             let a = Address::parse(&addr)?;
-            let snaps = store.snapshots(&a.bucket, &a.branch)?;
+            let snaps: Vec<alknet_fs::SnapshotInfo> = match on {
+                On::Store(store) => store.snapshots(&a.bucket, &a.branch)?,
+                On::Node(node) => {
+                    node.json(M::GET, &format!("{}/snapshots", remote::branch_api(&a)), None)
+                        .await?
+                }
+            };
             print_list(io, json, &snaps, |s| format!("{}\t{}", s.version, s.name))?;
         }
         Command::Log { addr, limit } => {
-            let (tree, path) = open(store, &addr, None)?;
-            let commits = if path.is_root() {
-                store.log(&tree, limit)?
-            } else {
-                // The commits that touched the path, read a page at a time.
-                let touches = |c: &alknet_fs::Commit| {
-                    c.paths
-                        .iter()
-                        .any(|p| BucketPath::parse(p).is_ok_and(|p| p.starts_with(&path) || path.starts_with(&p)))
-                };
-                let (mut found, mut before) = (Vec::new(), None);
-                while found.len() < limit {
-                    let page = store.log_before(&tree, before, 1000)?;
-                    let Some(last) = page.last() else { break };
-                    before = Some(last.version);
-                    found.extend(page.into_iter().filter(touches));
-                }
-                found.truncate(limit);
-                found
-            };
+            let commits = log(on, &addr, limit).await?;
             print_list(io, json, &commits, |c| {
                 format!(
                     "{}\t{}\t{}\t{}\t{}",
@@ -505,10 +689,24 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             })?;
         }
         Command::Diff { from, to } => {
-            let (a, scope) = open(store, &from, None)?;
-            let (b, _) = open(store, &to, None)?;
-            let mut changes = a.diff(&b)?;
-            changes.retain(|c| {
+            let (scope, mut changes) = match on {
+                On::Store(store) => {
+                    let (a, scope) = open(store, &from, None)?;
+                    let (b, _) = open(store, &to, None)?;
+                    (scope, a.diff(&b)?)
+                }
+                On::Node(node) => {
+                    let (a, b) = (Address::parse(&from)?, Address::parse(&to)?);
+                    if a.bucket != b.bucket {
+                        bail!("{from} and {to}: against a remote node, diff compares two branches of one bucket");
+                    }
+                    let to = remote::branch_api(&b);
+                    let to = to.rsplit('/').next().unwrap_or_default();
+                    let url = format!("{}/diff?to={to}", remote::branch_api(&a));
+                    (a.path, node.json(M::GET, &url, None).await?)
+                }
+            };
+            changes.retain(|c: &alknet_fs::Change| {
                 let path = match c {
                     alknet_fs::Change::Added { path, .. }
                     | alknet_fs::Change::Removed { path, .. }
@@ -526,12 +724,34 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
                 }
             })?;
         }
-        Command::Watch { addr, from } => watch(store, &addr, from, io)?,
+        Command::Watch { addr, from } => match on {
+            On::Store(store) => watch(store, &addr, from, io)?,
+            On::Node(node) => {
+                let a = Address::parse(&addr)?;
+                remote::watch(node, &a, from, |commit| {
+                    print_json(io, &commit)?;
+                    Ok(io.out().flush()?)
+                })
+                .await?;
+            }
+        },
         Command::Prune { addr, before } => {
             let a = Address::parse(&addr)?;
-            let at = Address::parse(&format!("{}@{}@{before}", a.bucket, a.branch))?.at;
-            let version = store.tree(&a.bucket, &a.branch, &at)?.at().unwrap_or(Version(0));
-            let r = store.prune(&a.bucket, &a.branch, version)?;
+            let (version, r) = match on {
+                On::Store(store) => {
+                    let at = Address::parse(&format!("{}@{}@{before}", a.bucket, a.branch))?.at;
+                    let version = store.tree(&a.bucket, &a.branch, &at)?.at().unwrap_or(Version(0));
+                    (version, store.prune(&a.bucket, &a.branch, version)?)
+                }
+                On::Node(node) => {
+                    let mut answer: Value = remote::branch_post(node, &a, "prune", json!({"before": before})).await?;
+                    (
+                        serde_json::from_value(answer["before"].take())?,
+                        serde_json::from_value(answer)?,
+                    )
+                }
+            };
+            let r: alknet_fs::PruneReport = r;
             say(io, json, &r, || {
                 format!(
                     "pruned {}@{} before version {version}: {} tree rows and {} commits dropped (run `alknet gc` to reclaim space)",
@@ -540,7 +760,10 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             })?;
         }
         Command::Gc => {
-            let r = store.gc().await?;
+            let r: alknet_fs::GcReport = match on {
+                On::Store(store) => store.gc().await?,
+                On::Node(node) => node.json(M::POST, "/api/v1/gc", None).await?,
+            };
             say(io, json, &r, || {
                 format!(
                     "{} blobs live; {} of {} reclaimed; {} stale write sessions cleared",
@@ -552,7 +775,10 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             })?;
         }
         Command::Fsck => {
-            let r = store.fsck().await?;
+            let r: alknet_fs::FsckReport = match on {
+                On::Store(store) => store.fsck().await?,
+                On::Node(node) => node.json(M::POST, "/api/v1/fsck", None).await?,
+            };
             say(io, json, &r, || {
                 let mut s = format!(
                     "checked {} blobs ({} bytes) and {} entries",
@@ -571,7 +797,10 @@ async fn dispatch(store: &Store, command: Command, json: bool, io: &Stdio) -> Re
             }
         }
         Command::Stats => {
-            let s = store.stats().await?;
+            let s: alknet_fs::Stats = match on {
+                On::Store(store) => store.stats().await?,
+                On::Node(node) => node.json(M::GET, "/api/v1/stats", None).await?,
+            };
             say(io, json, &s, || {
                 format!(
                     "buckets: {}\nbranches: {}\nversions: {}\ntree rows: {}\nblobs: {} ({} bytes)\ndisk: {} bytes\npending jobs: {}\ncorrupt blobs: {}{}",
@@ -674,35 +903,58 @@ fn operator_key() -> Option<std::path::PathBuf> {
 
 /// Opens the tree an address names; `at` (from `--at`) overrides its version.
 fn open(store: &Store, addr: &str, at: Option<&str>) -> Result<(Tree, BucketPath)> {
-    let a = Address::parse(addr)?;
-    let at = match at {
-        None => a.at.clone(),
-        Some(v) => Address::parse(&format!("{}@{}@{v}", a.bucket, a.branch))?.at,
-    };
-    let tree = store.tree(&a.bucket, &a.branch, &at)?;
+    let a = at_address(addr, at)?;
+    let tree = store.tree(&a.bucket, &a.branch, &a.at)?;
     let path = tree.follow_dirs(&a.path)?;
     Ok((tree, path))
 }
 
 /// Opens a tree for writing: the address must not name a version.
 fn open_head(store: &Store, addr: &str) -> Result<(Tree, BucketPath)> {
-    let a = Address::parse(addr)?;
-    if a.at != At::Head {
-        bail!("{a}: a past version is read-only");
-    }
+    let a = head_address(addr)?;
     let tree = store.tree(&a.bucket, &a.branch, &At::Head)?;
     let path = tree.follow_dirs(&a.path)?;
     Ok((tree, path))
 }
 
+/// ADDR, read at `at` instead of its own version if given.
+fn at_address(addr: &str, at: Option<&str>) -> Result<Address> {
+    let mut a = Address::parse(addr)?;
+    if let Some(v) = at {
+        a.at = Address::parse(&format!("{}@{}@{v}", a.bucket, a.branch))?.at;
+    }
+    Ok(a)
+}
+
+/// ADDR, which must name a branch's head (a past version is read-only).
+fn head_address(addr: &str) -> Result<Address> {
+    let a = Address::parse(addr)?;
+    if a.at != At::Head {
+        bail!("{a}: a past version is read-only");
+    }
+    Ok(a)
+}
+
+/// A bucket, user or token name as one segment of a URL path.
+fn enc(s: &str) -> String {
+    http_client::encode_query(s)
+}
+
+/// `from` and `to` for `mv` and `cp`: heads of one bucket@branch.
+fn one_branch(from: &str, to: &str) -> Result<(Address, Address)> {
+    let (a, b) = (head_address(from)?, head_address(to)?);
+    if (&a.bucket, &a.branch) != (&b.bucket, &b.branch) {
+        bail!("{from} and {to} are on different branches or buckets; both must name the same bucket@branch");
+    }
+    Ok((a, b))
+}
+
 /// Resolves two addresses that must name the same bucket@branch. A `to` that
 /// is an existing directory receives the source by name, like `mv` and `cp`.
 fn same_tree(store: &Store, from: &str, to: &str) -> Result<(Tree, BucketPath, BucketPath)> {
+    let (_, to) = one_branch(from, to)?;
     let (tree, from_path) = open_head(store, from)?;
-    let (other, mut to_path) = open_head(store, to)?;
-    if (tree.bucket(), tree.branch()) != (other.bucket(), other.branch()) {
-        bail!("{from} and {to} are on different branches or buckets; both must name the same bucket@branch");
-    }
+    let mut to_path = tree.follow_dirs(&to.path)?;
     if let (Some(dir), Some((_, name))) = (tree.try_stat(&to_path)?, from_path.split_last())
         && dir.is_dir()
     {
@@ -711,48 +963,97 @@ fn same_tree(store: &Store, from: &str, to: &str) -> Result<(Tree, BucketPath, B
     Ok((tree, from_path, to_path))
 }
 
-async fn put(store: &Store, local: &str, addr: &str, mode: Option<u32>, json: bool, io: &Stdio) -> Result<()> {
-    let (tree, mut path) = open_head(store, addr)?;
-    let into_dir = path.is_root() || addr.ends_with('/') || tree.try_stat(&path)?.is_some_and(|e| e.is_dir());
-    if into_dir {
-        if local == "-" {
-            bail!("{addr}: is a directory; give a file path to store standard input");
-        }
-        let name = Path::new(local)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("{local}: has no usable file name"))?;
-        path = BucketPath::parse(&format!("{path}/{name}"))?;
+/// [`same_tree`] against a remote node.
+async fn same_branch(node: &NodeClient, from: &str, to: &str) -> Result<(Address, BucketPath, BucketPath)> {
+    let (a, b) = one_branch(from, to)?;
+    let mut to_path = b.path.clone();
+    if let (Some(dir), Some((_, name))) = (remote::try_stat(node, &b, false).await?, a.path.split_last())
+        && dir.is_dir()
+    {
+        to_path = to_path.join(name);
     }
-    let entry = if local == "-" {
-        tree.put_reader(&path, &mut io.stdin()?, mode).await?
-    } else {
-        let local_path = &io.local(local);
-        let md = std::fs::metadata(local_path).with_context(|| format!("{local}: cannot read"))?;
-        if md.is_dir() {
-            bail!("{local}: is a directory (put stores one file)");
+    let from_path = a.path.clone();
+    Ok((a, from_path, to_path))
+}
+
+async fn put(on: On<'_>, local: &str, addr: &str, mode: Option<u32>, json: bool, io: &Stdio) -> Result<()> {
+    let (place, entry) = match on {
+        On::Store(store) => {
+            let (tree, path) = open_head(store, addr)?;
+            let into_dir = tree.try_stat(&path)?.is_some_and(|e| e.is_dir());
+            let path = put_path(local, addr, path, into_dir)?;
+            let entry = match put_source(local, io)? {
+                None => tree.put_reader(&path, &mut io.stdin()?, mode).await?,
+                Some((file, len)) => {
+                    let bar = progress_bar(io, len, "storing");
+                    let on_progress = |done: u64, total: u64| show_progress(&bar, done, total);
+                    tree.put_file(&path, &file, mode, &on_progress).await?
+                }
+            };
+            (format!("{}@{}:{path}", tree.bucket(), tree.branch()), entry)
         }
-        let bar = progress_bar(io, md.len(), "storing");
-        let on_progress = |done: u64, total: u64| {
-            if let Some(b) = &bar {
-                b.set_length(total.max(1));
-                b.set_position(done);
-            }
-        };
-        let e = tree.put_file(&path, local_path, mode, &on_progress).await?;
-        if let Some(b) = bar {
+        On::Node(node) => {
+            let a = head_address(addr)?;
+            let into_dir = remote::try_stat(node, &a, true).await?.is_some_and(|e| e.is_dir());
+            let a = remote::with_path(&a, put_path(local, addr, a.path.clone(), into_dir)?);
+            let body = match put_source(local, io)? {
+                None => http_client::stream(io.stdin()?),
+                Some((file, len)) => {
+                    let bar = progress_bar(io, len, "storing");
+                    let file = tokio::fs::File::open(&file)
+                        .await
+                        .with_context(|| format!("{local}: cannot read"))?;
+                    let mut done = 0;
+                    http_client::stream(tokio_util::io::InspectReader::new(file, move |chunk: &[u8]| {
+                        done += chunk.len() as u64;
+                        show_progress(&bar, done, len);
+                    }))
+                }
+            };
+            let entry = remote::upload(node, &a, body, mode).await?;
+            (format!("{}@{}:{}", a.bucket, a.branch, a.path), entry)
+        }
+    };
+    say(io, json, &entry, || format!("stored {place} ({} bytes)", entry.size))
+}
+
+/// Where `put LOCAL ADDR` stores: ADDR, or `ADDR/NAME` when ADDR is a
+/// directory (`into_dir`, the root, or a trailing `/`).
+fn put_path(local: &str, addr: &str, path: BucketPath, into_dir: bool) -> Result<BucketPath> {
+    if !(into_dir || path.is_root() || addr.ends_with('/')) {
+        return Ok(path);
+    }
+    if local == "-" {
+        bail!("{addr}: is a directory; give a file path to store standard input");
+    }
+    let name = Path::new(local)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{local}: has no usable file name"))?;
+    Ok(BucketPath::parse(&format!("{path}/{name}"))?)
+}
+
+/// The local file `put` reads and its size; `None` for standard input.
+fn put_source(local: &str, io: &Stdio) -> Result<Option<(std::path::PathBuf, u64)>> {
+    if local == "-" {
+        return Ok(None);
+    }
+    let path = io.local(local);
+    let md = std::fs::metadata(&path).with_context(|| format!("{local}: cannot read"))?;
+    if md.is_dir() {
+        bail!("{local}: is a directory (put stores one file)");
+    }
+    Ok(Some((path, md.len())))
+}
+
+fn show_progress(bar: &Option<indicatif::ProgressBar>, done: u64, total: u64) {
+    if let Some(b) = bar {
+        b.set_length(total.max(1));
+        b.set_position(done);
+        if done >= total {
             b.finish_and_clear();
         }
-        e
-    };
-    say(io, json, &entry, || {
-        format!(
-            "stored {}@{}:{path} ({} bytes)",
-            tree.bucket(),
-            tree.branch(),
-            entry.size
-        )
-    })
+    }
 }
 
 /// `put -r DIR ADDR`: like `cp -a`, into `ADDR/DIR` if ADDR is a directory,
@@ -971,14 +1272,26 @@ fn set_mode_and_mtime(local: &Path, e: &Entry) -> Result<()> {
         .with_context(|| format!("{}: cannot set its mode", local.display()))
 }
 
-async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, json: bool, io: &Stdio) -> Result<()> {
-    let (tree, path) = open(store, addr, at)?;
-    let (path, entry) = tree.follow(&path, true)?;
+async fn get(on: On<'_>, addr: &str, output: Option<&str>, at: Option<&str>, json: bool, io: &Stdio) -> Result<()> {
+    let (tree, a);
+    let (source, path, entry) = match on {
+        On::Store(store) => {
+            let (t, path) = open(store, addr, at)?;
+            tree = t;
+            let (path, entry) = tree.follow(&path, true)?;
+            (Source::Tree(&tree), path, entry)
+        }
+        On::Node(node) => {
+            a = at_address(addr, at)?;
+            let entry = remote::stat(node, &a, true).await?;
+            (Source::Node(node, &a), a.path.clone(), entry)
+        }
+    };
     if entry.kind != Kind::File {
         bail!("{path}: not a regular file");
     }
     let output = match output {
-        Some("-") => return copy_to_stdout(&tree, &entry, io).await,
+        Some("-") => return copy_to_stdout(&source, &entry, io).await,
         // Into an existing directory, like cp.
         Some(o) if io.local(o).is_dir() => Path::new(o).join(&entry.name).display().to_string(),
         Some(o) => o.to_owned(),
@@ -995,7 +1308,18 @@ async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, 
         if let Some(b) = &bar {
             b.set_position(0);
         }
-        let written = tree.export(&entry, &tmp).await?;
+        let written = match &source {
+            Source::Tree(tree) => tree.export(&entry, &tmp).await?,
+            Source::Node(node, a) => {
+                let mut file = tokio::fs::File::create(&tmp)
+                    .await
+                    .with_context(|| format!("{}: cannot write", tmp.display()))?;
+                let on_progress = |done: u64| show_progress(&bar, done, entry.size);
+                let n = remote::download(node, a, &entry, &mut file, &on_progress).await?;
+                file.sync_all().await?;
+                n
+            }
+        };
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -1015,7 +1339,13 @@ async fn get(store: &Store, addr: &str, output: Option<&str>, at: Option<&str>, 
     say(io, json, &entry, || format!("wrote {output} ({} bytes)", entry.size))
 }
 
-async fn copy_to_stdout(tree: &Tree, entry: &Entry, io: &Stdio) -> Result<()> {
+/// Where a file's bytes come from: a tree of the store, or a remote node.
+enum Source<'a> {
+    Tree(&'a Tree),
+    Node(&'a NodeClient, &'a Address),
+}
+
+async fn copy_to_stdout(source: &Source<'_>, entry: &Entry, io: &Stdio) -> Result<()> {
     if entry.kind != Kind::File {
         bail!("{}: not a regular file", entry.name);
     }
@@ -1026,7 +1356,10 @@ async fn copy_to_stdout(tree: &Tree, entry: &Entry, io: &Stdio) -> Result<()> {
         }
     };
     let mut stdout = tokio::io::BufWriter::with_capacity(1 << 20, io.stdout()?);
-    tree.copy_to(entry, &mut stdout, &on_progress).await?;
+    match source {
+        Source::Tree(tree) => tree.copy_to(entry, &mut stdout, &on_progress).await?,
+        Source::Node(node, a) => remote::download(node, a, entry, &mut stdout, &on_progress).await?,
+    };
     stdout.flush().await?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -1057,86 +1390,177 @@ fn bar_with(io: &Stdio, wanted: bool, len: u64, what: &str, template: &str) -> O
     Some(bar)
 }
 
-fn ls(store: &Store, addr: &str, long: bool, recursive: bool, at: Option<&str>, json: bool, io: &Stdio) -> Result<()> {
-    let (tree, path) = open(store, addr, at)?;
-    let top = tree.stat(&path)?;
-    // Rows stream out as they are read: a large tree is never held.
-    let rows: Box<dyn Iterator<Item = Result<(String, Entry)>> + '_> = if !top.is_dir() {
-        Box::new(std::iter::once(Ok((top.name.clone(), top))))
-    } else if recursive {
-        let base = path.clone();
-        Box::new(tree.walk_iter(&path)?.map(move |walked| {
-            let (p, e) = walked?;
-            let rel = p
-                .as_str()
-                .strip_prefix(base.as_str())
-                .unwrap_or(p.as_str())
-                .trim_start_matches('/')
-                .to_owned();
-            Ok((rel, e))
-        }))
-    } else {
-        let (tree, path) = (&tree, path.clone());
-        let mut after: Option<String> = None;
-        let mut done = false;
-        let pages = std::iter::from_fn(move || {
-            if done {
-                return None;
-            }
-            match tree.read_dir(&path, after.as_deref(), 1000) {
-                Ok(page) if page.is_empty() => {
-                    done = true;
-                    None
+async fn ls(
+    on: On<'_>,
+    addr: &str,
+    long: bool,
+    recursive: bool,
+    at: Option<&str>,
+    json: bool,
+    io: &Stdio,
+) -> Result<()> {
+    let mut rows = Rows::new(io, long, json)?;
+    match on {
+        On::Store(store) => {
+            let (tree, path) = open(store, addr, at)?;
+            let top = tree.stat(&path)?;
+            if !top.is_dir() {
+                rows.row(&top.name, &top)?;
+            } else if recursive {
+                // Rows stream out as they are read: a large tree is never held.
+                for walked in tree.walk_iter(&path)? {
+                    let (p, e) = walked?;
+                    rows.row(relative(&path, &p), &e)?;
                 }
-                Ok(page) => {
-                    after = page.last().map(|e| e.name.clone());
-                    Some(Ok(page))
-                }
-                Err(e) => {
-                    done = true;
-                    Some(Err(e))
+            } else {
+                let mut after: Option<String> = None;
+                loop {
+                    let page = tree.read_dir(&path, after.as_deref(), 1000)?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.name.clone());
+                    for e in &page {
+                        rows.row(&e.name, e)?;
+                    }
                 }
             }
-        });
-        Box::new(
-            pages.flat_map(|page| -> Box<dyn Iterator<Item = Result<(String, Entry)>>> {
-                match page {
-                    Ok(page) => Box::new(page.into_iter().map(|e| Ok((e.name.clone(), e)))),
-                    Err(e) => Box::new(std::iter::once(Err(e.into()))),
+        }
+        On::Node(node) => {
+            let a = at_address(addr, at)?;
+            let top = remote::stat(node, &a, false).await?;
+            if !top.is_dir() {
+                rows.row(&top.name, &top)?;
+            } else {
+                // Depth first, each directory in name order, a page per level
+                // on the way down: the order and the memory of `walk_iter`.
+                let mut stack = vec![(a.path.clone(), None::<String>, Vec::<Entry>::new().into_iter())];
+                while let Some((dir, after, mut page)) = stack.pop() {
+                    let Some(e) = page.next() else {
+                        let at = remote::with_path(&a, dir.clone());
+                        let page = remote::list_page(node, &at, after.as_deref()).await?;
+                        if let Some(last) = page.last() {
+                            let after = Some(last.name.clone());
+                            stack.push((dir, after, page.into_iter()));
+                        }
+                        continue;
+                    };
+                    let p = dir.join(&e.name);
+                    stack.push((dir, after, page));
+                    if recursive {
+                        rows.row(relative(&a.path, &p), &e)?;
+                        if e.is_dir() {
+                            stack.push((p, None, Vec::new().into_iter()));
+                        }
+                    } else {
+                        rows.row(&e.name, &e)?;
+                    }
                 }
-            }),
-        )
-    };
-    let mut out = io.out();
-    if json {
-        // One JSON array, written entry by entry.
-        write!(out, "[")?;
-        for (i, row) in rows.enumerate() {
-            let (p, e) = row?;
-            if i > 0 {
+            }
+        }
+    }
+    rows.finish()
+}
+
+/// `path` below `base`, without a leading `/`.
+fn relative<'p>(base: &BucketPath, path: &'p BucketPath) -> &'p str {
+    path.as_str()
+        .strip_prefix(base.as_str())
+        .unwrap_or(path.as_str())
+        .trim_start_matches('/')
+}
+
+/// `ls` output, written a row at a time: names, long rows, or one JSON array.
+struct Rows<'a> {
+    out: std::sync::MutexGuard<'a, std::io::BufWriter<crate::stdio::Cut>>,
+    long: bool,
+    json: bool,
+    count: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(io: &'a Stdio, long: bool, json: bool) -> Result<Rows<'a>> {
+        let mut out = io.out();
+        if json {
+            write!(out, "[")?;
+        }
+        Ok(Rows {
+            out,
+            long,
+            json,
+            count: 0,
+        })
+    }
+
+    fn row(&mut self, name: &str, e: &Entry) -> Result<()> {
+        let out = &mut *self.out;
+        if self.json {
+            if self.count > 0 {
                 write!(out, ",")?;
             }
-            serde_json::to_writer(&mut *out, &serde_json::json!({"path": p, "entry": e}))?;
-        }
-        writeln!(out, "]")?;
-        return Ok(());
-    }
-    for row in rows {
-        let (name, e) = row?;
-        if long {
+            serde_json::to_writer(&mut *out, &json!({"path": name, "entry": e}))?;
+        } else if self.long {
             let target = e.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
             writeln!(
                 out,
                 "{} {:>12} {} {name}{target}",
-                mode_string(&e),
+                mode_string(e),
                 e.size,
                 format_time(e.mtime_ns / 1_000_000)
             )?;
         } else {
             writeln!(out, "{name}")?;
         }
+        self.count += 1;
+        Ok(())
     }
-    Ok(())
+
+    fn finish(mut self) -> Result<()> {
+        if self.json {
+            writeln!(self.out, "]")?;
+        }
+        Ok(())
+    }
+}
+
+/// `log ADDR -n LIMIT`: the branch's commits, or those that touched ADDR's
+/// path, newest first, read a page at a time.
+async fn log(on: On<'_>, addr: &str, limit: usize) -> Result<Vec<alknet_fs::Commit>> {
+    enum Branch<'a> {
+        Tree(&'a Store, Tree),
+        Node(&'a NodeClient, Address),
+    }
+    let (branch, path) = match on {
+        On::Store(store) => {
+            let (tree, path) = open(store, addr, None)?;
+            if path.is_root() {
+                return Ok(store.log(&tree, limit)?);
+            }
+            (Branch::Tree(store, tree), path)
+        }
+        On::Node(node) => {
+            let a = Address::parse(addr)?;
+            let path = a.path.clone();
+            (Branch::Node(node, a), path)
+        }
+    };
+    let touches = |c: &alknet_fs::Commit| {
+        path.is_root()
+            || c.paths
+                .iter()
+                .any(|p| BucketPath::parse(p).is_ok_and(|p| p.starts_with(&path) || path.starts_with(&p)))
+    };
+    let (mut found, mut before) = (Vec::new(), None);
+    let per_page = if path.is_root() { limit.clamp(1, 1000) } else { 1000 };
+    while found.len() < limit {
+        let page = match &branch {
+            Branch::Tree(store, tree) => store.log_before(tree, before, per_page)?,
+            Branch::Node(node, a) => remote::log_page(node, a, before, per_page).await?,
+        };
+        let Some(last) = page.last() else { break };
+        before = Some(last.version);
+        found.extend(page.into_iter().filter(touches));
+    }
+    found.truncate(limit);
+    Ok(found)
 }
 
 fn watch(store: &Store, addr: &str, from: Option<u64>, io: &Stdio) -> Result<()> {

@@ -7,6 +7,7 @@ mod git_helper;
 mod keys;
 mod mount;
 mod node;
+mod remote;
 mod server;
 mod stdio;
 
@@ -28,6 +29,11 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Run the command on a remote node's HTTP API instead of the data
+    /// directory: http://HOST:PORT, https://HOST:PORT or NODE_ID@HOST:PORT
+    /// (QUIC). The token to sign in with is read from ALKNET_TOKEN.
+    #[arg(long, env = "ALKNET_NODE", value_name = "URL")]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }

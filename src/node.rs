@@ -302,7 +302,7 @@ async fn run_cli(store: &Store, argv: Vec<Vec<u8>>, io: &Stdio) -> u8 {
     let args =
         std::iter::once(std::ffi::OsString::from("alknet")).chain(argv.into_iter().map(std::ffi::OsString::from_vec));
     match crate::Cli::try_parse_from(args) {
-        Ok(cli) => crate::commands::execute(store, cli.command, cli.json, io).await,
+        Ok(cli) => crate::commands::execute(crate::commands::On::Store(store), cli.command, cli.json, io).await,
         Err(e) => {
             // The client parsed these arguments already; this is a version mismatch at most.
             io.warn(format_args!("{}", e.to_string().trim_end()));

@@ -8,14 +8,14 @@
 //! every frontend opens the trees it serves through it.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::db::now_ms;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
 /// What a grant allows, in increasing order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Read,
@@ -80,7 +80,7 @@ impl Principal {
 }
 
 /// A user as listed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct User {
     pub name: String,

@@ -73,7 +73,7 @@ impl Inner {
 }
 
 /// What [`Store::gc`] did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GcReport {
     /// Distinct blobs referenced by some version of some tree.
     pub live: usize,
@@ -85,7 +85,7 @@ pub struct GcReport {
 }
 
 /// What [`Store::prune`] removed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PruneReport {
     /// Tree rows no readable version needed any more.
     pub rows: u64,
@@ -94,7 +94,7 @@ pub struct PruneReport {
 }
 
 /// What [`Store::fsck`] found. Clean when `problems` is empty.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FsckReport {
     pub blobs_checked: usize,
     pub bytes_checked: u64,
@@ -115,7 +115,7 @@ pub struct Space {
 }
 
 /// Counts for `alknet stats`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stats {
     pub buckets: u64,
     pub branches: u64,

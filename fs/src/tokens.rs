@@ -8,7 +8,7 @@
 //! user, when it expires, or when it is revoked.
 
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::access::Principal;
@@ -20,7 +20,7 @@ use crate::store::Store;
 pub const TOKEN_PREFIX: &str = "alk_";
 
 /// A token as listed (never its secret).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TokenInfo {
     pub id: i64,

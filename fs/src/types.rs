@@ -162,7 +162,7 @@ impl Entry {
 }
 
 /// A bucket as listed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BucketInfo {
     pub name: String,
     pub kind: String,
@@ -173,7 +173,7 @@ pub struct BucketInfo {
 }
 
 /// A branch as listed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BranchInfo {
     pub name: String,
     /// The branch it was forked from, and at which version.
@@ -185,7 +185,7 @@ pub struct BranchInfo {
 }
 
 /// One committed mutation, as listed by `log` and delivered by `watch`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
     pub version: Version,
     pub bucket: String,
@@ -198,14 +198,14 @@ pub struct Commit {
 }
 
 /// A named snapshot.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnapshotInfo {
     pub name: String,
     pub version: Version,
 }
 
 /// One difference between two trees.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "lowercase")]
 pub enum Change {
     Added {

@@ -45,6 +45,9 @@ pub struct OpenOptions {
     /// other requests see it before close (SFTP and FUSE clients stat what
     /// they just created). Without it a new file appears only at close.
     pub create_visible: bool,
+    /// Make missing parent directories, in the commit that publishes the
+    /// file (not with `create_visible`).
+    pub parents: bool,
 }
 
 impl OpenOptions {
@@ -86,6 +89,11 @@ impl OpenOptions {
         self.create_visible = yes;
         self
     }
+
+    pub fn parents(mut self, yes: bool) -> Self {
+        self.parents = yes;
+        self
+    }
 }
 
 /// An open file being written. See the module docs.
@@ -104,6 +112,8 @@ pub struct WriteSession {
     registration: Option<i64>,
     mode: Option<u32>,
     mtime_ns: Option<i64>,
+    /// Make missing parents when the file is published.
+    parents: bool,
     /// Set by close or abort; until then, drop cleans up.
     finished: bool,
     /// The first write or truncate that failed (refused by the limits, or
@@ -152,9 +162,13 @@ impl Tree {
             Some(_) => {}
             None if !opts.create => return Err(Error::NotFound(path.to_string())),
             None => {
-                let parent = self.stat(&parent_path)?;
-                if !parent.is_dir() {
-                    return Err(Error::NotADirectory(parent_path.to_string()));
+                match self.try_stat(&parent_path)? {
+                    Some(parent) if !parent.is_dir() => {
+                        return Err(Error::NotADirectory(parent_path.to_string()));
+                    }
+                    Some(_) => {}
+                    None if opts.parents && !opts.create_visible => {}
+                    None => return Err(Error::NotFound(parent_path.to_string())),
                 }
                 if opts.create_visible {
                     existing = Some(self.create_empty(path, opts.mode)?);
@@ -187,6 +201,7 @@ impl Tree {
             registration,
             mode: opts.mode,
             mtime_ns: None,
+            parents: opts.parents,
             finished: false,
             refused: None,
             quota: None,
@@ -256,10 +271,7 @@ impl Tree {
         mode: Option<u32>,
     ) -> Result<Entry> {
         use tokio::io::AsyncReadExt;
-        if let Some((parent, _)) = path.split_last() {
-            self.mkdir_all(&parent)?;
-        }
-        let mut s = self.open_write(path, OpenOptions::replace()).await?;
+        let mut s = self.open_write(path, OpenOptions::replace().parents(true)).await?;
         s.mode = mode;
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = 0u64;
@@ -504,7 +516,7 @@ impl WriteSession {
             Staged::Closed => return Err(Error::Internal("a closed write session was closed again".into())),
         };
         let place = Place {
-            create_parents: false,
+            create_parents: self.parents,
             mode: self.mode,
             mtime_ns: self.mtime_ns,
             expect: self.expect,

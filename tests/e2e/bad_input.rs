@@ -27,7 +27,7 @@ fn bad_names_paths_and_addresses() {
         (&["put", "/definitely/not/here", "b:/x"], "cannot read"),
         (&["bucket", "create", "b"], "already exists"),
         (&["mkdir", "b:/keep/sub"], "not a directory"),
-        (&["mv", "b:/keep", "other:/keep"], "does not exist"),
+        (&["mv", "b:/keep", "other:/keep"], "different branches or buckets"),
         (&["put", "--mode", "999", "-", "b:/x"], "not an octal mode"),
     ];
     for (args, want) in cases {

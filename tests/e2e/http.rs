@@ -63,7 +63,7 @@ fn curl(token: Option<&str>, args: &[&str], url: &str) -> Reply {
 }
 
 /// Adds the admin user `admin` (the tests' nodes start with no users).
-fn add_admin(node: &Node) {
+pub(crate) fn add_admin(node: &Node) {
     let key = crate::util::client_key(node, "admin-key");
     node.ok(&[
         "user",
@@ -75,7 +75,7 @@ fn add_admin(node: &Node) {
     ]);
 }
 
-fn token(node: &Node, user: &str, extra: &[&str]) -> String {
+pub(crate) fn token(node: &Node, user: &str, extra: &[&str]) -> String {
     let mut args = vec!["token", "create", user];
     args.extend_from_slice(extra);
     let out = node.ok(&args);
@@ -89,14 +89,7 @@ fn setup() -> (Node, Server, String, String) {
     let node = Node::new();
     add_admin(&node);
     node.ok(&["bucket", "create", "docs"]);
-    let key = crate::util::client_key(&node, "bob");
-    node.ok(&[
-        "user",
-        "add",
-        "bob",
-        "--key",
-        key.with_extension("pub").to_str().expect("utf-8"),
-    ]);
+    crate::util::add_user(&node, "bob");
     node.ok(&["grant", "bob", "docs", "read"]);
     let server = Server::start(&node);
     let admin = token(&node, "admin", &[]);
@@ -637,26 +630,7 @@ fn the_api_answers_over_quic_and_tls() {
     // TLS from a self-signed certificate.
     let cert = node.work.join("cert.pem");
     let key = node.work.join("key.pem");
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success(), "{}", combined(&made));
+    self_signed(&cert, &key);
     let settings = std::fs::read_to_string(node.data.join("alknet.toml")).expect("settings");
     let settings = settings.replace(
         "metrics_public = false",
@@ -672,6 +646,32 @@ fn the_api_answers_over_quic_and_tls() {
     );
     assert_eq!(got.text(), "over quic");
     assert!(server.stop());
+}
+
+/// Makes a self-signed server certificate for 127.0.0.1 and its key.
+pub(crate) fn self_signed(cert: &std::path::Path, key: &std::path::Path) {
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
+        // A server's certificate, not a CA's: rustls refuses a CA one.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", combined(&made));
 }
 
 /// A 100,000-entry directory pages by cursor: every name once, in order.

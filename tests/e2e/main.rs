@@ -12,6 +12,7 @@ mod hardening;
 mod http;
 mod mount;
 mod node;
+mod remote;
 mod remote_mount;
 mod sftp;
 mod util;

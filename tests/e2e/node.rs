@@ -9,12 +9,12 @@ use crate::mount::{Mounted, is_mounted};
 use crate::util::{Node, Server, combined, sigkill};
 
 /// One command line and, for `put -`, its standard input.
-struct Step {
-    args: Vec<String>,
-    stdin: &'static [u8],
+pub(crate) struct Step {
+    pub(crate) args: Vec<String>,
+    pub(crate) stdin: &'static [u8],
 }
 
-fn step(args: &[&str]) -> Step {
+pub(crate) fn step(args: &[&str]) -> Step {
     Step {
         args: args.iter().map(|a| a.to_string()).collect(),
         stdin: b"",
@@ -22,17 +22,44 @@ fn step(args: &[&str]) -> Step {
 }
 
 fn run(node: &Node, s: &Step) -> Output {
-    use std::io::Write;
     let args: Vec<&str> = s.args.iter().map(String::as_str).collect();
-    let mut child = node
-        .cmd(&args)
+    run_with(node.cmd(&args), s.stdin)
+}
+
+/// Runs `cmd` with `stdin` and collects its output.
+pub(crate) fn run_with(mut cmd: Command, stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn alknet");
-    child.stdin.take().expect("stdin").write_all(s.stdin).expect("stdin");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("stdin");
     child.wait_with_output().expect("wait")
+}
+
+/// Asserts that step `s` exited the same way and printed the same bytes in
+/// two runs, each with the work directory it ran in.
+pub(crate) fn assert_same(s: &Step, (a, a_work): (&Output, &Path), (b, b_work): (&Output, &Path)) {
+    let what = s.args.join(" ");
+    assert_eq!(
+        a.status.code(),
+        b.status.code(),
+        "alknet {what}: exit codes\n{}\n{}",
+        combined(a),
+        combined(b)
+    );
+    assert_eq!(
+        normalized(&a.stdout, a_work),
+        normalized(&b.stdout, b_work),
+        "alknet {what}: stdout"
+    );
+    assert_eq!(
+        normalized(&a.stderr, a_work),
+        normalized(&b.stderr, b_work),
+        "alknet {what}: stderr"
+    );
 }
 
 /// Output with what differs between two runs of the same steps replaced:
@@ -152,26 +179,7 @@ fn every_command_answers_the_same_through_a_running_node() {
     ];
     steps.push(step(&["bucket", "list"]));
     for s in &steps {
-        let a = run(&direct, s);
-        let b = run(&beside, s);
-        let what = s.args.join(" ");
-        assert_eq!(
-            a.status.code(),
-            b.status.code(),
-            "alknet {what}: exit codes\n{}\n{}",
-            combined(&a),
-            combined(&b)
-        );
-        assert_eq!(
-            normalized(&a.stdout, &direct.work),
-            normalized(&b.stdout, &beside.work),
-            "alknet {what}: stdout"
-        );
-        assert_eq!(
-            normalized(&a.stderr, &direct.work),
-            normalized(&b.stderr, &beside.work),
-            "alknet {what}: stderr"
-        );
+        assert_same(s, (&run(&direct, s), &direct.work), (&run(&beside, s), &beside.work));
     }
     // The files `get` wrote landed in the client's directory, not the node's.
     assert_eq!(

@@ -28,7 +28,9 @@ impl Node {
             .arg(&self.data)
             .args(args)
             .current_dir(&self.work)
-            .env_remove("ALKNET_DATA");
+            .env_remove("ALKNET_DATA")
+            .env_remove("ALKNET_NODE")
+            .env_remove("ALKNET_TOKEN");
         c
     }
 
@@ -267,6 +269,19 @@ pub(crate) enum Via {
 }
 
 /// A client key pair made with ssh-keygen in the node's work dir.
+/// Adds user `name` with a new key (see [`client_key`]); returns the key.
+pub(crate) fn add_user(node: &Node, name: &str) -> PathBuf {
+    let key = client_key(node, name);
+    node.ok(&[
+        "user",
+        "add",
+        name,
+        "--key",
+        key.with_extension("pub").to_str().expect("utf-8"),
+    ]);
+    key
+}
+
 pub(crate) fn client_key(node: &Node, name: &str) -> PathBuf {
     let key = node.work.join(name);
     if !key.exists() {

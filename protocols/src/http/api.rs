@@ -205,6 +205,22 @@ pub const ROUTES: &[Route] = &[
         "json",
     ),
     r(
+        "POST",
+        "/api/v1/buckets/{bucket}/branches/{branch}/symlink",
+        "Create a symlink {path, target}.",
+        "write",
+        Some("json"),
+        "json",
+    ),
+    r(
+        "POST",
+        "/api/v1/buckets/{bucket}/branches/{branch}/prune",
+        "Forget the history before {before: VERSION|SNAPSHOT}.",
+        "admin",
+        Some("json"),
+        "json",
+    ),
+    r(
         "GET",
         "/api/v1/b/{bucket}/{branch}",
         "The root directory's listing (?after, ?limit).",
@@ -215,7 +231,7 @@ pub const ROUTES: &[Route] = &[
     r(
         "GET",
         "/api/v1/b/{bucket}/{branch}/{*path}",
-        "A file's bytes (Range, If-None-Match), a directory's listing (?after, ?limit), or with ?stat an entry.",
+        "A file's bytes (Range, If-None-Match), a directory's listing (?after, ?limit), or with ?stat an entry (?stat=follow: a symlink's target).",
         "read",
         None,
         "bytes",
@@ -339,20 +355,22 @@ fn handler(i: usize) -> MethodRouter<App> {
         14 => on(f, mkdir),
         15 => on(f, move_entry),
         16 => on(f, copy_entry),
-        17 => on(f, get_root),
-        18 => on(f, get_file),
-        19 => on(f, put_file),
-        20 => on(f, delete_file),
-        21 => on(f, gc),
-        22 => on(f, fsck),
-        23 => on(f, stats),
-        24 => on(f, list_users),
-        25 => on(f, grant),
-        26 => on(f, revoke),
-        27 => on(f, list_tokens),
-        28 => on(f, create_token),
-        29 => on(f, revoke_token),
-        30 => on(f, metrics),
+        17 => on(f, symlink),
+        18 => on(f, prune),
+        19 => on(f, get_root),
+        20 => on(f, get_file),
+        21 => on(f, put_file),
+        22 => on(f, delete_file),
+        23 => on(f, gc),
+        24 => on(f, fsck),
+        25 => on(f, stats),
+        26 => on(f, list_users),
+        27 => on(f, grant),
+        28 => on(f, revoke),
+        29 => on(f, list_tokens),
+        30 => on(f, create_token),
+        31 => on(f, revoke_token),
+        32 => on(f, metrics),
         _ => unreachable!("one handler per route"),
     }
 }
@@ -640,7 +658,10 @@ async fn set_quota(State(app): State<App>, headers: HeaderMap, Path(bucket): Pat
     let req: Quota = parse(&body)?;
     blocking(move || {
         app.store.set_quota(&bucket, req.quota)?;
-        Ok(axum::Json(json!({"bucket": bucket, "quota": req.quota})))
+        let used = app.store.head_bytes(&bucket, alknet_fs::DEFAULT_BRANCH)?;
+        Ok(axum::Json(
+            json!({"bucket": bucket, "quota": req.quota, "main_bytes": used}),
+        ))
     })
     .await
 }
@@ -922,6 +943,60 @@ async fn copy_entry(
 }
 
 #[derive(Deserialize)]
+struct SymlinkBody {
+    path: String,
+    target: String,
+}
+
+async fn symlink(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((bucket, branch)): Path<(String, String)>,
+    body: Bytes,
+) -> Answer<Response> {
+    let who = caller(&app, &headers).await?;
+    let req: SymlinkBody = parse(&body)?;
+    blocking(move || {
+        let (tree, _) = open_tree(&app.store, &who, &bucket, &branch, "", Level::Write)?;
+        let e = tree.symlink(&path_of(&req.path)?, &req.target)?;
+        Ok((StatusCode::CREATED, to_json(&e)).into_response())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct PruneBody {
+    before: String,
+}
+
+async fn prune(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((bucket, branch)): Path<(String, String)>,
+    body: Bytes,
+) -> Answer {
+    let who = caller(&app, &headers).await?;
+    let req: PruneBody = parse(&body)?;
+    blocking(move || {
+        app.store.check_as(&who, &bucket, Level::Admin)?;
+        let (tree, _) = open_tree(
+            &app.store,
+            &who,
+            &bucket,
+            &format!("{branch}@{}", req.before),
+            "",
+            Level::Read,
+        )?;
+        let before = tree.at().unwrap_or(Version(0));
+        let report = app.store.prune(tree.bucket(), tree.branch(), before)?;
+        Ok(axum::Json(
+            json!({"before": before, "rows": report.rows, "commits": report.commits}),
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
 struct FileQuery {
     after: Option<String>,
     limit: Option<usize>,
@@ -960,10 +1035,12 @@ async fn read_path(
 ) -> Answer<Response> {
     let who = caller(&app, &headers).await?;
     let store = app.store.clone();
+    // `?stat`: the entry itself; `?stat=follow`: what a symlink leads to.
     let stat = q.stat.is_some();
+    let lstat = stat && q.stat.as_deref() != Some("follow");
     let (tree, path, entry) = blocking(move || {
         let (tree, path) = open_tree(&store, &who, &bucket, &branch, &path, Level::Read)?;
-        let (path, entry) = if stat {
+        let (path, entry) = if lstat {
             let e = tree.stat(&path)?;
             (path, e)
         } else {
@@ -1125,9 +1202,6 @@ async fn put_file(
         if path.is_root() {
             return Err(ApiError::bad("a file needs a path below the branch's root"));
         }
-        if parents && let Some((dir, _)) = path.split_last() {
-            tree.mkdir_all(&dir)?;
-        }
         let existed = tree.try_stat(&path)?;
         Ok((tree, path, existed))
     })
@@ -1137,7 +1211,7 @@ async fn put_file(
     {
         return Err(alknet_fs::Error::IsADirectory(path.to_string()).into());
     }
-    let mut opts = OpenOptions::replace();
+    let mut opts = OpenOptions::replace().parents(parents);
     if let Some(m) = mode {
         opts = opts.mode(m);
     }

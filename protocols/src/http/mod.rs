@@ -11,6 +11,7 @@
 //! each request's head (a slow-loris client is cut off).
 
 mod api;
+pub mod client;
 
 use std::future::Future;
 use std::path::Path;
