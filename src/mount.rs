@@ -31,7 +31,7 @@ pub(crate) async fn run(
     // This process holds the store now: later commands and mounts on the
     // data directory go through it (decision 18).
     let socket = crate::node::Listener::bind(store)?;
-    let backend = alknet_mount::Local::new(store, tree, read_only);
+    let backend = alknet_mount_protocol::Local::new(store, tree, read_only);
     let out = serve(Arc::new(backend), addr, &address, mountpoint, owner).await;
     // Mounts and commands that came through this process keep it alive
     // until they end, or until another SIGINT or SIGTERM.
@@ -55,14 +55,14 @@ pub(crate) struct CacheOptions {
 }
 
 impl CacheOptions {
-    fn open(&self) -> Result<alknet_mount::Cache> {
+    fn open(&self) -> Result<alknet_mount_protocol::Cache> {
         let dir = match &self.dir {
             Some(p) => p.clone(),
             None => std::env::home_dir()
                 .context("no home directory for the cache: give one with --cache-dir")?
                 .join(".cache/alknet/blobs"),
         };
-        alknet_mount::Cache::open(&dir, self.bytes).with_context(|| format!("cache at {}", dir.display()))
+        alknet_mount_protocol::Cache::open(&dir, self.bytes).with_context(|| format!("cache at {}", dir.display()))
     }
 }
 
@@ -79,7 +79,7 @@ pub(crate) async fn run_beside(
     // Redials come from this directory, whatever the mount's working directory is.
     let data = std::path::absolute(data)?;
     let dial = SocketDial { data: data.clone() };
-    let remote = alknet_mount::Remote::connect(dial, addr, read_only, Arc::new(cache.open()?))
+    let remote = alknet_mount_protocol::Remote::connect(dial, addr, read_only, Arc::new(cache.open()?))
         .await
         .with_context(|| format!("mounting {addr} through the node on {}", data.display()))?;
     let owner = owner_of(&data)?;
@@ -91,11 +91,11 @@ struct SocketDial {
     data: PathBuf,
 }
 
-impl alknet_mount::Dial for SocketDial {
-    fn dial(&self) -> alknet_mount::Dialing<'_> {
+impl alknet_mount_protocol::Dial for SocketDial {
+    fn dial(&self) -> alknet_mount_protocol::Dialing<'_> {
         Box::pin(async move {
             let conn = crate::node::dial_mount(&self.data).await?;
-            Ok(Box::pin(conn) as alknet_mount::Stream)
+            Ok(Box::pin(conn) as alknet_mount_protocol::Stream)
         })
     }
 }
@@ -122,7 +122,7 @@ pub(crate) async fn run_remote(
         link: Arc::new(Mutex::new(None)),
     };
     let link = dial.link.clone();
-    let remote = alknet_mount::Remote::connect(dial, addr, read_only, Arc::new(cache))
+    let remote = alknet_mount_protocol::Remote::connect(dial, addr, read_only, Arc::new(cache))
         .await
         .with_context(|| format!("mounting {addr} from {}", opts.node))?;
     let owner = owner_of(mountpoint)?;
@@ -143,12 +143,13 @@ struct NodeDial {
     link: Arc<Mutex<Option<alknet_protocols::Link>>>,
 }
 
-impl alknet_mount::Dial for NodeDial {
-    fn dial(&self) -> alknet_mount::Dialing<'_> {
+impl alknet_mount_protocol::Dial for NodeDial {
+    fn dial(&self) -> alknet_mount_protocol::Dialing<'_> {
         Box::pin(async move {
-            let channel = alknet_protocols::open_subsystem(&self.node, &self.identity, alknet_mount::SUBSYSTEM)
-                .await
-                .map_err(std::io::Error::other)?;
+            let channel =
+                alknet_protocols::open_subsystem(&self.node, &self.identity, alknet_mount_protocol::SUBSYSTEM)
+                    .await
+                    .map_err(std::io::Error::other)?;
             let old = self
                 .link
                 .lock()
@@ -157,7 +158,7 @@ impl alknet_mount::Dial for NodeDial {
             if let Some(old) = old {
                 old.close().await;
             }
-            Ok(Box::pin(channel.stream) as alknet_mount::Stream)
+            Ok(Box::pin(channel.stream) as alknet_mount_protocol::Stream)
         })
     }
 }
@@ -183,7 +184,7 @@ fn owner_of(path: &Path) -> Result<(u32, u32)> {
 /// Mounts `backend` and serves it until it is unmounted or the process gets
 /// SIGINT or SIGTERM (then it unmounts).
 async fn serve(
-    backend: Arc<dyn alknet_mount::Backend>,
+    backend: Arc<dyn alknet_mount_protocol::Backend>,
     addr: &str,
     address: &Address,
     mountpoint: &Path,

@@ -14,7 +14,7 @@
 //!   without a node because the same code prints them. A client that hangs
 //!   up (killed, Ctrl-C) cancels its command.
 //! - `mount`: the connection becomes a remote-mount session
-//!   (`alknet_mount::serve`) on a tree of this data directory.
+//!   (`alknet_mount_protocol::serve`) on a tree of this data directory.
 //!
 //! Only the data directory's owner (or root) may connect: the socket is
 //! mode 0600, and each peer's uid is checked (`SO_PEERCRED`). The owner is
@@ -255,7 +255,7 @@ async fn session(mut conn: UnixStream, store: Store) -> Result<()> {
     };
     match request {
         Request::Mount => {
-            let summary = alknet_mount::serve(conn, |addr, read_only| {
+            let summary = alknet_mount_protocol::serve(conn, |addr, read_only| {
                 alknet_protocols::mount_tree(&store, None, addr, read_only)
             })
             .await

@@ -1,9 +1,9 @@
 //! alknet-mount: a FUSE filesystem of one `bucket@branch` (fuser 0.18).
 //!
-//! An adapter from FUSE requests to a [`Backend`] — a tree of a data
-//! directory this process holds ([`Local`]), or a tree on a node reached
-//! through its endpoint ([`Remote`], whose node answers with a [`Local`]):
-//! one code path for both. Inode numbers are entry ids plus one (entry ids
+//! An adapter from FUSE requests to a [`Backend`] (`alknet-mount-protocol`)
+//! — a tree of a data directory this process holds (`Local`), or a tree on
+//! a node reached through its endpoint (`Remote`, whose node answers with a
+//! `Local`): one code path for both. Inode numbers are entry ids plus one (entry ids
 //! survive renames, so the kernel's inodes do too); an open-for-write file
 //! is a [`Writer`] session (readers see the old content until the writer's
 //! `close` — FUSE `flush` — publishes the new one; a crash leaves the old
@@ -18,18 +18,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alknet_fs::{Entry, EntryId, Kind};
 
-mod backend;
-mod cache;
-mod remote;
-
-pub use backend::{Backend, Local, Reader, Writer};
-pub use cache::Cache;
+use alknet_mount_protocol::{Backend, Errno, Reader, Writer};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
 };
-pub use remote::{Dial, Dialing, Duplex, Remote, SUBSYSTEM, Stream, Summary, serve};
 
 /// How long the kernel may cache names and attributes. Short: other clients
 /// (SFTP, git, another mount) change the tree behind the kernel's back.
@@ -100,10 +94,15 @@ fn id_of(ino: INodeNo) -> EntryId {
 }
 
 /// Answers a request that returns nothing but success or an errno.
+/// The kernel's form of an errno.
+fn fuse(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.code())
+}
+
 fn done(reply: ReplyEmpty, result: Result<(), Errno>) {
     match result {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
+        Err(e) => reply.error(fuse(e)),
     }
 }
 
@@ -422,7 +421,7 @@ impl Mount {
     fn reply_entry(&self, made: Result<Entry, Errno>, reply: ReplyEntry) {
         match made {
             Ok(e) => reply.entry(&TTL, &self.attr(&e), Generation(0)),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 }
@@ -446,12 +445,12 @@ impl Filesystem for Mount {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match name_of(name) {
             Ok(n) => n,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(fuse(e)),
         };
         match self.backend.lookup(id_of(parent), name) {
             Ok(Some(e)) => reply.entry(&TTL, &self.attr(&e), Generation(0)),
-            Ok(None) => reply.error(Errno::ENOENT),
-            Err(e) => reply.error(e),
+            Ok(None) => reply.error(fuse(Errno::ENOENT)),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -462,7 +461,7 @@ impl Filesystem for Mount {
         match self.entry(ino) {
             Ok(e) if e.kind == Kind::File => reply.attr(&TTL, &self.attr_as(&e, open)),
             Ok(e) => reply.attr(&TTL, &self.attr(&e)),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -531,7 +530,7 @@ impl Filesystem for Mount {
         };
         match run() {
             Ok(e) => reply.attr(&TTL, &self.attr(&e)),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -540,8 +539,8 @@ impl Filesystem for Mount {
             Ok(e) if e.kind == Kind::Symlink => {
                 reply.data(self.shown_target(e.target.as_deref().unwrap_or_default()).as_bytes())
             }
-            Ok(_) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
+            Ok(_) => reply.error(fuse(Errno::EINVAL)),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -638,7 +637,7 @@ impl Filesystem for Mount {
         };
         match run() {
             Ok(fh) => reply.opened(fh, FopenFlags::empty()),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -662,7 +661,7 @@ impl Filesystem for Mount {
         };
         match run() {
             Ok((e, fh)) => reply.created(&TTL, &self.attr(&e), Generation(0), fh, FopenFlags::empty()),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -692,7 +691,7 @@ impl Filesystem for Mount {
         };
         match run() {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -725,7 +724,7 @@ impl Filesystem for Mount {
         };
         match run() {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -759,7 +758,7 @@ impl Filesystem for Mount {
     ) {
         let removed = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
         let Some(h) = removed else {
-            return reply.error(Errno::EBADF);
+            return reply.error(fuse(Errno::EBADF));
         };
         // Publish before leaving the writers, so a stat between close(2)
         // and the end of this release sees the new state, never the old.
@@ -798,7 +797,7 @@ impl Filesystem for Mount {
         };
         match run() {
             Ok(fh) => reply.opened(fh, FopenFlags::empty()),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -808,7 +807,7 @@ impl Filesystem for Mount {
         });
         match listed {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -827,7 +826,7 @@ impl Filesystem for Mount {
         });
         match listed {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 
@@ -843,11 +842,11 @@ impl Filesystem for Mount {
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
         // Extended attributes are not stored; ENOTSUP makes the kernel stop asking.
-        reply.error(Errno::ENOTSUP);
+        reply.error(fuse(Errno::ENOTSUP));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOTSUP);
+        reply.error(fuse(Errno::ENOTSUP));
     }
 
     fn setxattr(
@@ -860,11 +859,11 @@ impl Filesystem for Mount {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOTSUP);
+        reply.error(fuse(Errno::ENOTSUP));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOTSUP);
+        reply.error(fuse(Errno::ENOTSUP));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -879,7 +878,7 @@ impl Filesystem for Mount {
                 alknet_fs::MAX_COMPONENT as u32,
                 s.block_size as u32,
             ),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(fuse(e)),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! [`serve`] runs that server on a TCP listener and on a QUIC endpoint under
 //! the ALPN `alknet/ssh`; [`proxy`] is the client side of that bridge.
 //! The server also runs the remote mount's `alknet-fs` subsystem (the
-//! protocol lives in `alknet-mount`); [`open_subsystem`] is its client side.
+//! protocol lives in `alknet-mount-protocol`); [`open_subsystem`] is its client side.
 //!
 //! Read `sftp.rs` first: it shows how a protocol maps onto the store.
 

@@ -335,7 +335,7 @@ impl russh::server::Handler for Conn {
             session.channel_failure(id)?;
             return Ok(());
         };
-        if name != "sftp" && name != alknet_mount::SUBSYSTEM {
+        if name != "sftp" && name != alknet_mount_protocol::SUBSYSTEM {
             session.channel_failure(id)?;
             return Ok(());
         }
@@ -343,14 +343,14 @@ impl russh::server::Handler for Conn {
             return Ok(());
         };
         let peer = self.peer.clone();
-        if name == alknet_mount::SUBSYSTEM {
+        if name == alknet_mount_protocol::SUBSYSTEM {
             let store = self.shared.store.clone();
             let who = user.clone();
             let open = move |addr: &str, read_only: bool| mount_tree(&store, Some(&who), addr, read_only);
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 let counted = shared.metrics.session("mount");
-                match alknet_mount::serve(channel.into_stream(), open).await {
+                match alknet_mount_protocol::serve(channel.into_stream(), open).await {
                     Ok(s) => {
                         counted.done(true);
                         tracing::info!(
@@ -450,14 +450,14 @@ pub fn mount_tree(
     user: Option<&str>,
     addr: &str,
     read_only: bool,
-) -> Result<alknet_mount::Local, String> {
+) -> Result<alknet_mount_protocol::Local, String> {
     let a = Address::parse(addr).map_err(|e| e.to_string())?;
     if !a.path.is_root() {
         return Err(format!("{addr}: mount a bucket or branch, not a path inside it"));
     }
     let Some(user) = user else {
         let tree = store.tree(&a.bucket, &a.branch, &a.at).map_err(|e| e.to_string())?;
-        return Ok(alknet_mount::Local::new(store, tree, read_only));
+        return Ok(alknet_mount_protocol::Local::new(store, tree, read_only));
     };
     let who = alknet_fs::Principal::user(user);
     let tree = store
@@ -471,5 +471,5 @@ pub fn mount_tree(
             }
         })?;
     let writable = store.check_as(&who, &a.bucket, Level::Write).is_ok();
-    Ok(alknet_mount::Local::new(store, tree, read_only || !writable))
+    Ok(alknet_mount_protocol::Local::new(store, tree, read_only || !writable))
 }

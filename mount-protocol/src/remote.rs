@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alknet_fs::{BlobHash, Entry, EntryId, Space};
-use fuser::Errno;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::Errno;
 use crate::backend::{Backend, Local, Reader, Result, Writer};
 use crate::cache::Cache;
 

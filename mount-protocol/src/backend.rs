@@ -1,6 +1,6 @@
 //! What the filesystem needs from a store, and the store on this machine.
 //!
-//! The FUSE adapter ([`crate::Mount`]) speaks only [`Backend`]. [`Local`]
+//! The FUSE adapter (`alknet_mount::Mount`) speaks only [`Backend`]. [`Local`]
 //! is a tree of a data directory this process opened; [`crate::Remote`] is
 //! a tree on a node, reached through its endpoint — and the node answers a
 //! remote mount with a [`Local`] of its own, so both modes run one code path.
@@ -9,10 +9,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::Errno;
 use alknet_fs::{
     BucketPath, Entry, EntryId, Error, FileReader, OpenOptions, SetAttr, Space, Store, Tree, WriteSession,
 };
-use fuser::Errno;
 
 pub(crate) type Result<T> = std::result::Result<T, Errno>;
 
