@@ -284,6 +284,57 @@ impl Address {
     }
 }
 
+impl crate::store::Store {
+    /// The address a namespace path spells: `/BUCKET[@BRANCH[@VERSION]]/PATH`,
+    /// the one tree of every bucket that SFTP shows. `None` for `/` (the
+    /// buckets themselves). A branch name may hold `/` (git's `feature/x`):
+    /// `/b@feature/x/f` names the longest existing branch the path spells,
+    /// `feature/x` if there is one, else `feature`. `..` stops at `/`.
+    pub fn locate(&self, raw: &str) -> Result<Option<Address>> {
+        let mut parts: Vec<&str> = Vec::new();
+        for p in raw.split('/') {
+            match p {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                p => parts.push(p),
+            }
+        }
+        let Some((&head, rest)) = parts.split_first() else {
+            return Ok(None);
+        };
+        if head.contains(':') {
+            return Err(Error::NoSuchBucket(head.to_owned()));
+        }
+        let addr = Address::parse(head)?;
+        let whole = |addr: Address, rest: &[&str]| -> Result<Option<Address>> {
+            let path = BucketPath::parse(&format!("/{}", rest.join("/")))?;
+            Ok(Some(Address { path, ..addr }))
+        };
+        if !head.contains('@') || rest.is_empty() {
+            return whole(addr, rest);
+        }
+        let Ok(branches) = self.list_branches(&addr.bucket) else {
+            return whole(addr, rest);
+        };
+        let prefix = format!("{}/", addr.branch);
+        if !branches.iter().any(|b| b.name.starts_with(&prefix)) {
+            return whole(addr, rest);
+        }
+        for k in (1..=rest.len()).rev() {
+            let candidate = format!("{head}/{}", rest[..k].join("/"));
+            if let Ok(a) = Address::parse(&candidate)
+                && a.bucket == addr.bucket
+                && branches.iter().any(|b| b.name == a.branch)
+            {
+                return whole(a, &rest[k..]);
+            }
+        }
+        whole(addr, rest)
+    }
+}
+
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}@{}", self.bucket, self.branch)?;

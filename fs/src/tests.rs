@@ -1055,3 +1055,26 @@ async fn the_paged_walk_sees_the_whole_tree() {
     assert_eq!(sorted, whole);
     assert_eq!(t.walk_iter(&p("/top")).expect("a file").count(), 0);
 }
+
+/// The namespace path `/BUCKET@BRANCH[@V]/PATH`: the longest existing branch
+/// a path spells wins, `..` stops at the root, and a first component that is
+/// no address is refused.
+#[test]
+fn namespace_paths_locate_the_longest_existing_branch() {
+    let (_dir, store) = store();
+    store.create_branch("b", "feature", "main", &At::Head).expect("fork");
+    store.create_branch("b", "feature/x", "main", &At::Head).expect("fork");
+    let at = |raw: &str| {
+        let a = store.locate(raw).expect("locates").expect("an address");
+        (a.branch, a.at, a.path.as_str().to_owned())
+    };
+    assert!(store.locate("/").expect("root").is_none());
+    assert!(store.locate("/../..").expect("root").is_none());
+    assert_eq!(at("/b"), ("main".into(), At::Head, "/".into()));
+    assert_eq!(at("/b/d/f"), ("main".into(), At::Head, "/d/f".into()));
+    assert_eq!(at("/b@feature/x/f"), ("feature/x".into(), At::Head, "/f".into()));
+    assert_eq!(at("/b@feature/y/f"), ("feature".into(), At::Head, "/y/f".into()));
+    assert_eq!(at("/b@main@1/./d/../f"), ("main".into(), At::Version(1), "/f".into()));
+    assert!(matches!(store.locate("/b:x/f"), Err(Error::NoSuchBucket(_))));
+    assert!(matches!(store.locate("/B A D/f"), Err(Error::InvalidName { .. })));
+}

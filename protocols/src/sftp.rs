@@ -4,7 +4,7 @@
 //! `main` of bucket NAME, `/NAME@BRANCH/…` another branch, and
 //! `/NAME@BRANCH@VERSION/…` a past version or named snapshot (read-only).
 //! A branch name may contain `/` (git's `feature/x`): the longest existing
-//! branch the path spells wins.
+//! branch the path spells wins (`Store::locate`, the namespace's one rule).
 //!
 //! Requests are answered in order, one connection at a time, like OpenSSH's
 //! sftp-server; responses are flushed when no further request is waiting, so
@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use alknet_fs::{Address, BucketPath, Entry, Error as FsError, Kind, OpenOptions, SetAttr, Store, Tree};
+use alknet_fs::{BucketPath, Entry, Error as FsError, Kind, OpenOptions, SetAttr, Store, Tree};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
@@ -269,21 +269,18 @@ impl Session {
 
     fn place(&mut self, raw: &str, need: Level) -> Result<Place, Fail> {
         let norm = normalize(raw);
-        let mut parts = norm.splitn(3, '/').skip(1);
-        let head = parts.next().unwrap_or("");
-        if head.is_empty() {
-            return Ok(Place::Root);
-        }
-        if head.contains(':') {
-            return Err(Fail::new(StatusCode::NoSuchFile, format!("{norm}: no such bucket")));
-        }
-        let mut addr = Address::parse(head).map_err(|e| Fail::new(StatusCode::NoSuchFile, e.to_string()))?;
-        let mut rest = parts.next().unwrap_or("").to_owned();
-        // A branch name may hold '/' (git's feature/x): `/b@feature/x/f`
-        // names the longest existing branch that the path can spell.
-        if head.contains('@') && !rest.is_empty() {
-            (addr, rest) = self.longest_branch(head, addr, rest);
-        }
+        let addr = match self.ctx.store.locate(&norm) {
+            Ok(Some(addr)) => addr,
+            Ok(None) => return Ok(Place::Root),
+            Err(alknet_fs::Error::NoSuchBucket(_)) => {
+                return Err(Fail::new(StatusCode::NoSuchFile, format!("{norm}: no such bucket")));
+            }
+            // A first component that is no address names nothing there.
+            Err(e @ (alknet_fs::Error::InvalidAddress { .. } | alknet_fs::Error::InvalidName { .. })) => {
+                return Err(Fail::new(StatusCode::NoSuchFile, e.to_string()));
+            }
+            Err(e) => return Err(Fail::from(e)),
+        };
         let who = alknet_fs::Principal::user(&self.ctx.user);
         let tree = self
             .ctx
@@ -293,7 +290,7 @@ impl Session {
                 alknet_fs::Error::NoSuchBucket(b) => Fail::new(StatusCode::NoSuchFile, format!("/{b}: no such bucket")),
                 e => Fail::from(e),
             })?;
-        let path = BucketPath::parse(&rest).map_err(Fail::from)?;
+        let path = addr.path.clone();
         let prefix = tree_prefix(&norm, &path);
         // A symlinked directory on the way is passed through, as on a disk.
         let path = tree.follow_dirs(&path)?;
@@ -301,29 +298,6 @@ impl Session {
             self.touched.push(addr.bucket.clone());
         }
         Ok(Place::Bucket { tree, path, prefix })
-    }
-
-    /// `head` (`b@feature`) and `rest` (`x/f`) re-split so that the branch is
-    /// the longest existing one: `b@feature/x` and `f` if that branch exists.
-    fn longest_branch(&self, head: &str, addr: Address, rest: String) -> (Address, String) {
-        let Ok(branches) = self.ctx.store.list_branches(&addr.bucket) else {
-            return (addr, rest);
-        };
-        let prefix = format!("{}/", addr.branch);
-        if !branches.iter().any(|b| b.name.starts_with(&prefix)) {
-            return (addr, rest);
-        }
-        let parts: Vec<&str> = rest.split('/').collect();
-        for k in (1..=parts.len()).rev() {
-            let candidate = format!("{head}/{}", parts[..k].join("/"));
-            if let Ok(a) = Address::parse(&candidate)
-                && a.bucket == addr.bucket
-                && branches.iter().any(|b| b.name == a.branch)
-            {
-                return (a, parts[k..].join("/"));
-            }
-        }
-        (addr, rest)
     }
 
     /// The user's level on a bucket; no grant reads as "no such bucket".
