@@ -208,16 +208,18 @@ impl Drop for Listener {
 
 async fn accept_loop(listener: UnixListener, store: Store, clients: Arc<tokio::sync::Semaphore>) {
     let me = rustix::process::geteuid();
+    let mut backoff = alknet_protocols::AcceptBackoff::default();
     loop {
         let Ok(permit) = clients.clone().acquire_owned().await else {
             return;
         };
         let conn = match listener.accept().await {
-            Ok((conn, _)) => conn,
+            Ok((conn, _)) => {
+                backoff.reset();
+                conn
+            }
             Err(e) => {
-                // Out of file descriptors, most likely: wait, then go on.
-                tracing::warn!("node socket: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                backoff.failed("node socket", &e).await;
                 continue;
             }
         };

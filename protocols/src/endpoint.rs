@@ -15,9 +15,39 @@ use crate::ssh::SshServer;
 /// How long `proxy` waits for a node to answer before giving up.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// How long the accept loop waits after a failed accept, first and at most.
+/// How long an accept loop waits after a failed accept, first and at most.
 const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What every accept loop (SSH, HTTP, the node's socket) does when an
+/// accept fails — out of file descriptors, most likely, or another passing
+/// fault: log, wait (10 ms, doubling to 1 s while failures go on), and keep
+/// serving.
+#[derive(Debug)]
+pub struct AcceptBackoff(std::time::Duration);
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff(ACCEPT_BACKOFF_MIN)
+    }
+}
+
+impl AcceptBackoff {
+    /// An accept succeeded: the next failure waits the least again.
+    pub fn reset(&mut self) {
+        self.0 = ACCEPT_BACKOFF_MIN;
+    }
+
+    /// An accept on `listener` failed with `e`: waits before the next.
+    pub async fn failed(&mut self, listener: &str, e: &std::io::Error) {
+        tracing::warn!(
+            "{listener}: accepting a connection failed: {e}; trying again in {} ms",
+            self.0.as_millis()
+        );
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(ACCEPT_BACKOFF_MAX);
+    }
+}
 
 /// A peer that sends nothing for this long is gone (QUIC has no reset: a
 /// node killed mid-session is found by silence). Both sides send a
@@ -149,22 +179,15 @@ pub async fn serve(
         let Some(tcp) = tcp else {
             return std::future::pending::<()>().await;
         };
-        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut backoff = AcceptBackoff::default();
         loop {
             let (socket, peer) = match tcp.accept().await {
                 Ok(accepted) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
+                    backoff.reset();
                     accepted
                 }
-                // Out of file descriptors (or another passing fault): the
-                // node keeps serving the connections it has and tries again.
                 Err(e) => {
-                    tracing::warn!(
-                        "accepting a TCP connection failed: {e}; trying again in {} ms",
-                        backoff.as_millis()
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    backoff.failed("ssh", &e).await;
                     continue;
                 }
             };

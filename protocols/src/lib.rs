@@ -22,7 +22,9 @@ mod ssh;
 
 pub use access::{Error as KeyError, key_text, parse_key};
 pub use client::{Channel, Link, default_identity, open_subsystem};
-pub use endpoint::{ALPN_SSH, Error as EndpointError, HttpFront, bind_quic, node_addrs, parse_node_addr, proxy, serve};
+pub use endpoint::{
+    ALPN_SSH, AcceptBackoff, Error as EndpointError, HttpFront, bind_quic, node_addrs, parse_node_addr, proxy, serve,
+};
 pub use http::client::{NodeClient, RemoteError};
 pub use http::{ALPN_HTTP, HttpLimits, HttpServer, ROUTES, Route, client as http_client, load_tls};
 pub use metrics::Metrics;

@@ -85,15 +85,18 @@ impl HttpServer {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let accept = async {
+            let mut backoff = crate::AcceptBackoff::default();
             loop {
                 let Ok(permit) = self.permits.clone().acquire_owned().await else {
                     return;
                 };
                 let (socket, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        backoff.reset();
+                        accepted
+                    }
                     Err(e) => {
-                        tracing::warn!("http: accept failed: {e}; trying again");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        backoff.failed("http", &e).await;
                         continue;
                     }
                 };
