@@ -41,6 +41,8 @@ default_branch = "main"
 create_on_push = false
 # Repositories that accept non-fast-forward (force) pushes; all others refuse them.
 allow_force_push = []
+# Repositories anyone may clone and fetch over HTTP without a token.
+public = []
 
 [limits]
 # Connections open at once (SSH over TCP and QUIC); more are closed as they
@@ -171,6 +173,7 @@ pub(crate) struct Git {
     pub(crate) default_branch: String,
     pub(crate) create_on_push: bool,
     pub(crate) allow_force_push: Vec<String>,
+    pub(crate) public: Vec<String>,
 }
 
 impl Default for Git {
@@ -180,24 +183,24 @@ impl Default for Git {
             default_branch: d.default_branch,
             create_on_push: d.create_on_push,
             allow_force_push: Vec::new(),
+            public: Vec::new(),
         }
     }
 }
 
 impl Git {
     pub(crate) fn forge(&self) -> alknet_forge::ForgeConfig {
+        // `name`, `name.git` and `/name.git` all name one repository.
+        let names = |list: &[String]| {
+            list.iter()
+                .map(|r| alknet_forge::repo_name(r).unwrap_or_else(|_| r.clone()))
+                .collect()
+        };
         alknet_forge::ForgeConfig {
             default_branch: self.default_branch.clone(),
             create_on_push: self.create_on_push,
-            allow_force_push: self
-                .allow_force_push
-                .iter()
-                .map(|r| {
-                    alknet_forge::repo_name(r)
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|_| r.clone())
-                })
-                .collect(),
+            allow_force_push: names(&self.allow_force_push),
+            public: names(&self.public),
         }
     }
 }

@@ -10,8 +10,9 @@
 //!
 //! [`upload_pack`] (clone, fetch, ls-remote; protocol v0 and v2) and
 //! [`receive_pack`] (push) are blocking state machines over any `Read` and
-//! `Write`: the SSH server runs them on an exec channel, and the same code
-//! would serve a QUIC stream or HTTP.
+//! `Write`: the SSH server runs them on an exec channel (`Mode::Connection`),
+//! and smart HTTP runs [`advertise`] for `info/refs` and each `POST` as one
+//! stateless request (`Mode::Stateless`).
 //!
 //! Reading order: `repo.rs` (a repository on disk and in the store),
 //! `pkt.rs` (pkt-lines and side-band), `walk.rs` (which commits and objects
@@ -19,6 +20,7 @@
 //! writing a fetch, reading a stored blob), `upload.rs`, `receive.rs`,
 //! `publish.rs`.
 
+mod access;
 mod error;
 mod pack;
 mod pkt;
@@ -28,10 +30,11 @@ mod repo;
 mod upload;
 mod walk;
 
+pub use access::Refusal;
 pub use error::Error;
 pub use receive::{PushOutcome, receive_pack};
 pub use repo::{Forge, ForgeConfig, Repo, RepoInfo, repo_name};
-pub use upload::upload_pack;
+pub use upload::{Mode, Service, advertise, upload_pack};
 
 /// What the server calls itself in capability lists.
 pub(crate) const AGENT: &str = concat!("agent=alknet/", env!("CARGO_PKG_VERSION"));

@@ -18,10 +18,10 @@ use gix_object::Kind;
 
 use crate::pkt::{self, Band, Pkt, PktReader, SideBand};
 use crate::repo::{Forge, Odb, PACK_PREFIX, Repo};
-use crate::upload::advertise_v0;
+use crate::upload::{Mode, advertise_v0};
 use crate::{Error, null_oid};
 
-const CAPS: &str = "report-status report-status-v2 delete-refs side-band-64k quiet atomic ofs-delta \
+pub(crate) const CAPS: &str = "report-status report-status-v2 delete-refs side-band-64k quiet atomic ofs-delta \
                     push-options object-format=sha1";
 
 /// One ref update a client asked for.
@@ -42,11 +42,21 @@ pub struct PushOutcome {
     pub objects: u32,
 }
 
-/// Serves one receive-pack session on `input`/`output`.
-pub fn receive_pack(forge: &Forge, repo: &str, input: impl Read, output: impl Write) -> Result<PushOutcome, Error> {
+/// Serves one receive-pack session on `input`/`output`: over a connection
+/// the advertisement comes first; stateless (HTTP), it answered `info/refs`
+/// and the request is the commands and the pack.
+pub fn receive_pack(
+    forge: &Forge,
+    repo: &str,
+    mode: Mode,
+    input: impl Read,
+    output: impl Write,
+) -> Result<PushOutcome, Error> {
     let mut out = std::io::BufWriter::new(output);
     let repo = forge.open_or_tell(repo, &mut out)?;
-    advertise_v0(&repo, &mut out, CAPS)?;
+    if mode == Mode::Connection {
+        advertise_v0(&repo, &mut out, CAPS)?;
+    }
     let mut input = PktReader::new(input);
     let mut commands = Vec::new();
     let mut caps = HashSet::new();

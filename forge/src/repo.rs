@@ -33,6 +33,8 @@ pub struct ForgeConfig {
     pub create_on_push: bool,
     /// Repositories that accept non-fast-forward pushes.
     pub allow_force_push: HashSet<String>,
+    /// Repositories anyone may fetch, signed in or not (over HTTP).
+    pub public: HashSet<String>,
 }
 
 impl Default for ForgeConfig {
@@ -41,6 +43,7 @@ impl Default for ForgeConfig {
             default_branch: "main".into(),
             create_on_push: false,
             allow_force_push: HashSet::new(),
+            public: HashSet::new(),
         }
     }
 }

@@ -63,7 +63,7 @@ fn ref_names_are_checked() {
 pub(crate) mod garbage {
     use std::io::Cursor;
 
-    use crate::{Forge, ForgeConfig, receive_pack, upload_pack};
+    use crate::{Forge, ForgeConfig, Mode, receive_pack, upload_pack};
 
     pub(crate) fn rounds(default: u64) -> u64 {
         std::env::var("ALKNET_FUZZ_ROUNDS")
@@ -195,11 +195,16 @@ pub(crate) mod garbage {
         let mut n = Noise(0x9e37_79b9_7f4a_7c15);
         for round in 0..rounds(400) {
             let v2 = n.below(2) == 0;
+            let mode = if n.below(2) == 0 {
+                Mode::Connection
+            } else {
+                Mode::Stateless
+            };
             let input = pkt_lines(&mut n, None);
             let forge = forge.clone();
             let ran = tokio::task::spawn_blocking(move || {
                 let mut out = Vec::new();
-                let _ = upload_pack(&forge, "r", v2, Cursor::new(input), &mut out);
+                let _ = upload_pack(&forge, "r", v2, mode, Cursor::new(input), &mut out);
             });
             let ended = tokio::time::timeout(std::time::Duration::from_secs(10), ran).await;
             assert!(
@@ -231,6 +236,11 @@ pub(crate) mod garbage {
                 "refs/heads/a..b",
                 "main",
             ]);
+            let mode = if n.below(2) == 0 {
+                Mode::Connection
+            } else {
+                Mode::Stateless
+            };
             let first = format!("{} {} {name}\0{caps}\n", n.oid(), n.oid());
             let mut input = pkt_lines(&mut n, Some(first));
             // A pack header (sometimes lying about its count), then noise.
@@ -245,7 +255,7 @@ pub(crate) mod garbage {
             let forge = forge.clone();
             let ran = tokio::task::spawn_blocking(move || {
                 let mut out = Vec::new();
-                let _ = receive_pack(&forge, "r", Cursor::new(input), &mut out);
+                let _ = receive_pack(&forge, "r", mode, Cursor::new(input), &mut out);
             });
             let ended = tokio::time::timeout(std::time::Duration::from_secs(10), ran).await;
             assert!(

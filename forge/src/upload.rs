@@ -20,16 +20,35 @@ const V0_CAPS: &str = "multi_ack multi_ack_detailed thin-pack side-band side-ban
                        allow-reachable-sha1-in-want filter object-format=sha1";
 
 /// Serves one upload-pack session on `input`/`output`. `v2` when the client
-/// asked for protocol version 2 (`GIT_PROTOCOL=version=2`). A missing
-/// repository is reported to the client as an `ERR` line.
-pub fn upload_pack(forge: &Forge, repo: &str, v2: bool, input: impl Read, output: impl Write) -> Result<(), Error> {
+/// asked for protocol version 2 (`GIT_PROTOCOL=version=2`). Over a
+/// connection the server speaks first (its advertisement) and v0's
+/// negotiation spans rounds; stateless (HTTP), the advertisement was the
+/// answer to `info/refs` ([`advertise`]) and this serves one request: a v0
+/// round of haves ends at its flush with the ACKs so far, and the client
+/// sends everything again in its next request. A missing repository is
+/// reported to the client as an `ERR` line.
+pub fn upload_pack(
+    forge: &Forge,
+    repo: &str,
+    v2: bool,
+    mode: Mode,
+    input: impl Read,
+    output: impl Write,
+) -> Result<(), Error> {
     let mut out = BufWriter::with_capacity(64 * 1024, output);
     let repo = forge.open_or_tell(repo, &mut out)?;
     let mut input = PktReader::new(input);
-    let served = if v2 {
-        serve_v2(&repo, &mut input, &mut out)
-    } else {
-        serve_v0(&repo, &mut input, &mut out)
+    let served = match (v2, mode) {
+        (true, Mode::Connection) => {
+            advertise_v2(&mut out)?;
+            serve_v2(&repo, &mut input, &mut out)
+        }
+        (true, Mode::Stateless) => serve_v2(&repo, &mut input, &mut out),
+        (false, Mode::Connection) => {
+            advertise_v0(&repo, &mut out, V0_CAPS)?;
+            serve_v0(&repo, &mut input, &mut out, false)
+        }
+        (false, Mode::Stateless) => serve_v0(&repo, &mut input, &mut out, true),
     };
     if let Err(e @ Error::Protocol(_)) = &served {
         // git shows it as "fatal: remote error: …".
@@ -37,6 +56,50 @@ pub fn upload_pack(forge: &Forge, repo: &str, v2: bool, input: impl Read, output
         out.flush().ok();
     }
     served
+}
+
+/// How a session reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One connection for the whole session (SSH, QUIC): the server speaks
+    /// first, and negotiation goes back and forth on it.
+    Connection,
+    /// Smart HTTP: the advertisement answers `GET info/refs`, and each
+    /// `POST` is one request that the server answers and forgets.
+    Stateless,
+}
+
+/// The two services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    UploadPack,
+    ReceivePack,
+}
+
+impl Service {
+    /// `upload-pack`, `receive-pack`: as git names them (`git-` + this).
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::UploadPack => "upload-pack",
+            Service::ReceivePack => "receive-pack",
+        }
+    }
+}
+
+/// What the server says first to a client of `service` (the body of smart
+/// HTTP's `GET info/refs`, after its `# service=` line in v0): the refs and
+/// capabilities in v0, the capability list in v2 (upload-pack only; a
+/// push is v0).
+pub fn advertise(forge: &Forge, repo: &str, service: Service, v2: bool, output: impl Write) -> Result<(), Error> {
+    let mut out = BufWriter::with_capacity(64 * 1024, output);
+    let repo = forge.open_or_tell(repo, &mut out)?;
+    match service {
+        Service::UploadPack if v2 => advertise_v2(&mut out)?,
+        Service::UploadPack => advertise_v0(&repo, &mut out, V0_CAPS)?,
+        Service::ReceivePack => advertise_v0(&repo, &mut out, crate::receive::CAPS)?,
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// The ref advertisement of v0 (shared with receive-pack): HEAD first, then
@@ -185,8 +248,14 @@ impl Fetch {
     }
 }
 
-fn serve_v0<R: Read, W: Write>(repo: &Repo, input: &mut PktReader<R>, out: &mut W) -> Result<(), Error> {
-    advertise_v0(repo, out, V0_CAPS)?;
+/// v0 after the advertisement; `stateless`: one request, ending at the
+/// first flush of haves (answered with the ACKs so far) or at `done`.
+fn serve_v0<R: Read, W: Write>(
+    repo: &Repo,
+    input: &mut PktReader<R>,
+    out: &mut W,
+    stateless: bool,
+) -> Result<(), Error> {
     let mut fetch = Fetch::default();
     let mut multi_ack = 0;
     // Wants, shallows and deepen lines up to a flush; none at all means the
@@ -268,6 +337,9 @@ fn serve_v0<R: Read, W: Write>(repo: &Repo, input: &mut PktReader<R>, out: &mut 
                     pkt::text(out, "NAK\n")?;
                 }
                 out.flush()?;
+                if stateless {
+                    return Ok(());
+                }
                 got_common = false;
                 got_other = false;
             }
@@ -290,7 +362,8 @@ fn serve_v0<R: Read, W: Write>(repo: &Repo, input: &mut PktReader<R>, out: &mut 
     Ok(())
 }
 
-fn serve_v2<R: Read, W: Write>(repo: &Repo, input: &mut PktReader<R>, out: &mut W) -> Result<(), Error> {
+/// v2's capability advertisement.
+fn advertise_v2(out: &mut impl Write) -> Result<(), Error> {
     for line in [
         "version 2",
         AGENT,
@@ -302,6 +375,11 @@ fn serve_v2<R: Read, W: Write>(repo: &Repo, input: &mut PktReader<R>, out: &mut 
         pkt::text(out, &format!("{line}\n"))?;
     }
     pkt::flush(out)?;
+    Ok(())
+}
+
+/// v2's commands, after the advertisement (over HTTP, one per request).
+fn serve_v2<R: Read, W: Write>(repo: &Repo, input: &mut PktReader<R>, out: &mut W) -> Result<(), Error> {
     loop {
         // command=…, capabilities, [delim, arguments], flush.
         let command = match input.next()? {

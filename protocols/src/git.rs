@@ -3,20 +3,11 @@
 //! and grants as SFTP (`read` to fetch, `write` to push), then handed to the
 //! forge's blocking state machines on a blocking thread.
 
-use alknet_forge::{Forge, receive_pack, repo_name, upload_pack};
+use alknet_forge::{Forge, Mode, Service, receive_pack, upload_pack};
 use russh::ChannelId;
 use russh::server::Handle;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::SyncIoBridge;
-
-use alknet_fs::Level;
-
-/// The two services git asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Service {
-    UploadPack,
-    ReceivePack,
-}
 
 /// Parses an exec command line: `git-upload-pack '/hello.git'`, also the
 /// `git upload-pack` spelling and unquoted paths.
@@ -95,8 +86,10 @@ where
                 let input = SyncIoBridge::new(read);
                 let mut output = SyncIoBridge::new(write);
                 let result = match service {
-                    Service::UploadPack => upload_pack(&forge, &name, v2, input, &mut output).map(|()| None),
-                    Service::ReceivePack => receive_pack(&forge, &name, input, &mut output).map(Some),
+                    Service::UploadPack => {
+                        upload_pack(&forge, &name, v2, Mode::Connection, input, &mut output).map(|()| None)
+                    }
+                    Service::ReceivePack => receive_pack(&forge, &name, Mode::Connection, input, &mut output).map(Some),
                 };
                 (result, output.into_inner())
             })
@@ -138,32 +131,10 @@ where
 
 /// The repository the request may use, or the message that refuses it.
 fn authorize(req: &Request) -> Result<String, String> {
-    let repo = repo_name(&req.path).map_err(|e| e.to_string())?;
-    let needed = match req.service {
-        Service::UploadPack => Level::Read,
-        Service::ReceivePack => Level::Write,
-    };
-    let level = req.forge.store().level(&req.user, &repo).map_err(|e| e.to_string())?;
-    let exists = req.forge.info(&repo).is_ok();
-    if !exists {
-        let admin = req.forge.store().is_admin(&req.user).unwrap_or(false);
-        if req.service == Service::ReceivePack && admin && req.forge.config().create_on_push {
-            req.forge.create(&repo).map_err(|e| e.to_string())?;
-            tracing::info!(user = %req.user, %repo, "created on first push");
-            return Ok(repo);
-        }
-        // Same answer whether it is missing or hidden: names are not probed.
-        return Err(format!(
-            "repository {repo:?} does not exist or you have no access to it"
-        ));
-    }
-    match level {
-        Some(l) if l >= needed => Ok(repo),
-        Some(_) => Err(format!("you may read {repo:?} but not push to it")),
-        None => Err(format!(
-            "repository {repo:?} does not exist or you have no access to it"
-        )),
-    }
+    let who = alknet_fs::Principal::user(&req.user);
+    req.forge
+        .authorize(Some(&who), &req.path, req.service)
+        .map_err(|r| r.to_string())
 }
 
 #[cfg(test)]

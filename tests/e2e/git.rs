@@ -1,31 +1,48 @@
-//! The git forge through stock git: over SSH (TCP) and over QUIC (the
-//! `git-remote-alknet` helper), each with protocol v0 and v2.
+//! The git forge through stock git: over SSH (TCP), over QUIC (the
+//! `git-remote-alknet` helper) and over smart HTTP (a token through git's
+//! credential store), each with protocol v0 and v2.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::util::{Node, Server, Via, bin, client_key, combined, sftp_batch, ssh_opts};
 
-/// Runs a scenario over both transports and both protocol versions.
+/// How git reaches the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Ssh,
+    Quic,
+    Http,
+}
+
+/// Runs a scenario over every transport and both protocol versions.
 macro_rules! each_transport {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
-            use super::Via;
+            use super::Transport;
             #[test]
             fn tcp_v0() {
-                super::$scenario(Via::Tcp, 0);
+                super::$scenario(Transport::Ssh, 0);
             }
             #[test]
             fn tcp_v2() {
-                super::$scenario(Via::Tcp, 2);
+                super::$scenario(Transport::Ssh, 2);
             }
             #[test]
             fn quic_v0() {
-                super::$scenario(Via::Quic, 0);
+                super::$scenario(Transport::Quic, 0);
             }
             #[test]
             fn quic_v2() {
-                super::$scenario(Via::Quic, 2);
+                super::$scenario(Transport::Quic, 2);
+            }
+            #[test]
+            fn http_v0() {
+                super::$scenario(Transport::Http, 0);
+            }
+            #[test]
+            fn http_v2() {
+                super::$scenario(Transport::Http, 2);
             }
         }
     )*};
@@ -44,19 +61,19 @@ struct Forge {
     node: Node,
     server: Server,
     key: PathBuf,
-    via: Via,
+    via: Transport,
     version: u8,
     /// Seconds a git command may take.
     patience: u32,
 }
 
 impl Forge {
-    fn start(via: Via, version: u8) -> Forge {
+    fn start(via: Transport, version: u8) -> Forge {
         Self::start_with(via, version, |_| {})
     }
 
     /// `setup` runs on the node before the server starts (config, users).
-    fn start_with(via: Via, version: u8, setup: impl FnOnce(&Node)) -> Forge {
+    fn start_with(via: Transport, version: u8, setup: impl FnOnce(&Node)) -> Forge {
         let node = Node::new();
         let key = client_key(&node, "alice");
         node.ok(&[
@@ -68,12 +85,20 @@ impl Forge {
             "--admin",
         ]);
         node.ok(&["repo", "create", "hello"]);
+        let token = crate::http::token(&node, "alice", &[]);
         setup(&node);
         // git finds the helper on PATH under its git name.
         let helper_dir = node.work.join("bin");
         std::fs::create_dir_all(&helper_dir).expect("bin dir");
         std::os::unix::fs::symlink(bin(), helper_dir.join("git-remote-alknet")).ok();
         let server = Server::start(&node);
+        // git's credential store hands the token to the node over HTTP.
+        let port = server.http.rsplit(':').next().expect("a port");
+        std::fs::write(
+            node.work.join(".git-credentials"),
+            format!("http://alice:{token}@127.0.0.1:{port}\n"),
+        )
+        .expect("credentials");
         Forge {
             node,
             server,
@@ -90,7 +115,7 @@ impl Forge {
             server: Server::start(&node),
             key: node.work.join("alice"),
             node,
-            via: Via::Tcp,
+            via: Transport::Ssh,
             version: 2,
             patience: 120,
         }
@@ -104,8 +129,9 @@ impl Forge {
 
     fn url(&self, repo: &str) -> String {
         match self.via {
-            Via::Tcp => format!("ssh://alice@127.0.0.1:{}/{repo}", self.server.ssh_port),
-            Via::Quic => format!("alknet://{}/{repo}", self.server.quic),
+            Transport::Ssh => format!("ssh://alice@127.0.0.1:{}/{repo}", self.server.ssh_port),
+            Transport::Quic => format!("alknet://{}/{repo}", self.server.quic),
+            Transport::Http => format!("{}/{repo}", self.server.http),
         }
     }
 
@@ -125,6 +151,7 @@ impl Forge {
             .arg("git")
             .arg("-c")
             .arg(format!("protocol.version={}", self.version))
+            .args(["-c", "credential.helper=store"])
             .args(args)
             .current_dir(dir)
             .env("GIT_SSH_COMMAND", ssh)
@@ -193,7 +220,7 @@ fn stdout(f: &Forge, dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn push_clone_fetch(via: Via, version: u8) {
+fn push_clone_fetch(via: Transport, version: u8) {
     let f = Forge::start(via, version);
     let src = f.clone("src", &[]);
     commit(
@@ -244,7 +271,7 @@ fn push_clone_fetch(via: Via, version: u8) {
     assert!(listing.contains("\trefs/heads/main"), "{listing}");
 }
 
-fn shallow_and_unshallow(via: Via, version: u8) {
+fn shallow_and_unshallow(via: Transport, version: u8) {
     let f = Forge::start(via, version);
     let src = f.clone("src", &[]);
     for i in 0..5 {
@@ -274,7 +301,7 @@ fn shallow_and_unshallow(via: Via, version: u8) {
     assert_eq!(stdout(&f, &deep, &["rev-list", "--count", "HEAD"]).trim(), "3");
 }
 
-fn partial_clones(via: Via, version: u8) {
+fn partial_clones(via: Transport, version: u8) {
     let f = Forge::start(via, version);
     let src = f.clone("src", &[]);
     commit(
@@ -308,7 +335,7 @@ fn partial_clones(via: Via, version: u8) {
     }
 }
 
-fn refs_tags_and_atomic(via: Via, version: u8) {
+fn refs_tags_and_atomic(via: Transport, version: u8) {
     let f = Forge::start(via, version);
     let src = f.clone("src", &[]);
     commit(&f, &src, &[("a", "1\n")], "one");
@@ -376,7 +403,7 @@ fn refs_tags_and_atomic(via: Via, version: u8) {
 
 #[test]
 fn force_push_when_the_repository_allows_it() {
-    let f = Forge::start_with(Via::Tcp, 2, |node| {
+    let f = Forge::start_with(Transport::Ssh, 2, |node| {
         let path = node.data.join("alknet.toml");
         let text = std::fs::read_to_string(&path).expect("settings");
         std::fs::write(
@@ -411,7 +438,16 @@ fn force_push_when_the_repository_allows_it() {
 
 #[test]
 fn racing_pushes_to_one_ref_have_one_winner() {
-    let f = Forge::start(Via::Tcp, 2);
+    racing_pushes(Transport::Ssh);
+}
+
+#[test]
+fn racing_pushes_over_http_have_one_winner() {
+    racing_pushes(Transport::Http);
+}
+
+fn racing_pushes(via: Transport) {
+    let f = Forge::start(via, 2);
     let base = f.clone("base", &[]);
     commit(&f, &base, &[("a", "base\n")], "base");
     f.ok(&base, &["push", "-q", "origin", "HEAD:main"]);
@@ -459,7 +495,7 @@ fn racing_pushes_to_one_ref_have_one_winner() {
 
 #[test]
 fn a_pushed_branch_reads_as_files_over_sftp() {
-    let f = Forge::start(Via::Tcp, 2);
+    let f = Forge::start(Transport::Ssh, 2);
     let src = f.clone("src", &[]);
     commit(
         &f,
@@ -519,7 +555,7 @@ fn a_pushed_branch_reads_as_files_over_sftp() {
 
 #[test]
 fn refusals_are_clear() {
-    let f = Forge::start_with(Via::Tcp, 2, |node| {
+    let f = Forge::start_with(Transport::Ssh, 2, |node| {
         let bob = client_key(node, "bob");
         node.ok(&["user", "add", "bob", "--key", &format!("{}.pub", bob.display())]);
         node.ok(&["grant", "bob", "hello", "read"]);
@@ -590,7 +626,7 @@ fn raw_receive_pack(f: &Forge, input: &[u8]) -> String {
 
 #[test]
 fn bad_packs_and_bad_lines_change_nothing() {
-    let f = Forge::start(Via::Tcp, 2);
+    let f = Forge::start(Transport::Ssh, 2);
     let src = f.clone("src", &[]);
     commit(&f, &src, &[("a", "1\n")], "one");
     f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
@@ -721,7 +757,7 @@ fn repo_commands() {
 
 #[test]
 fn packs_live_in_the_store_and_survive_gc() {
-    let f = Forge::start(Via::Tcp, 2);
+    let f = Forge::start(Transport::Ssh, 2);
     let src = f.clone("src", &[]);
     commit(&f, &src, &[("a", &"a".repeat(40_000)), ("b", "b\n")], "one");
     f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
@@ -743,7 +779,7 @@ fn packs_live_in_the_store_and_survive_gc() {
 
 #[test]
 fn an_admins_first_push_creates_the_repository_when_configured() {
-    let f = Forge::start_with(Via::Tcp, 2, |node| {
+    let f = Forge::start_with(Transport::Ssh, 2, |node| {
         let path = node.data.join("alknet.toml");
         let text = std::fs::read_to_string(&path).expect("settings");
         std::fs::write(&path, text.replace("create_on_push = false", "create_on_push = true")).expect("write");
@@ -774,7 +810,7 @@ fn an_admins_first_push_creates_the_repository_when_configured() {
 /// files: the published branch holds only what the name rule takes.
 #[test]
 fn bad_names_in_a_pushed_tree_are_not_published() {
-    let f = Forge::start(Via::Tcp, 2);
+    let f = Forge::start(Transport::Ssh, 2);
     let src = f.clone("src", &[]);
     let blob = {
         let mut c = f.git_as(&f.key, &src, &["hash-object", "-w", "--stdin"]);
@@ -838,7 +874,7 @@ fn bad_names_in_a_pushed_tree_are_not_published() {
 /// dangling, a clone still fetches every branch, as stock git's does.
 #[test]
 fn a_mirror_push_points_head_at_its_default_branch() {
-    let f = Forge::start(Via::Tcp, 2);
+    let f = Forge::start(Transport::Ssh, 2);
     f.node.ok(&["repo", "create", "rg"]);
     let src = f.work("project");
     std::fs::create_dir_all(&src).expect("mkdir");
@@ -880,7 +916,7 @@ fn a_mirror_push_points_head_at_its_default_branch() {
 /// start removes it.
 #[test]
 fn a_push_cut_by_a_kill_leaves_nothing_behind() {
-    let mut f = Forge::start(Via::Tcp, 2);
+    let mut f = Forge::start(Transport::Ssh, 2);
     let src = f.clone("src", &[]);
     std::fs::write(src.join("big.bin"), crate::util::pattern(48 << 20, 3)).expect("write");
     f.ok(&src, &["add", "big.bin"]);
@@ -947,7 +983,7 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
 /// while it arrives, with the reason, and changes nothing.
 #[test]
 fn a_push_past_the_write_limits_is_refused_with_the_reason() {
-    let f = Forge::start_with(Via::Tcp, 2, |node| {
+    let f = Forge::start_with(Transport::Ssh, 2, |node| {
         let path = node.data.join("alknet.toml");
         let text = std::fs::read_to_string(&path).expect("alknet.toml");
         let text = text.replace("max_file_size = \"none\"", "max_file_size = \"1MiB\"");
@@ -988,7 +1024,7 @@ fn a_2_gib_file_is_pushed_and_cloned_in_bounded_memory() {
     use std::io::Write;
     const CHUNK: usize = 64 << 20;
     const CHUNKS: usize = 32;
-    let mut f = Forge::start(Via::Tcp, 2);
+    let mut f = Forge::start(Transport::Ssh, 2);
     f.patience = 900;
     let src = f.clone("src", &[]);
     let mut hasher = blake3::Hasher::new();
@@ -1033,4 +1069,169 @@ fn a_2_gib_file_is_pushed_and_cloned_in_bounded_memory() {
     assert_eq!(stat["hash"], hasher.finalize().to_hex().as_str(), "{stat}");
     let fsck = node.json(&["fsck"]);
     assert_eq!(fsck["problems"], serde_json::json!([]), "{fsck}");
+}
+
+/// Runs git with curl's trace of the HTTP headers on; asserts success and
+/// returns its output.
+fn traced(f: &Forge, dir: &Path, args: &[&str]) -> String {
+    let out = f
+        .git_as(&f.key, dir, args)
+        .env("GIT_TRACE_CURL", "1")
+        .env("GIT_TRACE_CURL_NO_DATA", "1")
+        .output()
+        .expect("run git");
+    let trace = combined(&out);
+    assert!(out.status.success(), "git {args:?}:\n{trace}");
+    trace
+}
+
+/// Smart HTTP as git drives it beyond the scenarios: a push streamed in
+/// chunks past `http.postBuffer`, a gzipped request, and a strict fsck of
+/// what comes back.
+#[test]
+fn http_pushes_past_the_post_buffer_and_gzipped_requests() {
+    let f = Forge::start(Transport::Http, 0);
+    let src = f.clone("src", &[]);
+    let noise = crate::util::pattern(2 << 20, 3);
+    std::fs::write(src.join("noise.bin"), &noise).expect("noise");
+    commit(&f, &src, &[("README", "big push\n")], "big");
+    for i in 0..300 {
+        f.ok(&src, &["tag", &format!("t{i:03}")]);
+    }
+    // A 4 KiB post buffer: git streams the pack with chunked encoding.
+    let trace = traced(
+        &f,
+        &src,
+        &["-c", "http.postBuffer=4096", "push", "origin", "HEAD:main", "--tags"],
+    );
+    assert!(
+        trace.contains("Transfer-Encoding: chunked"),
+        "the push was chunked:\n{trace}"
+    );
+    // 300 wants make a request git gzips.
+    let url = f.url("hello");
+    let trace = traced(&f, &f.node.work, &["clone", &url, "copy"]);
+    assert!(
+        trace.contains("Content-Encoding: gzip"),
+        "the request was gzipped:\n{trace}"
+    );
+    let copy = f.work("copy");
+    f.ok(&copy, &["fsck", "--full", "--strict"]);
+    assert_eq!(std::fs::read(copy.join("noise.bin")).expect("noise"), noise);
+    assert_eq!(stdout(&f, &copy, &["tag"]).lines().count(), 300);
+}
+
+/// Who may do what over HTTP: no token is 401 with a Basic challenge (so
+/// git asks for credentials), a repository the caller may not read is 404
+/// exactly like a missing one, a push without `write` is 403, a public
+/// repository clones with no token and takes no anonymous push, and bad
+/// requests get clear answers while the node goes on serving.
+#[test]
+fn http_access_follows_the_grants() {
+    let f = Forge::start_with(Transport::Http, 2, |node| {
+        node.ok(&["repo", "create", "pub"]);
+        crate::util::add_user(node, "bob");
+        let settings = std::fs::read_to_string(node.data.join("alknet.toml")).expect("settings");
+        let settings = settings.replace("public = []", "public = [\"pub\"]");
+        std::fs::write(node.data.join("alknet.toml"), settings).expect("settings");
+    });
+    let src = f.clone("src", &[]);
+    commit(&f, &src, &[("a", "1\n")], "one");
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
+    f.ok(&src, &["push", "-q", &f.url("pub"), "HEAD:main"]);
+    let http = &f.server.http;
+    let refs = |repo: &str, service: &str| format!("{http}/{repo}/info/refs?service=git-{service}");
+
+    // Nobody signed in.
+    let anon = crate::http::curl(None, &[], &refs("hello", "upload-pack"));
+    assert_eq!(anon.status, 401);
+    assert!(
+        anon.headers.to_ascii_lowercase().contains("www-authenticate: basic"),
+        "{}",
+        anon.headers
+    );
+    assert_eq!(crate::http::curl(None, &[], &refs("nope", "upload-pack")).status, 401);
+    let no_creds = Command::new("git")
+        .args(["ls-remote", &format!("{http}/hello.git")])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", f.work("nobody"))
+        .output()
+        .expect("git");
+    assert!(!no_creds.status.success());
+    // A public repository: anyone clones, nobody pushes anonymously.
+    let public = Command::new("git")
+        .args(["clone", "-q", &format!("{http}/pub.git"), "anon-pub"])
+        .current_dir(&f.node.work)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", f.work("nobody"))
+        .output()
+        .expect("git");
+    assert!(public.status.success(), "{}", combined(&public));
+    assert_eq!(std::fs::read(f.work("anon-pub/a")).expect("a"), b"1\n");
+    assert_eq!(crate::http::curl(None, &[], &refs("pub", "receive-pack")).status, 401);
+
+    // bob has no grant: hello looks missing; with read, no push.
+    let bob = crate::http::token(&f.node, "bob", &[]);
+    let hidden = crate::http::curl(Some(&bob), &[], &refs("hello", "upload-pack"));
+    let missing = crate::http::curl(Some(&bob), &[], &refs("nope", "upload-pack"));
+    assert_eq!((hidden.status, missing.status), (404, 404));
+    assert_eq!(hidden.text().replace("hello", "R"), missing.text().replace("nope", "R"));
+    f.node.ok(&["grant", "bob", "hello", "read"]);
+    assert_eq!(
+        crate::http::curl(Some(&bob), &[], &refs("hello", "upload-pack")).status,
+        200
+    );
+    assert_eq!(
+        crate::http::curl(Some(&bob), &[], &refs("hello", "receive-pack")).status,
+        403
+    );
+    // A read-only token of an admin cannot push either; a bad one is 401.
+    let ro = crate::http::token(&f.node, "alice", &["--read-only"]);
+    assert_eq!(
+        crate::http::curl(Some(&ro), &[], &refs("hello", "receive-pack")).status,
+        403
+    );
+    assert_eq!(
+        crate::http::curl(Some("alk_nope"), &[], &refs("hello", "upload-pack")).status,
+        401
+    );
+
+    // Bad requests: the dumb protocol, an unknown encoding, garbage.
+    let alice = crate::http::token(&f.node, "alice", &[]);
+    assert_eq!(
+        crate::http::curl(Some(&alice), &[], &format!("{http}/hello/info/refs")).status,
+        403
+    );
+    let post = format!("{http}/hello/git-upload-pack");
+    let encoded = crate::http::curl(
+        Some(&alice),
+        &["-H", "Content-Encoding: br", "--data-binary", "x"],
+        &post,
+    );
+    assert_eq!(encoded.status, 415);
+    let garbage = crate::http::curl(
+        Some(&alice),
+        &["--data-binary", "002bwant not-an-object-id-at-all-really-no\n0000"],
+        &post,
+    );
+    assert!(
+        garbage.text().contains("ERR") || garbage.status >= 400,
+        "{}",
+        garbage.text()
+    );
+    let gz = crate::http::curl(
+        Some(&alice),
+        &[
+            "-H",
+            "Content-Encoding: gzip",
+            "--data-binary",
+            "this body is certainly not a gzip stream",
+        ],
+        &post,
+    );
+    assert!(gz.text().contains("ERR"), "a body that is not gzip: {}", gz.text());
+    let again = f.clone("again", &[]);
+    f.ok(&again, &["fsck", "--full", "--strict"]);
 }

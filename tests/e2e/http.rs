@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use crate::util::{Node, Server, combined, peak_rss_kib};
 
 /// curl's answer: status, headers (lower-case names) and body.
-struct Reply {
-    status: u16,
-    headers: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: String,
     body: Vec<u8>,
 }
 
 impl Reply {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
@@ -37,7 +37,7 @@ impl Reply {
 }
 
 /// Runs curl against `url` with `args` (and the token, if any).
-fn curl(token: Option<&str>, args: &[&str], url: &str) -> Reply {
+pub(crate) fn curl(token: Option<&str>, args: &[&str], url: &str) -> Reply {
     let dir = tempfile::tempdir().expect("tmp");
     let headers = dir.path().join("h");
     let mut cmd = Command::new("curl");

@@ -31,10 +31,10 @@ const PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
 
 #[derive(Clone)]
-struct App {
-    store: Store,
-    forge: Forge,
-    metrics: Arc<Metrics>,
+pub(super) struct App {
+    pub(super) store: Store,
+    pub(super) forge: Forge,
+    pub(super) metrics: Arc<Metrics>,
     metrics_public: bool,
 }
 
@@ -384,6 +384,7 @@ pub(crate) fn router(forge: Forge, metrics: Arc<Metrics>, metrics_public: bool) 
     };
     let routes = (0..ROUTES.len()).fold(Router::new(), |router, i| router.route(ROUTES[i].path, handler(i)));
     routes
+        .merge(super::git::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -419,7 +420,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -431,7 +432,7 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
     }
 
-    fn unauthorized() -> ApiError {
+    pub(super) fn unauthorized() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -439,7 +440,7 @@ impl ApiError {
         )
     }
 
-    fn forbidden(message: impl Into<String>) -> ApiError {
+    pub(super) fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "denied", message)
     }
 }
@@ -500,7 +501,9 @@ impl From<alknet_forge::Error> for ApiError {
 type Answer<T = axum::Json<Value>> = Result<T, ApiError>;
 
 /// Runs blocking store work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
@@ -514,7 +517,7 @@ fn to_json<T: Serialize>(value: &T) -> axum::Json<Value> {
 
 /// The caller named by `Authorization: Bearer TOKEN` or Basic with the
 /// token as the password (what git's credential helpers send).
-fn token_of(headers: &HeaderMap) -> Option<String> {
+pub(super) fn token_of(headers: &HeaderMap) -> Option<String> {
     use base64::Engine;
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = value.split_once(' ')?;
@@ -523,7 +526,11 @@ fn token_of(headers: &HeaderMap) -> Option<String> {
         "basic" => {
             let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
             let text = String::from_utf8(decoded).ok()?;
-            Some(text.split_once(':')?.1.to_owned())
+            // The token as the password, or as the user name with none.
+            match text.split_once(':')? {
+                (user, "") => Some(user.to_owned()),
+                (_, password) => Some(password.to_owned()),
+            }
         }
         _ => None,
     }
@@ -1590,6 +1597,8 @@ mod tests {
         assert_eq!(token_of(&h("Bearer alk_abc")).as_deref(), Some("alk_abc"));
         // "git:alk_abc"
         assert_eq!(token_of(&h("Basic Z2l0OmFsa19hYmM=")).as_deref(), Some("alk_abc"));
+        // "alk_abc:": the token as the user name, no password.
+        assert_eq!(token_of(&h("Basic YWxrX2FiYzo=")).as_deref(), Some("alk_abc"));
         assert_eq!(token_of(&h("Digest x")), None);
         assert_eq!(token_of(&HeaderMap::new()), None);
     }

@@ -12,6 +12,7 @@
 
 mod api;
 pub mod client;
+mod git;
 
 use std::future::Future;
 use std::path::Path;
