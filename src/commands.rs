@@ -381,44 +381,45 @@ async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Resul
                 format!("deleted bucket {name} (run `alknet gc` to reclaim its space)")
             })?;
         }
-        Command::Repo(cmd) => {
-            let store = on.store("repo")?;
-            let config = crate::config::Config::load(store.dir())?;
-            let forge = alknet_forge::Forge::new(store.clone(), config.git.forge());
-            match cmd {
-                RepoCmd::Create { name } => {
-                    let info = forge.create(&name)?;
-                    say(io, json, &info, || {
-                        format!(
-                            "created repository {} (default branch {})",
-                            info.name,
-                            info.head.trim_start_matches("refs/heads/")
-                        )
-                    })?;
-                }
-                RepoCmd::List => print_list(io, json, &forge.list()?, |r| {
-                    format!(
-                        "{}\t{}\t{} refs\t{} packs\t{} bytes",
-                        r.name,
-                        r.head.trim_start_matches("refs/heads/"),
-                        r.refs,
-                        r.packs,
-                        r.pack_bytes
-                    )
-                })?,
-                RepoCmd::Delete { name } => {
-                    forge.delete(&name)?;
-                    say(io, json, &json!({"deleted": name}), || {
-                        format!("deleted repository {name} (its space is reclaimed by the next gc)")
-                    })?;
-                }
-                RepoCmd::SetHead { name, branch } => {
-                    forge.set_head(&name, &branch)?;
-                    say(io, json, &json!({"repo": name, "head": branch}), || {
-                        format!("HEAD of {name} now names {branch}")
-                    })?;
-                }
-            }
+        Command::Repo(RepoCmd::List) => {
+            let repos: Vec<alknet_forge::RepoInfo> = match on {
+                On::Store(store) => forge_of(store)?.list()?,
+                On::Node(node) => node.json(M::GET, "/api/v1/repos", None).await?,
+            };
+            print_list(io, json, &repos, |r| {
+                format!(
+                    "{}\t{}\t{} refs\t{} packs\t{} bytes\t{} LFS objects\t{} LFS bytes",
+                    r.name,
+                    r.head.trim_start_matches("refs/heads/"),
+                    r.refs,
+                    r.packs,
+                    r.pack_bytes,
+                    r.lfs_objects,
+                    r.lfs_bytes
+                )
+            })?;
+        }
+        Command::Repo(RepoCmd::Create { name }) => {
+            let info = forge_of(on.store("repo create")?)?.create(&name)?;
+            say(io, json, &info, || {
+                format!(
+                    "created repository {} (default branch {})",
+                    info.name,
+                    info.head.trim_start_matches("refs/heads/")
+                )
+            })?;
+        }
+        Command::Repo(RepoCmd::Delete { name }) => {
+            forge_of(on.store("repo delete")?)?.delete(&name)?;
+            say(io, json, &json!({"deleted": name}), || {
+                format!("deleted repository {name} (its space is reclaimed by the next gc)")
+            })?;
+        }
+        Command::Repo(RepoCmd::SetHead { name, branch }) => {
+            forge_of(on.store("repo set-head")?)?.set_head(&name, &branch)?;
+            say(io, json, &json!({"repo": name, "head": branch}), || {
+                format!("HEAD of {name} now names {branch}")
+            })?;
         }
         Command::Branch(BranchCmd::Create { bucket, new, from }) => {
             let src = Address::parse(&format!("{bucket}@{from}"))?;
@@ -819,6 +820,12 @@ async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Resul
         }
     }
     Ok(0)
+}
+
+/// The forge of the data directory, with its `[git]` settings.
+fn forge_of(store: &Store) -> Result<alknet_forge::Forge> {
+    let config = crate::config::Config::load(store.dir())?;
+    Ok(alknet_forge::Forge::new(store.clone(), config.git.forge()))
 }
 
 /// The key in an OpenSSH public key file, as the store keeps it.
@@ -1595,11 +1602,7 @@ fn mode_string(e: &Entry) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for milliseconds since the epoch (UTC).
 fn format_time(ms: i64) -> String {
-    let t = alknet_fs::display::Utc::from_unix(ms.div_euclid(1000));
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year, t.month, t.day, t.hour, t.minute, t.second
-    )
+    alknet_fs::display::utc_timestamp(ms)
 }
 
 fn say<T: Serialize>(io: &Stdio, json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {

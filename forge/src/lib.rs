@@ -22,6 +22,7 @@
 
 mod access;
 mod error;
+mod lfs;
 mod pack;
 mod pkt;
 mod publish;
@@ -32,6 +33,7 @@ mod walk;
 
 pub use access::Refusal;
 pub use error::Error;
+pub use lfs::{LfsUpload, valid_oid};
 pub use receive::{PushOutcome, receive_pack};
 pub use repo::{Forge, ForgeConfig, Repo, RepoInfo, repo_name};
 pub use upload::{Mode, Service, advertise, upload_pack};

@@ -3,7 +3,9 @@
 //! only what changed since the commit last published (recorded in the ref
 //! `alknet/published/<branch>`), as one fs commit; file contents go into the
 //! blob store by BLAKE3, so a file pushed with git and one uploaded over SFTP
-//! with the same bytes are one blob.
+//! with the same bytes are one blob. A Git LFS pointer whose object the
+//! repository has is published as the object's bytes: SFTP, the mount and
+//! the REST API show the real file.
 
 use std::collections::BTreeMap;
 
@@ -237,6 +239,13 @@ impl Repo {
                         return Ok(blob);
                     }
                     let bytes = self.read_blob(&id)?;
+                    // An LFS pointer whose object is here publishes as the object.
+                    if let Some((oid, size)) = crate::lfs::pointer(&bytes)
+                        && let Some(object) = self.forge.lfs_object(self.name(), &oid)?
+                        && object.size == size
+                    {
+                        return Ok(store.hold_blob(&object.hash, object.size).await?);
+                    }
                     Ok::<_, Error>(store.import_bytes(bytes).await?)
                 }
             })

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use alknet_fs::{REPO_KIND, RefUpdate, Store, check_bucket_name};
 use gix_hash::ObjectId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
@@ -64,13 +64,16 @@ struct Inner {
 }
 
 /// A repository as listed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RepoInfo {
     pub name: String,
     pub head: String,
     pub refs: usize,
     pub packs: usize,
     pub pack_bytes: u64,
+    /// Git LFS objects kept for the repository, and their bytes.
+    pub lfs_objects: u64,
+    pub lfs_bytes: u64,
 }
 
 /// The repository a path from a git client names: `/hello.git`, `hello`,
@@ -146,7 +149,10 @@ impl Forge {
         let store = &self.inner.store;
         let refs = store.refs(&name)?;
         let packs = store.attachments(&name, PACK_PREFIX)?;
+        let (lfs_objects, lfs_bytes) = self.lfs_usage(&name)?;
         Ok(RepoInfo {
+            lfs_objects,
+            lfs_bytes,
             head: head_of(&refs, &self.inner.config),
             refs: refs.iter().filter(|(n, _)| n.starts_with("refs/")).count(),
             packs: packs.iter().filter(|a| a.name.ends_with(".pack")).count(),

@@ -26,7 +26,8 @@ use crate::error::{Error, Result};
 ///   SSH frontend on a connection of its own); grants are keyed by bucket id,
 ///   and grants on buckets that no longer exist are dropped; `corrupt_blobs`.
 /// - 7: `tokens` (API tokens: a SHA-256 of each, never the token).
-pub(crate) const SCHEMA_VERSION: i64 = 7;
+/// - 8: `locks` (Git LFS file locks: a path of a bucket, its owner).
+pub(crate) const SCHEMA_VERSION: i64 = 8;
 
 /// Steps from each older schema to the next, applied in order.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -166,6 +167,15 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS tokens_prefix ON tokens (prefix);
+-- Locks on paths of a bucket (locks.rs; Git LFS): one per path.
+CREATE TABLE IF NOT EXISTS locks (
+    id        INTEGER PRIMARY KEY,
+    bucket_id INTEGER NOT NULL,
+    path      TEXT NOT NULL,
+    user_id   INTEGER NOT NULL,
+    locked_ms INTEGER NOT NULL,
+    UNIQUE (bucket_id, path)
+);
 -- Blobs a verified read found corrupt (hex hash), for `stats` and the operator.
 CREATE TABLE IF NOT EXISTS corrupt_blobs (
     hash    TEXT PRIMARY KEY,

@@ -45,6 +45,15 @@ impl Utc {
 }
 
 /// `ls -l`'s mode column: `drwxr-xr-x`.
+/// `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, UTC) for milliseconds since the epoch.
+pub fn utc_timestamp(ms: i64) -> String {
+    let t = Utc::from_unix(ms.div_euclid(1000));
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
+}
+
 pub fn mode_string(kind: Kind, mode: u32) -> String {
     let mut s = String::from(match kind {
         Kind::Dir => 'd',

@@ -91,6 +91,12 @@ pub enum Error {
     /// A compare-and-swap write found the file changed (`WriteSession::expect`).
     #[error("{0}: changed since it was read (the precondition does not hold)")]
     Changed(String),
+    /// A path is locked by someone else (Git LFS locks).
+    #[error("{path} is locked by {owner} (lock {id})")]
+    Locked { path: String, owner: String, id: i64 },
+    /// Only a lock's owner (or an admin, forcing) may unlock it.
+    #[error("{path} is locked by {owner}, not by you (an admin may force the unlock)")]
+    NotLockOwner { path: String, owner: String },
     #[error("user {0:?} does not exist")]
     NoSuchUser(String),
     #[error("user {0:?} already exists")]
@@ -212,7 +218,8 @@ impl Error {
             Error::TooLarge { .. } => "too_large",
             Error::NoSpace { .. } | Error::Quota { .. } => "no_space",
             Error::Corrupt(_) => "corrupt",
-            Error::RefChanged { .. } | Error::Changed(_) => "conflict",
+            Error::RefChanged { .. } | Error::Changed(_) | Error::Locked { .. } => "conflict",
+            Error::NotLockOwner { .. } => "denied",
             Error::Db(_) | Error::Blobs(_) | Error::Internal(_) | Error::Io { .. } | Error::Stream(_) => "internal",
         }
     }

@@ -34,6 +34,7 @@ mod db;
 pub mod display;
 mod error;
 mod limits;
+mod locks;
 mod mutate;
 mod name;
 mod quota;
@@ -48,6 +49,7 @@ pub use access::{Level, Principal, User, check_user_name};
 pub use blobs::{blobs_held, read_at};
 pub use error::{Error, Result};
 pub use limits::{DEFAULT_DISK_RESERVE, Limits, format_size, parse_size};
+pub use locks::{Lock, LockQuery};
 pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Expect, LocalEntry};
 pub use name::{
     Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, MAX_SYMLINK_TARGET, check_branch_name,

@@ -185,6 +185,23 @@ impl Store {
         })
     }
 
+    /// Holds the stored blob `hash` (`size` bytes) for a new reference, as an
+    /// import would hand it over: for content that is already here.
+    pub async fn hold_blob(&self, hash: &BlobHash, size: u64) -> Result<Blob> {
+        Ok(Blob(self.inner.blobs.hold(hash, size).await?))
+    }
+
+    /// The attachment `name` of the bucket, if there is one.
+    pub fn attachment(&self, bucket: &str, name: &str) -> Result<Option<Attachment>> {
+        Ok(self.attachments(bucket, name)?.into_iter().find(|a| a.name == name))
+    }
+
+    /// A byte range of a stored blob (an attachment's), read front to back
+    /// and verified as it goes, as [`Tree::read_stream`] reads a file.
+    pub async fn read_blob(&self, hash: &BlobHash, range: std::ops::Range<u64>) -> Result<crate::ReadStream> {
+        self.inner.read_stream(hash, range).await
+    }
+
     /// Makes `target` a file with the blob's bytes: a hard link to the blob
     /// store's file where it has one, else a copy.
     pub async fn link_blob(&self, hash: &BlobHash, target: &Path) -> Result<()> {

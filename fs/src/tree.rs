@@ -452,11 +452,7 @@ impl Tree {
     /// with read-ahead, instead of a read per window).
     pub async fn read_stream(&self, entry: &Entry, range: std::ops::Range<u64>) -> Result<ReadStream> {
         let hash = self.file_hash(entry)?;
-        let read = self.inner.noted(self.inner.blobs.read_verified(&hash, range).await)?;
-        Ok(ReadStream {
-            inner: self.inner.clone(),
-            read,
-        })
+        self.inner.read_stream(&hash, range).await
     }
 
     pub async fn copy_to(
@@ -667,6 +663,20 @@ impl Tree {
 pub struct ReadStream {
     inner: Arc<crate::store::Inner>,
     read: crate::blobs::Verified,
+}
+
+impl crate::store::Inner {
+    pub(crate) async fn read_stream(
+        self: &Arc<Self>,
+        hash: &BlobHash,
+        range: std::ops::Range<u64>,
+    ) -> Result<ReadStream> {
+        let read = self.noted(self.blobs.read_verified(hash, range).await)?;
+        Ok(ReadStream {
+            inner: self.clone(),
+            read,
+        })
+    }
 }
 
 impl ReadStream {

@@ -10,6 +10,7 @@ mod crash;
 mod git;
 mod hardening;
 mod http;
+mod lfs;
 mod mount;
 mod node;
 mod remote;

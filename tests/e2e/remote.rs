@@ -205,7 +205,7 @@ fn the_remote_cli_keeps_to_its_tokens_grants() {
     for args in [
         &["put", "-r", ".", "docs:/"][..],
         &["get", "-r", "docs:/", "-o", "x"],
-        &["repo", "list"],
+        &["repo", "create", "code"],
         &["user", "add", "carol", "--key", "k.pub"],
     ] {
         fails_saying(

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use alknet_forge::Forge;
-use alknet_fs::{Address, BucketPath, Entry, Expect, Kind, Level, OpenOptions, Principal, Store, Tree, Version};
+use alknet_fs::{
+    Address, BlobHash, BucketPath, Entry, Expect, Kind, Level, OpenOptions, Principal, Store, Tree, Version,
+};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -114,6 +116,14 @@ pub const ROUTES: &[Route] = &[
         "Set the quota {quota: bytes|null}.",
         "admin",
         Some("json"),
+        "json",
+    ),
+    r(
+        "GET",
+        "/api/v1/repos",
+        "Repositories the caller may read: HEAD, refs, packs, LFS objects and bytes.",
+        "token",
+        None,
         "json",
     ),
     r(
@@ -344,33 +354,34 @@ fn handler(i: usize) -> MethodRouter<App> {
         3 => on(f, create_bucket),
         4 => on(f, delete_bucket),
         5 => on(f, set_quota),
-        6 => on(f, list_branches),
-        7 => on(f, create_branch),
-        8 => on(f, delete_branch),
-        9 => on(f, list_snapshots),
-        10 => on(f, create_snapshot),
-        11 => on(f, log),
-        12 => on(f, diff),
-        13 => on(f, watch),
-        14 => on(f, mkdir),
-        15 => on(f, move_entry),
-        16 => on(f, copy_entry),
-        17 => on(f, symlink),
-        18 => on(f, prune),
-        19 => on(f, get_root),
-        20 => on(f, get_file),
-        21 => on(f, put_file),
-        22 => on(f, delete_file),
-        23 => on(f, gc),
-        24 => on(f, fsck),
-        25 => on(f, stats),
-        26 => on(f, list_users),
-        27 => on(f, grant),
-        28 => on(f, revoke),
-        29 => on(f, list_tokens),
-        30 => on(f, create_token),
-        31 => on(f, revoke_token),
-        32 => on(f, metrics),
+        6 => on(f, list_repos),
+        7 => on(f, list_branches),
+        8 => on(f, create_branch),
+        9 => on(f, delete_branch),
+        10 => on(f, list_snapshots),
+        11 => on(f, create_snapshot),
+        12 => on(f, log),
+        13 => on(f, diff),
+        14 => on(f, watch),
+        15 => on(f, mkdir),
+        16 => on(f, move_entry),
+        17 => on(f, copy_entry),
+        18 => on(f, symlink),
+        19 => on(f, prune),
+        20 => on(f, get_root),
+        21 => on(f, get_file),
+        22 => on(f, put_file),
+        23 => on(f, delete_file),
+        24 => on(f, gc),
+        25 => on(f, fsck),
+        26 => on(f, stats),
+        27 => on(f, list_users),
+        28 => on(f, grant),
+        29 => on(f, revoke),
+        30 => on(f, list_tokens),
+        31 => on(f, create_token),
+        32 => on(f, revoke_token),
+        33 => on(f, metrics),
         _ => unreachable!("one handler per route"),
     }
 }
@@ -385,6 +396,7 @@ pub(crate) fn router(forge: Forge, metrics: Arc<Metrics>, metrics_public: bool) 
     let routes = (0..ROUTES.len()).fold(Router::new(), |router, i| router.route(ROUTES[i].path, handler(i)));
     routes
         .merge(super::git::routes())
+        .merge(super::lfs::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -669,6 +681,20 @@ async fn set_quota(State(app): State<App>, headers: HeaderMap, Path(bucket): Pat
         Ok(axum::Json(
             json!({"bucket": bucket, "quota": req.quota, "main_bytes": used}),
         ))
+    })
+    .await
+}
+
+async fn list_repos(State(app): State<App>, headers: HeaderMap) -> Answer {
+    let who = caller(&app, &headers).await?;
+    blocking(move || {
+        let mut out = Vec::new();
+        for repo in app.forge.list()? {
+            if who.level(&app.store, &repo.name)?.is_some() {
+                out.push(repo);
+            }
+        }
+        Ok(to_json(&out))
     })
     .await
 }
@@ -1071,7 +1097,12 @@ async fn read_path(
             })
             .await
         }
-        Kind::File => download(&app, &headers, tree, entry).await,
+        Kind::File => {
+            let hash = entry
+                .hash
+                .ok_or_else(|| ApiError::bad(format!("{path}: a file without content")))?;
+            download(&app, &headers, hash, entry.size).await
+        }
         _ => Err(ApiError::bad(format!("{path}: not a file or directory"))),
     }
 }
@@ -1119,16 +1150,23 @@ fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
-async fn download(app: &App, headers: &HeaderMap, tree: Tree, entry: Entry) -> Answer<Response> {
-    let etag = entry.hash.map(|h| format!("\"{}\"", h.to_hex())).unwrap_or_default();
+/// The bytes of blob `hash` (`size` bytes) as an answer: `ETag` (the hash),
+/// `If-None-Match`, a single `Range`; a file's, or an LFS object's.
+pub(super) async fn download(app: &App, headers: &HeaderMap, hash: BlobHash, size: u64) -> Answer<Response> {
+    let etag = format!("\"{}\"", hash.to_hex());
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let tagged = |mut response: Response| {
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, v);
+        }
+        response
+    };
     if not_modified {
-        return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &entry));
+        return Ok(tagged(StatusCode::NOT_MODIFIED.into_response()));
     }
-    let size = entry.size;
     let (status, start, end) = match range(headers, size) {
         Ok(None) => (StatusCode::OK, 0, size),
         Ok(Some((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e + 1),
@@ -1145,7 +1183,7 @@ async fn download(app: &App, headers: &HeaderMap, tree: Tree, entry: Entry) -> A
             return Ok(r);
         }
     };
-    let read = tree.read_stream(&entry, start..end).await?;
+    let read = app.store.read_blob(&hash, start..end).await?;
     let metrics = app.metrics.clone();
     // Each window is checked against the blob's hash tree before it is sent;
     // an error mid-way ends the body early, so the client sees a short
@@ -1181,7 +1219,7 @@ async fn download(app: &App, headers: &HeaderMap, tree: Tree, entry: Entry) -> A
     {
         h.insert(header::CONTENT_RANGE, v);
     }
-    Ok(with_etag(response, &entry))
+    Ok(tagged(response))
 }
 
 async fn put_file(

@@ -43,32 +43,64 @@ struct InfoQuery {
     service: Option<String>,
 }
 
-/// The caller: `None` when no token came (a public repository may still
-/// answer); a token that is bad, expired or revoked is 401 at once.
-async fn who(app: &App, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
-    let Some(token) = token_of(headers) else {
-        return Ok(None);
-    };
-    let store = app.store.clone();
-    match blocking(move || store.authenticate(&token).map_err(ApiError::from)).await? {
-        Some(p) => Ok(Some(p)),
-        None => Err(ApiError::unauthorized()),
+/// Why a request for a repository is turned away, before any protocol's
+/// wording: git's answers are [`ApiError`]s, Git LFS's its own JSON.
+pub(super) enum Turned {
+    /// No token, a bad one, or nobody signed in asking for what is hidden.
+    SignIn,
+    NotFound(String),
+    Forbidden(String),
+    Failed(ApiError),
+}
+
+impl From<Turned> for ApiError {
+    fn from(t: Turned) -> ApiError {
+        match t {
+            Turned::SignIn => ApiError::unauthorized(),
+            Turned::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            Turned::Forbidden(m) => ApiError::forbidden(m),
+            Turned::Failed(e) => e,
+        }
     }
 }
 
-/// The repository `path` names, if the caller may use `service` on it.
-async fn authorize(app: &App, headers: &HeaderMap, path: String, service: Service) -> Result<String, ApiError> {
-    let who = who(app, headers).await?;
+/// The repository `path` names and the caller (`None`: nobody signed in),
+/// if the caller may use `service` on it — the forge's one rule.
+pub(super) async fn allowed(
+    app: &App,
+    headers: &HeaderMap,
+    path: String,
+    service: Service,
+) -> Result<(String, Option<Principal>), Turned> {
+    let who = match token_of(headers) {
+        None => None,
+        Some(token) => {
+            let store = app.store.clone();
+            match blocking(move || store.authenticate(&token).map_err(ApiError::from)).await {
+                Ok(Some(p)) => Some(p),
+                Ok(None) => return Err(Turned::SignIn),
+                Err(e) => return Err(Turned::Failed(e)),
+            }
+        }
+    };
     let forge = app.forge.clone();
-    let anonymous = who.is_none();
-    let decided = blocking(move || Ok(forge.authorize(who.as_ref(), &path, service))).await?;
-    decided.map_err(|refusal| match refusal {
+    let caller = who.clone();
+    let decided = blocking(move || Ok(forge.authorize(caller.as_ref(), &path, service)))
+        .await
+        .map_err(Turned::Failed)?;
+    match decided {
+        Ok(repo) => Ok((repo, who)),
+        Err(Refusal::SignIn) => Err(Turned::SignIn),
         // Nobody signed in learns nothing from a 404: they are asked to sign in.
-        Refusal::SignIn => ApiError::unauthorized(),
-        Refusal::Hidden(_) if anonymous => ApiError::unauthorized(),
-        Refusal::Hidden(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
-        Refusal::Denied(m) => ApiError::forbidden(m),
-    })
+        Err(Refusal::Hidden(_)) if who.is_none() => Err(Turned::SignIn),
+        Err(Refusal::Hidden(m)) => Err(Turned::NotFound(m)),
+        Err(Refusal::Denied(m)) => Err(Turned::Forbidden(m)),
+    }
+}
+
+/// [`allowed`], answered as git's smart HTTP answers.
+async fn authorize(app: &App, headers: &HeaderMap, path: String, service: Service) -> Result<String, ApiError> {
+    Ok(allowed(app, headers, path, service).await?.0)
 }
 
 fn v2(headers: &HeaderMap) -> bool {

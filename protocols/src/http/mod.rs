@@ -13,6 +13,7 @@
 mod api;
 pub mod client;
 mod git;
+mod lfs;
 
 use std::future::Future;
 use std::path::Path;

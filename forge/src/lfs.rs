@@ -1,0 +1,193 @@
+//! Git LFS objects on the store: each is a blob attached to its
+//! repository's bucket as `lfs/OID` (the object's SHA-256), so GC keeps it
+//! while the repository does, fsck re-hashes it like any blob, and the same
+//! bytes pushed to two repositories (or also written to a bucket) are stored
+//! once, by their BLAKE3 hash. An upload is hashed with SHA-256 as it
+//! arrives and attached only if that hash is its oid and its size the size
+//! declared; otherwise nothing is attached and GC reclaims the bytes.
+
+use alknet_fs::{Attachment, Blob};
+use bytes::Bytes;
+use sha2::Digest;
+
+use crate::Error;
+use crate::repo::Forge;
+
+/// Attachment names of LFS objects start with this.
+const PREFIX: &str = "lfs/";
+
+/// Chunks of an upload in flight to the blob store.
+const DEPTH: usize = 8;
+
+/// Whether `oid` is an LFS object id: 64 lower-case hex digits (SHA-256).
+pub fn valid_oid(oid: &str) -> bool {
+    oid.len() == 64 && oid.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// An upload in progress: feed it with [`LfsUpload::write`], end it with
+/// [`LfsUpload::finish`]. Dropped unfinished, it keeps nothing.
+pub struct LfsUpload {
+    forge: Forge,
+    repo: String,
+    oid: String,
+    sha: sha2::Sha256,
+    len: u64,
+    tx: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
+    import: tokio::task::JoinHandle<alknet_fs::Result<Blob>>,
+}
+
+impl LfsUpload {
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
+        self.sha.update(&chunk);
+        self.len += chunk.len() as u64;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::Protocol("the upload is over".into()))?;
+        if tx.send(Ok(chunk)).await.is_err() {
+            // The import ended early: its error says why.
+            return Err(self.failed().await);
+        }
+        Ok(())
+    }
+
+    async fn failed(&mut self) -> Error {
+        self.tx = None;
+        match (&mut self.import).await {
+            Ok(Err(e)) => Error::Store(e),
+            Ok(Ok(_)) => Error::Protocol("the blob store stopped reading the upload".into()),
+            Err(e) => Error::Protocol(format!("the upload's import failed: {e}")),
+        }
+    }
+
+    /// Keeps the object if its bytes hash to its oid and, when `size` is
+    /// given, there are that many of them.
+    pub async fn finish(mut self, size: Option<u64>) -> Result<Attachment, Error> {
+        self.tx = None;
+        let blob = (&mut self.import)
+            .await
+            .map_err(|e| Error::Protocol(format!("the upload's import failed: {e}")))??;
+        let got = hex(&self.sha.clone().finalize());
+        if got != self.oid {
+            return Err(Error::Protocol(format!(
+                "the uploaded bytes hash to {got}, not to {}; nothing was kept",
+                self.oid
+            )));
+        }
+        if let Some(size) = size
+            && size != self.len
+        {
+            return Err(Error::Protocol(format!(
+                "{} bytes arrived, not the {size} declared; nothing was kept",
+                self.len
+            )));
+        }
+        let store = self.forge.store();
+        store.sync_blobs().await?;
+        let name = format!("{PREFIX}{}", self.oid);
+        store.attach(&self.repo, &name, &blob)?;
+        Ok(Attachment {
+            name,
+            hash: blob.hash(),
+            size: blob.size(),
+        })
+    }
+}
+
+impl Drop for LfsUpload {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            // An upload that broke off: the import ends with an error, and
+            // its bytes are left to GC.
+            tx.try_send(Err(std::io::Error::other("the upload broke off"))).ok();
+        }
+    }
+}
+
+/// The object a Git LFS pointer file names: `(oid, size)`. A pointer is
+/// `version https://git-lfs.github.com/spec/v1`, `oid sha256:OID`, `size N`,
+/// one key per line, under 1024 bytes.
+pub(crate) fn pointer(bytes: &[u8]) -> Option<(String, u64)> {
+    if bytes.len() >= 1024 {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut lines = text.lines();
+    if !lines.next()?.starts_with("version https://git-lfs.github.com/spec/") {
+        return None;
+    }
+    let (mut oid, mut size) = (None, None);
+    for line in lines {
+        let (key, value) = line.split_once(' ')?;
+        match key {
+            "oid" => {
+                oid = value
+                    .strip_prefix("sha256:")
+                    .filter(|o| valid_oid(o))
+                    .map(str::to_owned)
+            }
+            "size" => size = value.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((oid?, size?))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Forge {
+    /// The LFS object `oid` of `repo`, if the repository has it.
+    pub fn lfs_object(&self, repo: &str, oid: &str) -> Result<Option<Attachment>, Error> {
+        if !valid_oid(oid) {
+            return Ok(None);
+        }
+        Ok(self.store().attachment(repo, &format!("{PREFIX}{oid}"))?)
+    }
+
+    /// The repository's LFS objects: how many, and their bytes.
+    pub fn lfs_usage(&self, repo: &str) -> Result<(u64, u64), Error> {
+        let all = self.store().attachments(repo, PREFIX)?;
+        Ok((all.len() as u64, all.iter().map(|a| a.size).sum()))
+    }
+
+    /// Starts an upload of object `oid` into `repo`.
+    pub fn lfs_upload(&self, repo: &str, oid: &str) -> Result<LfsUpload, Error> {
+        if !valid_oid(oid) {
+            return Err(Error::Protocol(format!(
+                "{oid:?} is not an LFS object id (64 hex digits)"
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(DEPTH);
+        let store = self.store().clone();
+        let import = tokio::spawn(async move { store.import_stream(rx).await });
+        Ok(LfsUpload {
+            forge: self.clone(),
+            repo: repo.to_owned(),
+            oid: oid.to_owned(),
+            sha: sha2::Sha256::new(),
+            len: 0,
+            tx: Some(tx),
+            import,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_parse_as_the_spec_writes_them() {
+        let oid = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393";
+        let text = format!("version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize 12345\n");
+        assert_eq!(pointer(text.as_bytes()), Some((oid.to_owned(), 12345)));
+        assert_eq!(pointer(b"hello\n"), None);
+        let short = text.replace(oid, "abc");
+        assert_eq!(pointer(short.as_bytes()), None);
+        assert!(valid_oid(oid));
+        assert!(!valid_oid(&oid.to_uppercase()));
+        assert!(!valid_oid(&oid[1..]));
+    }
+}

@@ -1,0 +1,368 @@
+//! Git LFS over HTTP with Debian's git-lfs: objects pushed and cloned, kept
+//! in the one store (published branches show the real bytes), file locks,
+//! and bad requests answered clearly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::http::{curl, token};
+use crate::util::{Node, Server, Via, add_user, combined, sftp_batch};
+
+/// A node with repository `hello`, admin `alice` (key and token) and git
+/// set up to reach it over HTTP with the token in git's credential store.
+struct Lfs {
+    node: Node,
+    server: Server,
+    key: PathBuf,
+    token: String,
+    home: PathBuf,
+}
+
+impl Lfs {
+    fn start() -> Lfs {
+        let node = Node::new();
+        let key = crate::util::client_key(&node, "alice");
+        node.ok(&[
+            "user",
+            "add",
+            "alice",
+            "--admin",
+            "--key",
+            &format!("{}.pub", key.display()),
+        ]);
+        node.ok(&["repo", "create", "hello"]);
+        let token = token(&node, "alice", &[]);
+        let server = Server::start(&node);
+        let home = node.work.join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let lfs = Lfs {
+            node,
+            server,
+            key,
+            token,
+            home,
+        };
+        lfs.credentials(&lfs.home, "alice", &lfs.token);
+        let install = lfs.git(&lfs.home, &["lfs", "install", "--skip-repo"]);
+        assert!(install.status.success(), "{}", combined(&install));
+        lfs
+    }
+
+    /// Puts `user`'s `token` in the credential store of `home`.
+    fn credentials(&self, home: &Path, user: &str, token: &str) {
+        let port = self.server.http.rsplit(':').next().expect("a port");
+        std::fs::write(
+            home.join(".git-credentials"),
+            format!("http://{user}:{token}@127.0.0.1:{port}\n"),
+        )
+        .expect("credentials");
+    }
+
+    fn url(&self) -> String {
+        format!("{}/hello.git", self.server.http)
+    }
+
+    /// git with `home` as HOME (its credentials and LFS filters).
+    fn git_in(&self, home: &Path, dir: &Path, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg("300")
+            .arg("git")
+            .args(["-c", "credential.helper=store", "-c", "lfs.concurrenttransfers=4"])
+            .args(args)
+            .current_dir(dir)
+            .env("HOME", home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", "A U Thor")
+            .env("GIT_AUTHOR_EMAIL", "author@example.com")
+            .env("GIT_COMMITTER_NAME", "C O Mitter")
+            .env("GIT_COMMITTER_EMAIL", "committer@example.com")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run git")
+    }
+
+    fn git(&self, dir: &Path, args: &[&str]) -> Output {
+        self.git_in(&self.home, dir, args)
+    }
+
+    fn ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.git(dir, args);
+        assert!(out.status.success(), "git {args:?}:\n{}", combined(&out));
+        combined(&out)
+    }
+
+    fn work(&self, name: &str) -> PathBuf {
+        self.node.work.join(name)
+    }
+
+    /// A new repository `name` tracking `*.bin` with LFS, origin the node.
+    fn repo(&self, name: &str) -> PathBuf {
+        let dir = self.work(name);
+        self.ok(&self.node.work, &["init", "-q", "-b", "main", name]);
+        self.ok(&dir, &["lfs", "track", "*.bin"]);
+        self.ok(&dir, &["remote", "add", "origin", &self.url()]);
+        dir
+    }
+}
+
+/// A 200 MiB LFS file and 300 small ones go up over HTTP and come back
+/// whole in a clone; the published branch holds the real bytes (SFTP reads
+/// the file, not its pointer); the objects are counted per repository,
+/// survive GC and pass fsck.
+#[test]
+fn lfs_objects_push_clone_and_publish_as_real_files() {
+    let f = Lfs::start();
+    let src = f.repo("src");
+    let big = crate::util::pattern(200 << 20, 5);
+    std::fs::write(src.join("big.bin"), &big).expect("big");
+    std::fs::create_dir_all(src.join("small")).expect("small");
+    for i in 0..300 {
+        std::fs::write(src.join(format!("small/{i:03}.bin")), format!("small object {i}\n")).expect("small");
+    }
+    std::fs::write(src.join("README"), "not in LFS\n").expect("readme");
+    f.ok(&src, &["add", "-A"]);
+    f.ok(&src, &["commit", "-q", "-m", "lfs"]);
+    f.ok(&src, &["push", "origin", "HEAD:main"]);
+
+    f.ok(&f.node.work, &["clone", "-q", &f.url(), "copy"]);
+    let copy = f.work("copy");
+    assert!(
+        std::fs::read(copy.join("big.bin")).expect("big") == big,
+        "the clone smudged the big file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(copy.join("small/123.bin")).expect("small"),
+        "small object 123\n"
+    );
+    let listed = f.ok(&copy, &["lfs", "ls-files"]);
+    assert_eq!(listed.lines().count(), 301, "{listed}");
+
+    // The published branch: the real bytes, over SFTP.
+    let (ok, out) = sftp_batch(
+        &f.node,
+        &f.server,
+        &f.key,
+        Via::Tcp,
+        "get /hello@main/big.bin from-sftp.bin\n",
+    );
+    assert!(ok, "{out}");
+    assert!(
+        std::fs::read(f.work("from-sftp.bin")).expect("sftp") == big,
+        "SFTP reads the object, not the pointer"
+    );
+    assert_eq!(f.node.bytes(&["cat", "hello@main:/small/007.bin"]), b"small object 7\n");
+    let repos = f.node.json(&["repo", "list"]);
+    assert_eq!(repos[0]["lfs_objects"], 301, "{repos}");
+    assert!(repos[0]["lfs_bytes"].as_u64().expect("bytes") > 200 << 20);
+
+    // GC keeps what the repository holds; fsck re-hashes it.
+    f.node.ok(&["gc"]);
+    f.node.ok(&["fsck"]);
+    f.ok(&f.node.work, &["clone", "-q", &f.url(), "again"]);
+    assert!(std::fs::read(f.work("again/big.bin")).expect("big") == big);
+}
+
+/// Locks: taken, listed, verified as ours and theirs, refused to others,
+/// forced away by an admin; a reader may list but not lock.
+#[test]
+fn lfs_locks_follow_their_owners() {
+    let f = Lfs::start();
+    let src = f.repo("src");
+    std::fs::write(src.join("art.bin"), b"binary art").expect("art");
+    f.ok(&src, &["add", "-A"]);
+    f.ok(&src, &["commit", "-q", "-m", "art"]);
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
+    let locked = f.ok(&src, &["lfs", "lock", "art.bin"]);
+    assert!(locked.contains("Locked art.bin"), "{locked}");
+    let listed = f.ok(&src, &["lfs", "locks"]);
+    assert!(listed.contains("art.bin") && listed.contains("alice"), "{listed}");
+    let again = f.git(&src, &["lfs", "lock", "art.bin"]);
+    assert!(!again.status.success(), "a path is locked once");
+
+    // bob may write: he sees alice's lock as theirs and cannot unlock it.
+    add_user(&f.node, "bob");
+    f.node.ok(&["grant", "bob", "hello", "write"]);
+    let bob_home = f.work("bob-home");
+    std::fs::create_dir_all(&bob_home).expect("home");
+    f.credentials(&bob_home, "bob", &token(&f.node, "bob", &[]));
+    let install = f.git_in(&bob_home, &bob_home, &["lfs", "install", "--skip-repo"]);
+    assert!(install.status.success());
+    let bobs = f.work("bobs");
+    let cloned = f.git_in(&bob_home, &f.node.work, &["clone", "-q", &f.url(), "bobs"]);
+    assert!(cloned.status.success(), "{}", combined(&cloned));
+    let verify = f.git_in(&bob_home, &bobs, &["lfs", "locks", "--verify"]);
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("art.bin")
+            && !String::from_utf8_lossy(&verify.stdout).starts_with('O'),
+        "theirs: {}",
+        combined(&verify)
+    );
+    let mine = f.ok(&src, &["lfs", "locks", "--verify"]);
+    assert!(mine.starts_with("O art.bin"), "ours: {mine}");
+    let steal = f.git_in(&bob_home, &bobs, &["lfs", "unlock", "art.bin"]);
+    assert!(!steal.status.success(), "{}", combined(&steal));
+    let steal = f.git_in(&bob_home, &bobs, &["lfs", "unlock", "--force", "art.bin"]);
+    assert!(!steal.status.success(), "only an admin forces: {}", combined(&steal));
+    // carol may only read: she lists, she cannot lock.
+    add_user(&f.node, "carol");
+    f.node.ok(&["grant", "carol", "hello", "read"]);
+    let carol = token(&f.node, "carol", &[]);
+    let list = curl(Some(&carol), &[], &format!("{}/info/lfs/locks", f.url()));
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert!(list.text().contains("art.bin"));
+    let lock = curl(
+        Some(&carol),
+        &[
+            "-H",
+            "Content-Type: application/vnd.git-lfs+json",
+            "--data",
+            "{\"path\":\"x.bin\"}",
+        ],
+        &format!("{}/info/lfs/locks", f.url()),
+    );
+    assert_eq!(lock.status, 403, "{}", lock.text());
+    // The admin forces bob's way clear.
+    let bob_lock = f.git_in(&bob_home, &bobs, &["lfs", "lock", "other.bin"]);
+    assert!(bob_lock.status.success(), "{}", combined(&bob_lock));
+    let forced = f.ok(&src, &["lfs", "unlock", "--force", "other.bin"]);
+    assert!(forced.contains("Unlocked other.bin"), "{forced}");
+    f.ok(&src, &["lfs", "unlock", "art.bin"]);
+    assert_eq!(f.ok(&src, &["lfs", "locks"]).trim(), "");
+}
+
+/// Bad uploads and batches: a clear error each, nothing kept that should
+/// not be, and the node goes on serving.
+#[test]
+fn lfs_bad_requests_get_clear_answers() {
+    let f = Lfs::start();
+    let lfs = format!("{}/info/lfs", f.url());
+    let media = ["-H", "Content-Type: application/vnd.git-lfs+json; charset=utf-8"];
+    let batch = |body: &str| {
+        let mut args = media.to_vec();
+        args.extend(["--data-binary", body]);
+        curl(Some(&f.token), &args, &format!("{lfs}/objects/batch"))
+    };
+    let oid = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393";
+    // Per-object errors in a 200 batch: a short oid, a negative size.
+    let answer = batch(&format!(
+        r#"{{"operation":"upload","objects":[{{"oid":"abc","size":1}},{{"oid":"{oid}","size":-1}},{{"oid":"{oid}","size":12}}]}}"#
+    ));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/vnd.git-lfs+json")),
+        "{:?}",
+        answer.header("content-type")
+    );
+    let v = answer.json();
+    assert_eq!(v["objects"][0]["error"]["code"], 422, "{v}");
+    assert_eq!(v["objects"][1]["error"]["code"], 422, "{v}");
+    assert!(v["objects"][2]["actions"]["upload"]["href"].is_string(), "{v}");
+    assert!(v["objects"][2]["actions"]["upload"]["expires_in"].is_u64(), "{v}");
+    // A missing object to download is a 404 inside the batch.
+    let missing = batch(&format!(
+        r#"{{"operation":"download","objects":[{{"oid":"{oid}","size":12}}]}}"#
+    ))
+    .json();
+    assert_eq!(missing["objects"][0]["error"]["code"], 404, "{missing}");
+    // Too many objects.
+    let many: Vec<String> = (0..10_000)
+        .map(|i| format!(r#"{{"oid":"{i:064x}","size":1}}"#))
+        .collect();
+    let body = format!(r#"{{"operation":"upload","objects":[{}]}}"#, many.join(","));
+    let file = f.work("many.json");
+    std::fs::write(&file, body).expect("body");
+    let mut args = media.to_vec();
+    let at = format!("@{}", file.display());
+    args.extend(["--data-binary", &at]);
+    assert_eq!(curl(Some(&f.token), &args, &format!("{lfs}/objects/batch")).status, 413);
+
+    // Bytes that do not hash to their oid are refused and not kept.
+    let wrong = curl(
+        Some(&f.token),
+        &["-X", "PUT", "--data-binary", "not these bytes"],
+        &format!("{lfs}/objects/{oid}"),
+    );
+    assert_eq!(wrong.status, 422, "{}", wrong.text());
+    let mut args = media.to_vec();
+    let pointer = format!(r#"{{"oid":"{oid}","size":15}}"#);
+    args.extend(["--data-binary", &pointer]);
+    assert_eq!(curl(Some(&f.token), &args, &format!("{lfs}/verify")).status, 404);
+    // The right bytes are kept; verify then says so.
+    let data = b"the right bytes";
+    let right = sha256_hex(data);
+    let put = curl(
+        Some(&f.token),
+        &["-X", "PUT", "--data-binary", std::str::from_utf8(data).expect("utf-8")],
+        &format!("{lfs}/objects/{right}"),
+    );
+    assert_eq!(put.status, 200, "{}", put.text());
+    let mut args = media.to_vec();
+    let pointer = format!(r#"{{"oid":"{right}","size":15}}"#);
+    args.extend(["--data-binary", &pointer]);
+    assert_eq!(curl(Some(&f.token), &args, &format!("{lfs}/verify")).status, 200);
+    let got = curl(Some(&f.token), &["-r", "4-8"], &format!("{lfs}/objects/{right}"));
+    assert_eq!((got.status, got.text().as_str()), (206, "right"));
+    // A wrong-length oid in the path; no token at all.
+    let short = curl(
+        Some(&f.token),
+        &["-X", "PUT", "--data-binary", "x"],
+        &format!("{lfs}/objects/abc"),
+    );
+    assert_eq!(short.status, 422, "{}", short.text());
+    let anon = curl(
+        None,
+        &["-X", "PUT", "--data-binary", "x"],
+        &format!("{lfs}/objects/{right}"),
+    );
+    assert_eq!(anon.status, 401);
+    assert!(anon.header("lfs-authenticate").is_some(), "{}", anon.headers);
+
+    // An upload cut at half: nothing is kept, and GC takes its bytes.
+    let cut = sha256_hex(&crate::util::pattern(1 << 20, 9));
+    let port: u16 = f.server.http.rsplit(':').next().expect("port").parse().expect("port");
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            s,
+            "PUT /hello.git/info/lfs/objects/{cut} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+            f.token,
+            1 << 20
+        )
+        .expect("head");
+        s.write_all(&crate::util::pattern(1 << 19, 9)).expect("half");
+    }
+    let mut args = media.to_vec();
+    let pointer = format!(r#"{{"oid":"{cut}","size":{}}}"#, 1 << 20);
+    args.extend(["--data-binary", &pointer]);
+    let status = curl(Some(&f.token), &args, &format!("{lfs}/verify")).status;
+    assert_eq!(status, 404, "a cut upload is never kept");
+    f.node.ok(&["gc"]);
+    f.node.ok(&["fsck"]);
+    // Still serving.
+    let again = batch(&format!(
+        r#"{{"operation":"download","objects":[{{"oid":"{right}","size":15}}]}}"#
+    ))
+    .json();
+    assert!(
+        again["objects"][0]["actions"]["download"]["href"].is_string(),
+        "{again}"
+    );
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(data)?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+}
