@@ -23,6 +23,7 @@
 mod access;
 mod error;
 mod lfs;
+mod locks;
 mod pack;
 mod pkt;
 mod publish;

@@ -26,12 +26,12 @@ pub(crate) const CAPS: &str = "report-status report-status-v2 delete-refs side-b
 
 /// One ref update a client asked for.
 #[derive(Debug)]
-struct Command {
-    old: ObjectId,
-    new: ObjectId,
-    name: String,
+pub(crate) struct Command {
+    pub(crate) old: ObjectId,
+    pub(crate) new: ObjectId,
+    pub(crate) name: String,
     /// `None`: accepted so far; `Some(reason)`: refused.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// What one push did, for the log.
@@ -42,12 +42,14 @@ pub struct PushOutcome {
     pub objects: u32,
 }
 
-/// Serves one receive-pack session on `input`/`output`: over a connection
-/// the advertisement comes first; stateless (HTTP), it answered `info/refs`
-/// and the request is the commands and the pack.
+/// Serves one receive-pack session on `input`/`output` for `pusher` (whose
+/// locks do not stop them): over a connection the advertisement comes
+/// first; stateless (HTTP), it answered `info/refs` and the request is the
+/// commands and the pack.
 pub fn receive_pack(
     forge: &Forge,
     repo: &str,
+    pusher: &str,
     mode: Mode,
     input: impl Read,
     output: impl Write,
@@ -129,6 +131,7 @@ pub fn receive_pack(
             _ => None,
         };
         check_commands(&repo, received, &mut commands)?;
+        crate::locks::check(&repo, received, pusher, &mut commands)?;
         if atomic && commands.iter().any(|c| c.error.is_some()) {
             for c in commands.iter_mut().filter(|c| c.error.is_none()) {
                 c.error = Some("atomic push failed".into());

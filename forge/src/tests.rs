@@ -255,7 +255,7 @@ pub(crate) mod garbage {
             let forge = forge.clone();
             let ran = tokio::task::spawn_blocking(move || {
                 let mut out = Vec::new();
-                let _ = receive_pack(&forge, "r", mode, Cursor::new(input), &mut out);
+                let _ = receive_pack(&forge, "r", "fuzzer", mode, Cursor::new(input), &mut out);
             });
             let ended = tokio::time::timeout(std::time::Duration::from_secs(10), ran).await;
             assert!(

@@ -82,6 +82,7 @@ where
                 ..
             } = req;
             let name = repo.clone();
+            let pusher = user.clone();
             let joined = tokio::task::spawn_blocking(move || {
                 let input = SyncIoBridge::new(read);
                 let mut output = SyncIoBridge::new(write);
@@ -89,7 +90,9 @@ where
                     Service::UploadPack => {
                         upload_pack(&forge, &name, v2, Mode::Connection, input, &mut output).map(|()| None)
                     }
-                    Service::ReceivePack => receive_pack(&forge, &name, Mode::Connection, input, &mut output).map(Some),
+                    Service::ReceivePack => {
+                        receive_pack(&forge, &name, &pusher, Mode::Connection, input, &mut output).map(Some)
+                    }
                 };
                 (result, output.into_inner())
             })

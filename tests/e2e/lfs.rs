@@ -198,6 +198,34 @@ fn lfs_locks_follow_their_owners() {
         "theirs: {}",
         combined(&verify)
     );
+    // The node refuses bob's push of the file alice holds, even with the
+    // client's own check (the pre-push hook) skipped; other files go.
+    std::fs::write(bobs.join("art.bin"), b"bob's art").expect("edit");
+    let commit = f.git_in(&bob_home, &bobs, &["commit", "-qam", "bob edits art"]);
+    assert!(commit.status.success(), "{}", combined(&commit));
+    let refused = f.git_in(&bob_home, &bobs, &["push", "--no-verify", "origin", "HEAD:main"]);
+    assert!(!refused.status.success(), "{}", combined(&refused));
+    assert!(
+        combined(&refused).contains("art.bin is locked by alice"),
+        "{}",
+        combined(&refused)
+    );
+    let undo = f.git_in(&bob_home, &bobs, &["reset", "-q", "--hard", "origin/main"]);
+    assert!(undo.status.success());
+    std::fs::write(bobs.join("notes.txt"), b"bob's notes").expect("notes");
+    f.git_in(&bob_home, &bobs, &["add", "notes.txt"]);
+    f.git_in(&bob_home, &bobs, &["commit", "-qm", "notes"]);
+    let pushed = f.git_in(&bob_home, &bobs, &["push", "origin", "HEAD:main"]);
+    assert!(
+        pushed.status.success(),
+        "an unlocked path pushes: {}",
+        combined(&pushed)
+    );
+    // alice's own lock does not stop alice.
+    f.ok(&src, &["pull", "-q", "--no-rebase", "origin", "main"]);
+    std::fs::write(src.join("art.bin"), b"alice's new art").expect("edit");
+    f.ok(&src, &["commit", "-qam", "alice edits art"]);
+    f.ok(&src, &["push", "-q", "origin", "HEAD:main"]);
     let mine = f.ok(&src, &["lfs", "locks", "--verify"]);
     assert!(mine.starts_with("O art.bin"), "ours: {mine}");
     let steal = f.git_in(&bob_home, &bobs, &["lfs", "unlock", "art.bin"]);

@@ -171,7 +171,9 @@ async fn receive(
 
 /// One stateless request: the body into the forge, its answer out.
 async fn rpc(app: App, headers: HeaderMap, path: String, service: Service, body: Body) -> Result<Response, ApiError> {
-    let repo = authorize(&app, &headers, path, service).await?;
+    let (repo, who) = allowed(&app, &headers, path, service).await?;
+    // A push is never anonymous (the forge's rule); a fetch may be.
+    let user = who.map(|w| w.user).unwrap_or_default();
     let gzip = match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
         None | Some("identity") => false,
         Some("gzip" | "x-gzip") => true,
@@ -198,7 +200,7 @@ async fn rpc(app: App, headers: HeaderMap, path: String, service: Service, body:
             Service::UploadPack => upload_pack(&forge, &repo, v2, Mode::Stateless, input, &mut *out).map(|()| {
                 tracing::debug!(%repo, "git fetch over http");
             }),
-            Service::ReceivePack => receive_pack(&forge, &repo, Mode::Stateless, input, &mut *out).map(|push| {
+            Service::ReceivePack => receive_pack(&forge, &repo, &user, Mode::Stateless, input, &mut *out).map(|push| {
                 tracing::info!(%repo, updated = ?push.updated, refused = ?push.refused,
                     objects = push.objects, took = ?started.elapsed(), "git push over http");
             }),

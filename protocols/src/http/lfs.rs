@@ -360,7 +360,6 @@ fn lock_json(l: &alknet_fs::Lock) -> Value {
     })
 }
 
-
 /// The signed-in caller (locks need one: they have an owner).
 fn signed_in(who: Option<Principal>) -> Result<Principal, LfsError> {
     who.ok_or_else(|| Turned::SignIn.into())
