@@ -27,6 +27,9 @@ listen = "127.0.0.1:8080"
 # Serve HTTPS instead: a PEM certificate chain and its private key.
 # tls_cert = "/etc/alknet/cert.pem"
 # tls_key = "/etc/alknet/key.pem"
+# The URL clients reach this listener by (behind a proxy, or listening on
+# 0.0.0.0), handed out to Git LFS over SSH; default: the address listened on.
+# url = "https://files.example.org"
 # Serve /metrics without a token.
 metrics_public = false
 # Seconds a client may take to send a request's head (slow clients are cut off).
@@ -139,6 +142,7 @@ pub(crate) struct Http {
     pub(crate) listen: SocketAddr,
     pub(crate) tls_cert: Option<std::path::PathBuf>,
     pub(crate) tls_key: Option<std::path::PathBuf>,
+    pub(crate) url: Option<String>,
     pub(crate) metrics_public: bool,
     pub(crate) header_timeout_secs: u64,
     pub(crate) max_connections: usize,
@@ -151,6 +155,7 @@ impl Default for Http {
             listen: "127.0.0.1:8080".parse().expect("a literal address"),
             tls_cert: None,
             tls_key: None,
+            url: None,
             metrics_public: false,
             header_timeout_secs: d.header_timeout.as_secs(),
             max_connections: d.max_connections,

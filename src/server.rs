@@ -49,7 +49,6 @@ pub(crate) async fn run(
         metrics.clone(),
         config.http.metrics_public,
     );
-    let server = alknet_protocols::SshServer::new(forge, host_key, limits, metrics);
     let tls = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => Some(alknet_protocols::load_tls(cert, key)?),
         (None, None) => None,
@@ -63,6 +62,14 @@ pub(crate) async fn run(
         ),
         None => None,
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bound_url = match &http_tcp {
+        Some(l) => Some(format!("{scheme}://{}", l.local_addr()?)),
+        None => None,
+    };
+    // What git-lfs-authenticate hands out: the URL clients use, if set.
+    let public_url = config.http.url.clone().or_else(|| bound_url.clone());
+    let server = alknet_protocols::SshServer::new(forge, host_key, limits, metrics, public_url);
 
     let tcp = tokio::net::TcpListener::bind(ssh_addr)
         .await
@@ -78,9 +85,8 @@ pub(crate) async fn run(
         socket.path().display(),
         tcp.local_addr()?
     );
-    if let Some(l) = &http_tcp {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        banner.push_str(&format!("http: {scheme}://{}\n", l.local_addr()?));
+    if let Some(url) = &bound_url {
+        banner.push_str(&format!("http: {url}\n"));
     }
     if let Some(ep) = &endpoint {
         for a in alknet_protocols::node_addrs(ep) {

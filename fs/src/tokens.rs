@@ -43,12 +43,36 @@ impl Store {
         expires_days: Option<u32>,
         read_only: bool,
     ) -> Result<(TokenInfo, String)> {
+        let lifetime = expires_days.map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400));
+        self.make_token(user, name, lifetime, read_only)
+    }
+
+    /// A token that lives for `lifetime` only, for a service to hand out
+    /// (`git-lfs-authenticate`); expired ones of the same user and name go
+    /// as it is made, so they do not pile up.
+    pub fn create_token_for(
+        &self,
+        user: &str,
+        name: &str,
+        lifetime: std::time::Duration,
+        read_only: bool,
+    ) -> Result<(TokenInfo, String)> {
+        self.make_token(user, Some(name), Some(lifetime), read_only)
+    }
+
+    fn make_token(
+        &self,
+        user: &str,
+        name: Option<&str>,
+        lifetime: Option<std::time::Duration>,
+        read_only: bool,
+    ) -> Result<(TokenInfo, String)> {
         let secret: [u8; 32] = rand::random();
         let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         let text = format!("{TOKEN_PREFIX}{hex}");
         let prefix = hex[..8].to_owned();
         let created_ms = now_ms();
-        let expires_ms = expires_days.map(|d| created_ms + i64::from(d) * 86_400_000);
+        let expires_ms = lifetime.map(|l| created_ms.saturating_add(i64::try_from(l.as_millis()).unwrap_or(i64::MAX)));
         let name = name.map(str::to_owned).unwrap_or_else(|| format!("token-{prefix}"));
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(Error::InvalidName {
@@ -63,6 +87,10 @@ impl Store {
                 .query_row([user], |r| r.get(0))
                 .optional()?
                 .ok_or_else(|| Error::NoSuchUser(user.to_owned()))?;
+            tx.execute(
+                "DELETE FROM tokens WHERE user_id = ?1 AND name = ?2 AND expires_ms < ?3",
+                params![uid, name, created_ms],
+            )?;
             tx.execute(
                 "INSERT INTO tokens (user_id, name, prefix, hash, read_only, created_ms, expires_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

@@ -27,6 +27,54 @@ pub(crate) fn parse_command(command: &str) -> Option<(Service, String)> {
     Some((service, unquote(rest.trim())?))
 }
 
+/// Parses `git-lfs-authenticate 'REPO' download|upload` (what git-lfs runs
+/// over SSH to learn where the LFS API is): the repository and the service
+/// the operation needs.
+pub(crate) fn parse_lfs_authenticate(command: &str) -> Option<(String, Service)> {
+    let rest = command.trim().strip_prefix("git-lfs-authenticate ")?.trim();
+    let (repo, operation) = rest.rsplit_once(' ')?;
+    let service = match operation {
+        "download" => Service::UploadPack,
+        "upload" => Service::ReceivePack,
+        _ => return None,
+    };
+    Some((unquote(repo.trim())?, service))
+}
+
+/// How long a token `git-lfs-authenticate` hands out lives.
+const LFS_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The answer to `git-lfs-authenticate`: the repository's LFS API on the
+/// node's HTTP URL and a short-lived token for it (read-only for a
+/// download), if `user` may use `service` on the repository.
+pub(crate) fn lfs_authenticate(
+    forge: &Forge,
+    http_url: Option<&str>,
+    user: &str,
+    path: &str,
+    service: Service,
+) -> Result<serde_json::Value, String> {
+    let who = alknet_fs::Principal::user(user);
+    let repo = forge.authorize(Some(&who), path, service).map_err(|r| r.to_string())?;
+    let Some(url) = http_url else {
+        return Err("this node serves no HTTP API, so Git LFS over SSH cannot answer (set http.listen)".into());
+    };
+    let (_, token) = forge
+        .store()
+        .create_token_for(
+            user,
+            "git-lfs-authenticate",
+            LFS_TOKEN_LIFETIME,
+            service == Service::UploadPack,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({
+        "href": format!("{url}/{repo}.git/info/lfs"),
+        "header": {"Authorization": format!("Bearer {token}")},
+        "expires_in": LFS_TOKEN_LIFETIME.as_secs(),
+    }))
+}
+
 /// Undoes the shell quoting git applies to the path (`'a'\''b'`).
 fn unquote(s: &str) -> Option<String> {
     let mut out = String::new();
@@ -161,5 +209,14 @@ mod tests {
         assert_eq!(parse_command("rm -rf /"), None);
         assert_eq!(parse_command("git-upload-pack 'unterminated"), None);
         assert_eq!(parse_command("git-upload-pack a b"), None);
+        assert_eq!(
+            parse_lfs_authenticate("git-lfs-authenticate 'hello.git' upload"),
+            Some(("hello.git".into(), Service::ReceivePack))
+        );
+        assert_eq!(
+            parse_lfs_authenticate("git-lfs-authenticate hello download"),
+            Some(("hello".into(), Service::UploadPack))
+        );
+        assert_eq!(parse_lfs_authenticate("git-lfs-authenticate hello delete"), None);
     }
 }

@@ -37,6 +37,8 @@ struct Shared {
     metrics: Arc<crate::Metrics>,
     /// One permit per connection not yet logged in (`Limits::max_startups`).
     startups: Arc<Semaphore>,
+    /// Where the node's HTTP API is, for `git-lfs-authenticate`.
+    http_url: Option<String>,
 }
 
 /// What one node lets the network hold of it. Every connection, over TCP or
@@ -72,7 +74,15 @@ impl std::fmt::Debug for SshServer {
 
 impl SshServer {
     /// `metrics`: the node's counters (shared with its other frontends).
-    pub fn new(forge: Forge, host_key: PrivateKey, limits: Limits, metrics: Arc<crate::Metrics>) -> SshServer {
+    /// `http_url`: the node's HTTP API as clients reach it
+    /// (`https://files.example.org`), handed out by `git-lfs-authenticate`.
+    pub fn new(
+        forge: Forge,
+        host_key: PrivateKey,
+        limits: Limits,
+        metrics: Arc<crate::Metrics>,
+        http_url: Option<String>,
+    ) -> SshServer {
         let store = forge.store().clone();
         let config = russh::server::Config {
             keys: vec![host_key],
@@ -102,6 +112,7 @@ impl SshServer {
                 connections: Arc::new(Semaphore::new(limits.max_connections)),
                 metrics,
                 startups: Arc::new(Semaphore::new(limits.max_startups)),
+                http_url: http_url.map(|u| u.trim_end_matches('/').to_owned()),
             }),
         }
     }
@@ -405,6 +416,34 @@ impl russh::server::Handler for Conn {
 
     async fn exec_request(&mut self, id: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data);
+        if let (Some(user), Some((path, service))) = (self.user.clone(), git::parse_lfs_authenticate(&command)) {
+            let Some(channel) = self.take_channel(id, session)? else {
+                return Ok(());
+            };
+            let (shared, handle) = (self.shared.clone(), session.handle());
+            let peer = self.peer.clone();
+            tokio::spawn(async move {
+                let answer = git::lfs_authenticate(&shared.forge, shared.http_url.as_deref(), &user, &path, service);
+                let (text, code) = match answer {
+                    Ok(json) => (format!("{json}\n"), 0),
+                    Err(message) => {
+                        tracing::info!(%peer, %user, %path, "git-lfs-authenticate refused: {message}");
+                        (format!("{message}\n"), 1)
+                    }
+                };
+                let data = bytes::Bytes::from(text.into_bytes());
+                if code == 0 {
+                    handle.data(id, data).await.ok();
+                } else {
+                    handle.extended_data(id, 1, data).await.ok();
+                }
+                handle.exit_status_request(id, code).await.ok();
+                handle.eof(id).await.ok();
+                handle.close(id).await.ok();
+                drop(channel);
+            });
+            return Ok(());
+        }
         let (Some(user), Some((service, path))) = (self.user.clone(), git::parse_command(&command)) else {
             tracing::info!(peer = %self.peer, %command, "refused exec: only git-upload-pack and git-receive-pack run here");
             session.channel_failure(id)?;

@@ -163,6 +163,79 @@ fn lfs_objects_push_clone_and_publish_as_real_files() {
     assert!(std::fs::read(f.work("again/big.bin")).expect("big") == big);
 }
 
+/// Over SSH, git-lfs asks `git-lfs-authenticate` where the LFS API is and
+/// gets the node's HTTP URL with a short-lived token: a push and a clone
+/// by SSH URL carry LFS objects with no token configured anywhere.
+#[test]
+fn lfs_over_ssh_through_git_lfs_authenticate() {
+    let f = Lfs::start();
+    // No credentials at all: everything comes through SSH.
+    std::fs::remove_file(f.home.join(".git-credentials")).expect("no credentials");
+    let mut opts = crate::util::ssh_opts(&f.server, &f.key, Via::Tcp);
+    opts.truncate(opts.len() - 2);
+    let ssh = format!("ssh {}", opts.join(" "));
+    let url = format!("ssh://alice@127.0.0.1:{}/hello.git", f.server.ssh_port);
+    let git = |dir: &Path, args: &[&str]| {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg("git")
+            .args(["-c", "lfs.sshtransfer=never"])
+            .args(args)
+            .current_dir(dir)
+            .env("HOME", &f.home)
+            .env("GIT_SSH_COMMAND", &ssh)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", "A U Thor")
+            .env("GIT_AUTHOR_EMAIL", "author@example.com")
+            .env("GIT_COMMITTER_NAME", "C O Mitter")
+            .env("GIT_COMMITTER_EMAIL", "committer@example.com")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}:\n{}", combined(&out));
+    };
+    let src = f.work("ssh-src");
+    git(&f.node.work, &["init", "-q", "-b", "main", "ssh-src"]);
+    git(&src, &["lfs", "track", "*.bin"]);
+    let data = crate::util::pattern(3 << 20, 11);
+    std::fs::write(src.join("data.bin"), &data).expect("data");
+    git(&src, &["add", "-A"]);
+    git(&src, &["commit", "-q", "-m", "over ssh"]);
+    git(&src, &["push", "-q", &url, "HEAD:main"]);
+    git(&f.node.work, &["clone", "-q", &url, "ssh-copy"]);
+    assert!(std::fs::read(f.work("ssh-copy/data.bin")).expect("data") == data);
+    assert_eq!(f.node.bytes(&["cat", "hello@main:/data.bin"]), data);
+    // The answer itself: the API's URL, a token in a header, its lifetime.
+    let out = Command::new("ssh")
+        .args(crate::util::ssh_opts(&f.server, &f.key, Via::Tcp))
+        .args(["alice@127.0.0.1", "git-lfs-authenticate 'hello.git' download"])
+        .output()
+        .expect("ssh");
+    assert!(out.status.success(), "{}", combined(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["href"], format!("{}/hello.git/info/lfs", f.server.http), "{v}");
+    assert!(
+        v["header"]["Authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Bearer alk_")),
+        "{v}"
+    );
+    assert_eq!(v["expires_in"], 600);
+    // A repository alice cannot see is refused like a missing one.
+    let out = Command::new("ssh")
+        .args(crate::util::ssh_opts(&f.server, &f.key, Via::Tcp))
+        .args(["alice@127.0.0.1", "git-lfs-authenticate 'nope' upload"])
+        .output()
+        .expect("ssh");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        combined(&out)
+    );
+}
+
 /// Locks: taken, listed, verified as ours and theirs, refused to others,
 /// forced away by an admin; a reader may list but not lock.
 #[test]
