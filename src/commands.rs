@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::remote;
 use crate::stdio::Stdio;
-use crate::{BranchCmd, BucketCmd, Cli, Command, KeyCmd, RepoCmd, TokenCmd, UserCmd};
+use crate::{BranchCmd, BucketCmd, Cli, Command, KeyCmd, LfsCmd, RepoCmd, TokenCmd, UserCmd};
 
 /// Transfers smaller than this get no progress bar.
 const PROGRESS_MIN: u64 = 16 << 20;
@@ -388,25 +388,53 @@ async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Resul
             };
             print_list(io, json, &repos, |r| {
                 format!(
-                    "{}\t{}\t{} refs\t{} packs\t{} bytes\t{} LFS objects\t{} LFS bytes",
+                    "{}\t{}\t{} refs\t{} packs\t{} bytes\t{} LFS objects\t{} LFS bytes{}",
                     r.name,
                     r.head.trim_start_matches("refs/heads/"),
                     r.refs,
                     r.packs,
                     r.pack_bytes,
                     r.lfs_objects,
-                    r.lfs_bytes
+                    r.lfs_bytes,
+                    if r.public { "\tpublic" } else { "" }
                 )
             })?;
         }
-        Command::Repo(RepoCmd::Create { name }) => {
-            let info = forge_of(on.store("repo create")?)?.create(&name)?;
+        Command::Repo(RepoCmd::Create { name, public }) => {
+            let forge = forge_of(on.store("repo create")?)?;
+            let mut info = forge.create(&name)?;
+            if public {
+                info = forge.set_public(&name, true)?;
+            }
             say(io, json, &info, || {
                 format!(
                     "created repository {} (default branch {})",
                     info.name,
                     info.head.trim_start_matches("refs/heads/")
                 )
+            })?;
+        }
+        Command::Repo(RepoCmd::SetPublic { name, public }) => {
+            let info = forge_of(on.store("repo set-public")?)?.set_public(&name, public == "on")?;
+            say(io, json, &info, || {
+                if info.public {
+                    format!("{} is public: anyone may clone and fetch it", info.name)
+                } else {
+                    format!("{} is private: a token with a grant is needed", info.name)
+                }
+            })?;
+        }
+        Command::Lfs(LfsCmd::Locks { repo }) => {
+            let store = on.store("lfs locks")?;
+            let repo = alknet_forge::repo_name(&repo)?;
+            // Every lock: each is a few dozen bytes.
+            let query = alknet_fs::LockQuery {
+                limit: 1_000_000,
+                ..Default::default()
+            };
+            let locks = store.locks(&repo, &query)?;
+            print_list(io, json, &locks, |l| {
+                format!("{}\t{}\t{}\t{}", l.id, l.path, l.owner, format_time(l.locked_ms))
             })?;
         }
         Command::Repo(RepoCmd::Delete { name }) => {

@@ -132,6 +132,9 @@ enum Command {
     /// Create, list or delete git repositories.
     #[command(subcommand)]
     Repo(RepoCmd),
+    /// Git LFS on the node's repositories.
+    #[command(subcommand)]
+    Lfs(LfsCmd),
     /// Store a local file (or stdin with `-`, or a directory with -r) at an address.
     Put {
         /// Local file, `-` for standard input, or a directory with -r.
@@ -289,11 +292,29 @@ enum BucketCmd {
 }
 
 #[derive(Subcommand)]
+enum LfsCmd {
+    /// List a repository's file locks: id, path, owner, when.
+    Locks { repo: String },
+}
+
+#[derive(Subcommand)]
 enum RepoCmd {
     /// Create an empty git repository (a bucket of kind repo).
-    Create { name: String },
-    /// List repositories: default branch, refs, packs.
+    Create {
+        name: String,
+        /// Anyone may clone and fetch it over HTTP without a token.
+        #[arg(long)]
+        public: bool,
+    },
+    /// List repositories: default branch, refs, packs, LFS objects.
     List,
+    /// Let anyone clone and fetch a repository without a token (`on`), or not (`off`).
+    SetPublic {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        public: String,
+    },
+
     /// Delete a repository, its refs, packs and published branches.
     Delete { name: String },
     /// Point HEAD (what a clone checks out) at an existing branch.

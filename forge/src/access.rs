@@ -30,7 +30,7 @@ impl std::fmt::Display for Refusal {
 impl Forge {
     /// The repository `path` names, if `who` (`None`: nobody signed in) may
     /// use `service` on it: `read` to fetch, `write` to push, and anyone may
-    /// fetch a repository listed in `git.public`. An admin's push to a
+    /// fetch a public repository (`git.public`, or made public). An admin's push to a
     /// missing repository creates it when `git.create_on_push` is set.
     pub fn authorize(&self, who: Option<&Principal>, path: &str, service: Service) -> Result<String, Refusal> {
         let repo = repo_name(path).map_err(|e| Refusal::Hidden(e.to_string()))?;
@@ -43,8 +43,8 @@ impl Forge {
             Service::UploadPack => Level::Read,
             Service::ReceivePack => Level::Write,
         };
-        let public = self.config().public.contains(&repo);
         let exists = self.info(&repo).is_ok();
+        let public = exists && self.is_public(&repo);
         let Some(who) = who else {
             return match (exists && public, service) {
                 (true, Service::UploadPack) => Ok(repo),

@@ -23,6 +23,9 @@ const HEAD: &str = "HEAD";
 /// Refs under this prefix record which commit each fs branch was published
 /// from; they are not git refs and are never advertised.
 pub(crate) const PUBLISHED_PREFIX: &str = "alknet/published/";
+/// The ref whose presence makes a repository public (`repo create --public`,
+/// `repo set-public`); `git.public` in the settings does the same.
+const PUBLIC_REF: &str = "alknet/public";
 
 /// Settings of the forge (`[git]` in alknet.toml).
 #[derive(Clone, Debug)]
@@ -74,6 +77,8 @@ pub struct RepoInfo {
     /// Git LFS objects kept for the repository, and their bytes.
     pub lfs_objects: u64,
     pub lfs_bytes: u64,
+    /// Anyone may clone and fetch it without signing in.
+    pub public: bool,
 }
 
 /// The repository a path from a git client names: `/hello.git`, `hello`,
@@ -150,15 +155,52 @@ impl Forge {
         let refs = store.refs(&name)?;
         let packs = store.attachments(&name, PACK_PREFIX)?;
         let (lfs_objects, lfs_bytes) = self.lfs_usage(&name)?;
+        let public = self.inner.config.public.contains(&name) || refs.iter().any(|(n, _)| n == PUBLIC_REF);
         Ok(RepoInfo {
             lfs_objects,
             lfs_bytes,
+            public,
             head: head_of(&refs, &self.inner.config),
             refs: refs.iter().filter(|(n, _)| n.starts_with("refs/")).count(),
             packs: packs.iter().filter(|a| a.name.ends_with(".pack")).count(),
             pack_bytes: packs.iter().map(|a| a.size).sum(),
             name,
         })
+    }
+
+    /// Makes a repository public (anyone may clone and fetch it) or not; a
+    /// repository listed in `git.public` stays public either way.
+    pub fn set_public(&self, name: &str, public: bool) -> Result<RepoInfo, Error> {
+        let name = self.check(name)?;
+        let now = self
+            .inner
+            .store
+            .refs(&name)?
+            .into_iter()
+            .find(|(n, _)| n == PUBLIC_REF)
+            .map(|(_, v)| v);
+        let new = public.then(|| "yes".to_owned());
+        if now.is_some() != new.is_some() {
+            self.inner.store.update_refs(
+                &name,
+                &[RefUpdate {
+                    name: PUBLIC_REF.into(),
+                    old: now,
+                    new,
+                }],
+            )?;
+        }
+        self.info(&name)
+    }
+
+    /// Whether anyone may fetch repository `name` without signing in.
+    pub(crate) fn is_public(&self, name: &str) -> bool {
+        self.inner.config.public.contains(name)
+            || self
+                .inner
+                .store
+                .refs(name)
+                .is_ok_and(|refs| refs.iter().any(|(n, _)| n == PUBLIC_REF))
     }
 
     /// Deletes a repository: its bucket (refs, packs, published branches)

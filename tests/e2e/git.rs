@@ -1171,6 +1171,17 @@ fn http_access_follows_the_grants() {
     assert!(public.status.success(), "{}", combined(&public));
     assert_eq!(std::fs::read(f.work("anon-pub/a")).expect("a"), b"1\n");
     assert_eq!(crate::http::curl(None, &[], &refs("pub", "receive-pack")).status, 401);
+    // Made public from the CLI, and private again.
+    f.node.ok(&["repo", "create", "open", "--public"]);
+    assert!(
+        f.node
+            .ok(&["repo", "list"])
+            .lines()
+            .any(|l| l.starts_with("open\t") && l.ends_with("\tpublic"))
+    );
+    assert_eq!(crate::http::curl(None, &[], &refs("open", "upload-pack")).status, 200);
+    f.node.ok(&["repo", "set-public", "open", "off"]);
+    assert_eq!(crate::http::curl(None, &[], &refs("open", "upload-pack")).status, 401);
 
     // bob has no grant: hello looks missing; with read, no push.
     let bob = crate::http::token(&f.node, "bob", &[]);

@@ -250,6 +250,8 @@ fn lfs_locks_follow_their_owners() {
     assert!(locked.contains("Locked art.bin"), "{locked}");
     let listed = f.ok(&src, &["lfs", "locks"]);
     assert!(listed.contains("art.bin") && listed.contains("alice"), "{listed}");
+    let on_node = f.node.ok(&["lfs", "locks", "hello.git"]);
+    assert!(on_node.starts_with("1\tart.bin\talice\t"), "{on_node}");
     let again = f.git(&src, &["lfs", "lock", "art.bin"]);
     assert!(!again.status.success(), "a path is locked once");
 
