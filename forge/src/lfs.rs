@@ -32,14 +32,32 @@ pub struct LfsUpload {
     oid: String,
     sha: sha2::Sha256,
     len: u64,
+    /// The repository's quota and what its packs and objects may still take.
+    quota: Option<(u64, u64)>,
     tx: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
     import: tokio::task::JoinHandle<alknet_fs::Result<Blob>>,
 }
 
 impl LfsUpload {
+    /// Adds the next bytes; past the repository's quota, `max_file_size` or
+    /// the disk's room, the upload is refused (and keeps nothing).
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
+        let grown = self.len + chunk.len() as u64;
+        if let Some((quota, left)) = self.quota
+            && grown > left
+        {
+            return Err(alknet_fs::Error::Quota {
+                path: format!("LFS object {}", self.oid),
+                bucket: self.repo.clone(),
+                quota,
+            }
+            .into());
+        }
+        self.forge
+            .store()
+            .check_growth(&format!("LFS object {}", self.oid), self.len, grown)?;
         self.sha.update(&chunk);
-        self.len += chunk.len() as u64;
+        self.len = grown;
         let tx = self
             .tx
             .as_ref()
@@ -146,6 +164,12 @@ impl Forge {
         Ok(self.store().attachment(repo, &format!("{PREFIX}{oid}"))?)
     }
 
+    /// What the repository's quota still lets its packs and LFS objects
+    /// take; `None` without a quota.
+    pub fn lfs_headroom(&self, repo: &str) -> Result<Option<u64>, Error> {
+        Ok(self.store().attachment_headroom(repo)?.map(|(_, left)| left))
+    }
+
     /// The repository's LFS objects: how many, and their bytes.
     pub fn lfs_usage(&self, repo: &str) -> Result<(u64, u64), Error> {
         let all = self.store().attachments(repo, PREFIX)?;
@@ -159,6 +183,7 @@ impl Forge {
                 "{oid:?} is not an LFS object id (64 hex digits)"
             )));
         }
+        let quota = self.store().attachment_headroom(repo)?;
         let (tx, rx) = tokio::sync::mpsc::channel(DEPTH);
         let store = self.store().clone();
         let import = tokio::spawn(async move { store.import_stream(rx).await });
@@ -168,6 +193,7 @@ impl Forge {
             oid: oid.to_owned(),
             sha: sha2::Sha256::new(),
             len: 0,
+            quota,
             tx: Some(tx),
             import,
         })

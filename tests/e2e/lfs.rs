@@ -445,6 +445,24 @@ fn lfs_bad_requests_get_clear_answers() {
     assert_eq!(status, 404, "a cut upload is never kept");
     f.node.ok(&["gc"]);
     f.node.ok(&["fsck"]);
+    // A full quota: the batch says so, and so does an upload past it.
+    f.node.ok(&["bucket", "quota", "hello", "4KiB"]);
+    let big = crate::util::pattern(8 << 10, 4);
+    let big_oid = sha256_hex(&big);
+    let full = batch(&format!(
+        r#"{{"operation":"upload","objects":[{{"oid":"{big_oid}","size":{}}}]}}"#,
+        big.len()
+    ));
+    assert_eq!(full.status, 507, "{}", full.text());
+    std::fs::write(f.work("big.obj"), &big).expect("big");
+    let at = format!("@{}", f.work("big.obj").display());
+    let put = curl(
+        Some(&f.token),
+        &["-X", "PUT", "--data-binary", &at],
+        &format!("{lfs}/objects/{big_oid}"),
+    );
+    assert_eq!(put.status, 507, "{}", put.text());
+    f.node.ok(&["bucket", "quota", "hello", "none"]);
     // Still serving.
     let again = batch(&format!(
         r#"{{"operation":"download","objects":[{{"oid":"{right}","size":15}}]}}"#

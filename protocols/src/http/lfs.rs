@@ -279,9 +279,26 @@ async fn batch(
             }
             out.push(answer);
         }
-        Ok(out)
+        // The objects still to upload must fit the repository's quota.
+        let wanted: u64 = out
+            .iter()
+            .filter(|o| o["actions"]["upload"].is_object())
+            .filter_map(|o| o["size"].as_u64())
+            .sum();
+        let full = match forge.lfs_headroom(&repo).map_err(super::api::ApiError::from)? {
+            Some(left) if upload && wanted > left => Some(left),
+            _ => None,
+        };
+        Ok((out, full))
     })
     .await?;
+    let (objects, full) = objects;
+    if let Some(left) = full {
+        return Err(LfsError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("the repository's quota has room for {left} more bytes"),
+        ));
+    }
     Ok(lfs_json(
         StatusCode::OK,
         &json!({"transfer": "basic", "objects": objects, "hash_algo": "sha256"}),
