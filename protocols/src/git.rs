@@ -27,11 +27,11 @@ pub(crate) fn parse_command(command: &str) -> Option<(Service, String)> {
     Some((service, unquote(rest.trim())?))
 }
 
-/// Parses `git-lfs-authenticate 'REPO' download|upload` (what git-lfs runs
-/// over SSH to learn where the LFS API is): the repository and the service
-/// the operation needs.
-pub(crate) fn parse_lfs_authenticate(command: &str) -> Option<(String, Service)> {
-    let rest = command.trim().strip_prefix("git-lfs-authenticate ")?.trim();
+/// Parses `PROGRAM 'REPO' download|upload`, how git-lfs runs its two SSH
+/// commands (`git-lfs-authenticate`, `git-lfs-transfer`): the repository
+/// and the service the operation needs.
+pub(crate) fn parse_lfs_command(command: &str, program: &str) -> Option<(String, Service)> {
+    let rest = command.trim().strip_prefix(program)?.strip_prefix(' ')?.trim();
     let (repo, operation) = rest.rsplit_once(' ')?;
     let service = match operation {
         "download" => Service::UploadPack,
@@ -210,13 +210,20 @@ mod tests {
         assert_eq!(parse_command("git-upload-pack 'unterminated"), None);
         assert_eq!(parse_command("git-upload-pack a b"), None);
         assert_eq!(
-            parse_lfs_authenticate("git-lfs-authenticate 'hello.git' upload"),
+            parse_lfs_command("git-lfs-authenticate 'hello.git' upload", "git-lfs-authenticate"),
             Some(("hello.git".into(), Service::ReceivePack))
         );
         assert_eq!(
-            parse_lfs_authenticate("git-lfs-authenticate hello download"),
+            parse_lfs_command("git-lfs-transfer hello download", "git-lfs-transfer"),
             Some(("hello".into(), Service::UploadPack))
         );
-        assert_eq!(parse_lfs_authenticate("git-lfs-authenticate hello delete"), None);
+        assert_eq!(
+            parse_lfs_command("git-lfs-authenticate hello delete", "git-lfs-authenticate"),
+            None
+        );
+        assert_eq!(
+            parse_lfs_command("git-lfs-transferx hello upload", "git-lfs-transfer"),
+            None
+        );
     }
 }

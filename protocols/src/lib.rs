@@ -16,6 +16,7 @@ mod client;
 mod endpoint;
 mod git;
 mod http;
+mod lfs_ssh;
 mod metrics;
 mod sftp;
 mod ssh;

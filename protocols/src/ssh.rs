@@ -416,7 +416,46 @@ impl russh::server::Handler for Conn {
 
     async fn exec_request(&mut self, id: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data);
-        if let (Some(user), Some((path, service))) = (self.user.clone(), git::parse_lfs_authenticate(&command)) {
+        if let (Some(user), Some((path, service))) =
+            (self.user.clone(), git::parse_lfs_command(&command, "git-lfs-transfer"))
+        {
+            let Some(channel) = self.take_channel(id, session)? else {
+                return Ok(());
+            };
+            let (shared, handle) = (self.shared.clone(), session.handle());
+            let peer = self.peer.clone();
+            tokio::spawn(async move {
+                let counted = shared.metrics.session("git");
+                let served = crate::lfs_ssh::serve(
+                    shared.forge.clone(),
+                    user.clone(),
+                    path.clone(),
+                    service,
+                    channel.into_stream(),
+                )
+                .await;
+                let code = match served {
+                    Ok(code) => code,
+                    Err(message) => {
+                        tracing::info!(%peer, %user, %path, "git-lfs-transfer refused: {message}");
+                        handle
+                            .extended_data(id, 1, bytes::Bytes::from(format!("{message}\n")))
+                            .await
+                            .ok();
+                        1
+                    }
+                };
+                counted.done(code == 0);
+                handle.exit_status_request(id, code).await.ok();
+                handle.eof(id).await.ok();
+                handle.close(id).await.ok();
+            });
+            return Ok(());
+        }
+        if let (Some(user), Some((path, service))) = (
+            self.user.clone(),
+            git::parse_lfs_command(&command, "git-lfs-authenticate"),
+        ) {
             let Some(channel) = self.take_channel(id, session)? else {
                 return Ok(());
             };

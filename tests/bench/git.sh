@@ -20,42 +20,7 @@ SRC="$BENCH_DIR/git-src-$COMMITS-$FILES"
 cleanup() { stop "${SSHD_PID:-}" "${ALK_PID:-}"; }
 trap cleanup EXIT
 
-if [ ! -d "$SRC/.git" ]; then
-  echo "generating $COMMITS commits over $FILES files in $SRC (once)" >&2
-  rm -rf "$SRC"; git init -q -b main "$SRC"
-  python3 - "$COMMITS" "$FILES" "$EDITS" <<'PY' | git -C "$SRC" fast-import --quiet
-import random, sys
-commits, files, edits = map(int, sys.argv[1:])
-rnd = random.Random(7)
-words = [''.join(rnd.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rnd.randint(2, 9))) for _ in range(4000)]
-def line():
-    return ' '.join(rnd.choice(words) for _ in range(rnd.randint(4, 14)))
-content = {f"src/m{i // 100:02d}/f{i:04d}.txt": [line() for _ in range(rnd.randint(20, 240))] for i in range(files)}
-out = sys.stdout.buffer
-def blob(lines):
-    data = ('\n'.join(lines) + '\n').encode()
-    out.write(b'data %d\n' % len(data) + data + b'\n')
-t = 1_600_000_000
-for c in range(commits):
-    touched = list(content) if c == 0 else rnd.sample(sorted(content), edits)
-    for path in touched:
-        lines = content[path]
-        if c:
-            for _ in range(rnd.randint(1, 4)):
-                lines[rnd.randrange(len(lines))] = line()
-            if rnd.random() < 0.5:
-                lines.insert(rnd.randrange(len(lines)), line())
-    msg = f"commit {c}".encode()
-    out.write(b'commit refs/heads/main\n')
-    out.write(b'committer Bench <bench@example.com> %d +0000\n' % (t + c * 60))
-    out.write(b'data %d\n%s\n' % (len(msg), msg))
-    for path in touched:
-        out.write(f'M 100644 inline {path}\n'.encode())
-        blob(content[path])
-PY
-  git -C "$SRC" repack -q -a -d -f --window=10 --depth=50
-  git -C "$SRC" reset -q --hard main
-fi
+make_git_src "$SRC" "$COMMITS" "$FILES" "$EDITS"
 echo "repository: $(git -C "$SRC" rev-list --count main) commits, $(git -C "$SRC" ls-files | wc -l) files," \
   "pack $(du -sm "$SRC/.git/objects/pack" | cut -f1) MiB" >&2
 

@@ -18,26 +18,7 @@ trap cleanup EXIT
 head -c "$((SIZE_MIB << 20))" /dev/urandom > "$W/big"
 
 # nginx: PUT stores into www/, GET serves from it.
-NGINX_PORT=$(free_port)
-cat > "$W/nginx/nginx.conf" <<CONF
-worker_processes 2;
-daemon off;
-pid $W/nginx/pid;
-error_log $W/nginx/error.log;
-events { worker_connections 64; }
-http {
-  access_log off;
-  client_body_temp_path $W/www/.tmp;
-  client_max_body_size 0;
-  sendfile on;
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    root $W/www;
-    location / { dav_methods PUT DELETE; create_full_put_path on; }
-  }
-}
-CONF
-nginx -c "$W/nginx/nginx.conf" & NGINX_PID=$!
+start_nginx "$W/nginx" "root $W/www; location / { dav_methods PUT DELETE; create_full_put_path on; }"
 
 export ALKNET_DATA="$W/data"
 "$ALKNET" init > /dev/null

@@ -80,3 +80,73 @@ start_alknet() {
   ALK_PORT=$(grep '^ssh:' "$1/serve.out" | sed 's/.*://')
   ALK_NODE=$(grep '^quic:' "$1/serve.out" | sed 's/^quic: //' || true)
 }
+
+# make_git_src DIR COMMITS FILES EDITS: a repository of COMMITS commits over
+# FILES files, each commit editing a few lines of EDITS files so that history
+# packs into deltas; made once and kept (it takes a while).
+make_git_src() {
+  local SRC="$1" COMMITS="$2" FILES="$3" EDITS="$4"
+if [ ! -d "$SRC/.git" ]; then
+  echo "generating $COMMITS commits over $FILES files in $SRC (once)" >&2
+  rm -rf "$SRC"; git init -q -b main "$SRC"
+  python3 - "$COMMITS" "$FILES" "$EDITS" <<'PY' | git -C "$SRC" fast-import --quiet
+import random, sys
+commits, files, edits = map(int, sys.argv[1:])
+rnd = random.Random(7)
+words = [''.join(rnd.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rnd.randint(2, 9))) for _ in range(4000)]
+def line():
+    return ' '.join(rnd.choice(words) for _ in range(rnd.randint(4, 14)))
+content = {f"src/m{i // 100:02d}/f{i:04d}.txt": [line() for _ in range(rnd.randint(20, 240))] for i in range(files)}
+out = sys.stdout.buffer
+def blob(lines):
+    data = ('\n'.join(lines) + '\n').encode()
+    out.write(b'data %d\n' % len(data) + data + b'\n')
+t = 1_600_000_000
+for c in range(commits):
+    touched = list(content) if c == 0 else rnd.sample(sorted(content), edits)
+    for path in touched:
+        lines = content[path]
+        if c:
+            for _ in range(rnd.randint(1, 4)):
+                lines[rnd.randrange(len(lines))] = line()
+            if rnd.random() < 0.5:
+                lines.insert(rnd.randrange(len(lines)), line())
+    msg = f"commit {c}".encode()
+    out.write(b'commit refs/heads/main\n')
+    out.write(b'committer Bench <bench@example.com> %d +0000\n' % (t + c * 60))
+    out.write(b'data %d\n%s\n' % (len(msg), msg))
+    for path in touched:
+        out.write(f'M 100644 inline {path}\n'.encode())
+        blob(content[path])
+PY
+  git -C "$SRC" repack -q -a -d -f --window=10 --depth=50
+  git -C "$SRC" reset -q --hard main
+fi
+}
+
+# start_nginx DIR LOCATIONS: nginx of our own on a free loopback port
+# (NGINX_PORT), serving the `location` blocks LOCATIONS; sets NGINX_PID.
+# Its pid, log and temp files live in DIR.
+start_nginx() {
+  local d="$1"; mkdir -p "$d"
+  NGINX_PORT=$(free_port)
+  cat > "$d/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+pid $d/pid;
+error_log $d/error.log;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path $d/body;
+  fastcgi_temp_path $d/fastcgi;
+  client_max_body_size 0;
+  sendfile on;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    $2
+  }
+}
+CONF
+  nginx -c "$d/nginx.conf" & NGINX_PID=$!
+}

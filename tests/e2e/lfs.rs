@@ -168,18 +168,48 @@ fn lfs_objects_push_clone_and_publish_as_real_files() {
 /// by SSH URL carry LFS objects with no token configured anywhere.
 #[test]
 fn lfs_over_ssh_through_git_lfs_authenticate() {
+    lfs_over_ssh("never", Via::Tcp);
+}
+
+/// The pure-SSH protocol (`git-lfs-transfer`): objects and locks over the
+/// SSH channel itself, no HTTP and no token.
+#[test]
+fn lfs_over_pure_ssh_with_git_lfs_transfer() {
+    let tokens = lfs_over_ssh("always", Via::Tcp);
+    assert!(
+        !tokens.contains("git-lfs-authenticate"),
+        "no HTTP token was made: {tokens}"
+    );
+}
+
+/// The same over QUIC: SSH through `alknet proxy` as its ProxyCommand.
+#[test]
+fn lfs_over_pure_ssh_over_quic() {
+    lfs_over_ssh("always", Via::Quic);
+}
+
+/// Pushes and clones LFS objects over SSH with `lfs.sshtransfer=TRANSFER`,
+/// over TCP or over QUIC; returns `token list` as it was after them.
+fn lfs_over_ssh(transfer: &str, via: Via) -> String {
     let f = Lfs::start();
     // No credentials at all: everything comes through SSH.
     std::fs::remove_file(f.home.join(".git-credentials")).expect("no credentials");
-    let mut opts = crate::util::ssh_opts(&f.server, &f.key, Via::Tcp);
-    opts.truncate(opts.len() - 2);
-    let ssh = format!("ssh {}", opts.join(" "));
+    let mut opts = crate::util::ssh_opts(&f.server, &f.key, via);
+    if via == Via::Tcp {
+        // The port comes from the URL.
+        opts.truncate(opts.len() - 2);
+    }
+    let quoted: Vec<String> = opts.iter().map(|o| format!("'{o}'")).collect();
+    let ssh = format!("ssh {}", quoted.join(" "));
     let url = format!("ssh://alice@127.0.0.1:{}/hello.git", f.server.ssh_port);
     let git = |dir: &Path, args: &[&str]| {
         let out = Command::new("timeout")
             .arg("120")
             .arg("git")
-            .args(["-c", "lfs.sshtransfer=never"])
+            .arg("-c")
+            .arg(format!("lfs.sshtransfer={transfer}"))
+            // Debian's git-lfs 3.3 multiplexes badly over one SSH session.
+            .args(["-c", "lfs.ssh.automultiplex=false", "-c", "lfs.concurrenttransfers=1"])
             .args(args)
             .current_dir(dir)
             .env("HOME", &f.home)
@@ -200,12 +230,25 @@ fn lfs_over_ssh_through_git_lfs_authenticate() {
     git(&src, &["lfs", "track", "*.bin"]);
     let data = crate::util::pattern(3 << 20, 11);
     std::fs::write(src.join("data.bin"), &data).expect("data");
+    for i in 0..5 {
+        std::fs::write(src.join(format!("s{i}.bin")), format!("small {i}\n")).expect("small");
+    }
     git(&src, &["add", "-A"]);
     git(&src, &["commit", "-q", "-m", "over ssh"]);
-    git(&src, &["push", "-q", &url, "HEAD:main"]);
+    git(&src, &["remote", "add", "origin", &url]);
+    git(&src, &["push", "-q", "origin", "HEAD:main"]);
     git(&f.node.work, &["clone", "-q", &url, "ssh-copy"]);
     assert!(std::fs::read(f.work("ssh-copy/data.bin")).expect("data") == data);
+    assert_eq!(std::fs::read(f.work("ssh-copy/s3.bin")).expect("small"), b"small 3\n");
     assert_eq!(f.node.bytes(&["cat", "hello@main:/data.bin"]), data);
+    // Locks over the same transport.
+    git(&src, &["lfs", "lock", "s1.bin"]);
+    let locks = f.node.ok(&["lfs", "locks", "hello"]);
+    assert!(locks.contains("\ts1.bin\talice\t"), "{locks}");
+    git(&src, &["lfs", "locks"]);
+    git(&src, &["lfs", "unlock", "s1.bin"]);
+    assert_eq!(f.node.ok(&["lfs", "locks", "hello"]), "");
+    let tokens = f.node.ok(&["token", "list"]);
     // The answer itself: the API's URL, a token in a header, its lifetime.
     let out = Command::new("ssh")
         .args(crate::util::ssh_opts(&f.server, &f.key, Via::Tcp))
@@ -234,6 +277,7 @@ fn lfs_over_ssh_through_git_lfs_authenticate() {
         "{}",
         combined(&out)
     );
+    tokens
 }
 
 /// Locks: taken, listed, verified as ours and theirs, refused to others,
@@ -472,6 +516,71 @@ fn lfs_bad_requests_get_clear_answers() {
         again["objects"][0]["actions"]["download"]["href"].is_string(),
         "{again}"
     );
+}
+
+/// Bad input on `git-lfs-transfer`: a wrong-hash object is refused with a
+/// status and the session goes on; garbage ends the session; the node
+/// goes on serving.
+#[test]
+fn lfs_transfer_refuses_bad_input() {
+    let f = Lfs::start();
+    let pkt = |text: &str| format!("{:04x}{text}", text.len() + 4);
+    let oid = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393";
+    let session = [
+        pkt("version 1\n"),
+        "0000".into(),
+        pkt(&format!("put-object {oid}\n")),
+        pkt("size=5\n"),
+        "0001".into(),
+        pkt("hello"),
+        "0000".into(),
+        pkt(&format!("verify-object {oid}\n")),
+        pkt("size=5\n"),
+        "0000".into(),
+        pkt("quit\n"),
+        "0000".into(),
+    ]
+    .concat();
+    let run = |input: &[u8]| {
+        use std::io::Write;
+        let mut child = Command::new("timeout")
+            .arg("30")
+            .arg("ssh")
+            .args(crate::util::ssh_opts(&f.server, &f.key, Via::Tcp))
+            .args(["alice@127.0.0.1", "git-lfs-transfer 'hello.git' upload"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ssh");
+        child.stdin.take().expect("stdin").write_all(input).expect("send");
+        child.wait_with_output().expect("wait")
+    };
+    let out = run(session.as_bytes());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", combined(&out));
+    assert!(text.contains("version=1") && text.contains("locking"), "{text}");
+    assert!(text.contains("status 422"), "a wrong hash is refused: {text}");
+    assert!(text.contains("status 404"), "and nothing was kept: {text}");
+    assert!(
+        text.ends_with("000fstatus 200\n0000"),
+        "the session ends with quit: {text}"
+    );
+    let junk = run(b"zzzz not a pkt-line at all");
+    assert!(!junk.status.success(), "{}", combined(&junk));
+    let refused = Command::new("ssh")
+        .args(crate::util::ssh_opts(&f.server, &f.key, Via::Tcp))
+        .args(["alice@127.0.0.1", "git-lfs-transfer 'nope' download"])
+        .output()
+        .expect("ssh");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not exist"),
+        "{}",
+        combined(&refused)
+    );
+    f.node.ok(&["fsck"]);
+    f.ok(&f.node.work, &["clone", "-q", &f.url(), "still"]);
 }
 
 fn sha256_hex(data: &[u8]) -> String {

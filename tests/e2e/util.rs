@@ -262,7 +262,7 @@ impl Drop for Server {
 }
 
 /// How a client reaches the server.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Via {
     Tcp,
     Quic,
