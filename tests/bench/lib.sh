@@ -131,6 +131,8 @@ start_nginx() {
   local d="$1"; mkdir -p "$d"
   NGINX_PORT=$(free_port)
   cat > "$d/nginx.conf" <<CONF
+# Root (the benchmarks run as root): workers reach root's sockets and files.
+user root;
 worker_processes 2;
 daemon off;
 pid $d/pid;

@@ -452,6 +452,28 @@ fn lfs_bad_requests_get_clear_answers() {
     assert_eq!(curl(Some(&f.token), &args, &format!("{lfs}/verify")).status, 200);
     let got = curl(Some(&f.token), &["-r", "4-8"], &format!("{lfs}/objects/{right}"));
     assert_eq!((got.status, got.text().as_str()), (206, "right"));
+    // The same object pushed to a second repository, and the same bytes in
+    // a bucket, are one blob; the second repository still needs its own
+    // upload (naming the oid is not enough).
+    let live = |node: &Node| node.json(&["gc"])["live"].as_u64().expect("live");
+    let before = live(&f.node);
+    f.node.ok(&["repo", "create", "second"]);
+    let second = format!("{}/second.git/info/lfs", f.server.http);
+    let elsewhere = curl(Some(&f.token), &[], &format!("{second}/objects/{right}"));
+    assert_eq!(elsewhere.status, 404, "not handed out for another repository's object");
+    let put = curl(
+        Some(&f.token),
+        &["-X", "PUT", "--data-binary", std::str::from_utf8(data).expect("utf-8")],
+        &format!("{second}/objects/{right}"),
+    );
+    assert_eq!(put.status, 200, "{}", put.text());
+    f.node.ok(&["bucket", "create", "files"]);
+    f.node.ok_stdin(&["put", "-", "files:/same.bin"], data);
+    assert_eq!(
+        live(&f.node),
+        before,
+        "one blob for both repositories and the bucket file"
+    );
     // A wrong-length oid in the path; no token at all.
     let short = curl(
         Some(&f.token),
