@@ -33,10 +33,10 @@ pub(crate) async fn run(
     let socket = crate::node::Listener::bind(store)?;
     let backend = alknet_mount_protocol::Local::new(store, tree, read_only);
     let out = serve(Arc::new(backend), addr, &address, mountpoint, owner).await;
-    // Mounts and commands that came through this process keep it alive
-    // until they end, or until another SIGINT or SIGTERM.
+    // Mounts and commands that come through this process keep it alive
+    // (and serving) until they end, or until another SIGINT or SIGTERM.
     tokio::select! {
-        () = socket.close(None) => {}
+        () = socket.close_when_idle() => {}
         () = crate::server::shutdown_signal() => {}
     }
     out

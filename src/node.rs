@@ -150,6 +150,31 @@ pub(crate) struct Listener {
     path: PathBuf,
     accept: tokio::task::JoinHandle<()>,
     clients: Arc<tokio::sync::Semaphore>,
+    sessions: Arc<Sessions>,
+}
+
+/// The sessions in progress, and a wake-up when one ends.
+#[derive(Default)]
+struct Sessions {
+    active: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+/// One session's place in [`Sessions`], given back when it ends.
+struct Active(Arc<Sessions>);
+
+impl Active {
+    fn new(sessions: &Arc<Sessions>) -> Active {
+        sessions.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Active(sessions.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.ended.notify_waiters();
+    }
 }
 
 impl Listener {
@@ -172,12 +197,37 @@ impl Listener {
         let listener = bound.with_context(|| format!("listening on {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
-        let accept = tokio::spawn(accept_loop(listener, store.clone(), clients.clone()));
-        Ok(Listener { path, accept, clients })
+        let sessions = Arc::new(Sessions::default());
+        let accept = tokio::spawn(accept_loop(listener, store.clone(), clients.clone(), sessions.clone()));
+        Ok(Listener {
+            path,
+            accept,
+            clients,
+            sessions,
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Goes on serving while any session lasts, then stops listening and
+    /// removes the socket: a mount's process that holds the store after its
+    /// own mount ended (decision 18). A command started meanwhile reaches
+    /// the store through it instead of waiting for it.
+    pub(crate) async fn close_when_idle(self) {
+        loop {
+            let ended = self.sessions.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let busy = self.sessions.active.load(std::sync::atomic::Ordering::SeqCst);
+            if busy == 0 {
+                break;
+            }
+            tracing::info!("serving {busy} sessions of the node's socket until they end");
+            ended.await;
+        }
+        drop(self);
     }
 
     /// Stops listening and removes the socket; then waits for the sessions
@@ -206,7 +256,12 @@ impl Drop for Listener {
     }
 }
 
-async fn accept_loop(listener: UnixListener, store: Store, clients: Arc<tokio::sync::Semaphore>) {
+async fn accept_loop(
+    listener: UnixListener,
+    store: Store,
+    clients: Arc<tokio::sync::Semaphore>,
+    sessions: Arc<Sessions>,
+) {
     let me = rustix::process::geteuid();
     let mut backoff = alknet_protocols::AcceptBackoff::default();
     loop {
@@ -238,11 +293,13 @@ async fn accept_loop(listener: UnixListener, store: Store, clients: Arc<tokio::s
             }
         }
         let store = store.clone();
+        let active = Active::new(&sessions);
         tokio::spawn(async move {
             if let Err(e) = session(conn, store).await {
                 tracing::warn!("node socket: {e:#}");
             }
             drop(permit);
+            drop(active);
         });
     }
 }
