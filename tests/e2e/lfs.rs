@@ -168,14 +168,15 @@ fn lfs_objects_push_clone_and_publish_as_real_files() {
 /// by SSH URL carry LFS objects with no token configured anywhere.
 #[test]
 fn lfs_over_ssh_through_git_lfs_authenticate() {
-    lfs_over_ssh("never", Via::Tcp);
+    lfs_over_ssh("never", Via::Tcp, 3 << 20, 5);
 }
 
 /// The pure-SSH protocol (`git-lfs-transfer`): objects and locks over the
 /// SSH channel itself, no HTTP and no token.
 #[test]
 fn lfs_over_pure_ssh_with_git_lfs_transfer() {
-    let tokens = lfs_over_ssh("always", Via::Tcp);
+    // The size: a 200 MiB file and 300 small ones.
+    let tokens = lfs_over_ssh("always", Via::Tcp, 200 << 20, 300);
     assert!(
         !tokens.contains("git-lfs-authenticate"),
         "no HTTP token was made: {tokens}"
@@ -185,12 +186,13 @@ fn lfs_over_pure_ssh_with_git_lfs_transfer() {
 /// The same over QUIC: SSH through `alknet proxy` as its ProxyCommand.
 #[test]
 fn lfs_over_pure_ssh_over_quic() {
-    lfs_over_ssh("always", Via::Quic);
+    lfs_over_ssh("always", Via::Quic, 3 << 20, 5);
 }
 
 /// Pushes and clones LFS objects over SSH with `lfs.sshtransfer=TRANSFER`,
-/// over TCP or over QUIC; returns `token list` as it was after them.
-fn lfs_over_ssh(transfer: &str, via: Via) -> String {
+/// over TCP or over QUIC: one file of `big` bytes and `small` small ones;
+/// returns `token list` as it was after them.
+fn lfs_over_ssh(transfer: &str, via: Via, big: usize, small: usize) -> String {
     let f = Lfs::start();
     // No credentials at all: everything comes through SSH.
     std::fs::remove_file(f.home.join(".git-credentials")).expect("no credentials");
@@ -228,9 +230,9 @@ fn lfs_over_ssh(transfer: &str, via: Via) -> String {
     let src = f.work("ssh-src");
     git(&f.node.work, &["init", "-q", "-b", "main", "ssh-src"]);
     git(&src, &["lfs", "track", "*.bin"]);
-    let data = crate::util::pattern(3 << 20, 11);
+    let data = crate::util::pattern(big, 11);
     std::fs::write(src.join("data.bin"), &data).expect("data");
-    for i in 0..5 {
+    for i in 0..small {
         std::fs::write(src.join(format!("s{i}.bin")), format!("small {i}\n")).expect("small");
     }
     git(&src, &["add", "-A"]);
