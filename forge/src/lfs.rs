@@ -100,15 +100,17 @@ impl LfsUpload {
                 self.len
             )));
         }
-        let store = self.forge.store();
+        let store = self.forge.store().clone();
         store.sync_blobs().await?;
         let name = format!("{PREFIX}{}", self.oid);
-        store.attach(&self.repo, &name, &blob)?;
-        Ok(Attachment {
-            name,
-            hash: blob.hash(),
-            size: blob.size(),
-        })
+        let (hash, size) = (blob.hash(), blob.size());
+        let repo = self.repo.clone();
+        let attached = name.clone();
+        // SQLite off the async threads; the blob stays held until attached.
+        tokio::task::spawn_blocking(move || store.attach(&repo, &attached, &blob))
+            .await
+            .map_err(|e| Error::Protocol(format!("attaching the object failed: {e}")))??;
+        Ok(Attachment { name, hash, size })
     }
 }
 
@@ -177,13 +179,17 @@ impl Forge {
     }
 
     /// Starts an upload of object `oid` into `repo`.
-    pub fn lfs_upload(&self, repo: &str, oid: &str) -> Result<LfsUpload, Error> {
+    pub async fn lfs_upload(&self, repo: &str, oid: &str) -> Result<LfsUpload, Error> {
         if !valid_oid(oid) {
             return Err(Error::Protocol(format!(
                 "{oid:?} is not an LFS object id (64 hex digits)"
             )));
         }
-        let quota = self.store().attachment_headroom(repo)?;
+        // SQLite off the async threads.
+        let (store, name) = (self.store().clone(), repo.to_owned());
+        let quota = tokio::task::spawn_blocking(move || store.attachment_headroom(&name))
+            .await
+            .map_err(|e| Error::Protocol(format!("reading the quota failed: {e}")))??;
         let (tx, rx) = tokio::sync::mpsc::channel(DEPTH);
         let store = self.store().clone();
         let import = tokio::spawn(async move { store.import_stream(rx).await });

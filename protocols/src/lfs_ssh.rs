@@ -382,10 +382,11 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         let size = arg(args, "size").and_then(|s| s.parse::<u64>().ok());
-        let mut upload = match self
-            .needs_upload()
-            .and_then(|()| self.forge.lfs_upload(&self.repo, oid).map_err(from_forge))
-        {
+        let started = match self.needs_upload() {
+            Ok(()) => self.forge.lfs_upload(&self.repo, oid).await.map_err(from_forge),
+            Err(r) => Err(r),
+        };
+        let mut upload = match started {
             Ok(u) => Some(u),
             Err(r) => {
                 if more {

@@ -462,7 +462,20 @@ impl russh::server::Handler for Conn {
             let (shared, handle) = (self.shared.clone(), session.handle());
             let peer = self.peer.clone();
             tokio::spawn(async move {
-                let answer = git::lfs_authenticate(&shared.forge, shared.http_url.as_deref(), &user, &path, service);
+                // The forge and the token are SQLite: off the async threads.
+                let answer = {
+                    let (forge, url, user, path) = (
+                        shared.forge.clone(),
+                        shared.http_url.clone(),
+                        user.clone(),
+                        path.clone(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        git::lfs_authenticate(&forge, url.as_deref(), &user, &path, service)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the server failed: {e}")))
+                };
                 let (text, code) = match answer {
                     Ok(json) => (format!("{json}\n"), 0),
                     Err(message) => {

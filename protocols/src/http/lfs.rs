@@ -330,7 +330,7 @@ async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut upload = app.forge.lfs_upload(&repo, &oid)?;
+    let mut upload = app.forge.lfs_upload(&repo, &oid).await?;
     let mut data = body.into_data_stream();
     while let Some(chunk) = data.next().await {
         let chunk: Bytes =
