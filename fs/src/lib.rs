@@ -53,7 +53,7 @@ pub use locks::{Lock, LockQuery};
 pub use mutate::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Expect, LocalEntry};
 pub use name::{
     Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, MAX_SYMLINK_TARGET, check_branch_name,
-    check_bucket_name, check_entry_name, check_symlink_target,
+    check_bucket_name, check_entry_name, check_symlink_target, normalize_namespace,
 };
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
 pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch, process_alive};

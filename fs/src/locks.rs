@@ -108,9 +108,19 @@ impl Store {
         })
     }
 
+    /// Removes lock `id` of `bucket` for `who`: its owner may, and with
+    /// `force` an admin of the bucket may remove anyone's ([`Error::Denied`]
+    /// for anyone else who forces) — the one rule every frontend calls.
+    pub fn unlock_as(&self, who: &crate::Principal, bucket: &str, id: i64, force: bool) -> Result<Lock> {
+        if force {
+            self.check_as(who, bucket, crate::Level::Admin)?;
+        }
+        self.unlock(bucket, id, &who.user, force)
+    }
+
     /// Removes lock `id` of `bucket`: its owner may, anyone else only with
-    /// `force` (the caller checks that they may force).
-    pub fn unlock(&self, bucket: &str, id: i64, by: &str, force: bool) -> Result<Lock> {
+    /// `force`.
+    fn unlock(&self, bucket: &str, id: i64, by: &str, force: bool) -> Result<Lock> {
         self.inner.db.write(|tx| {
             let bucket_id = Self::bucket_id(tx, bucket)?;
             let lock = tx

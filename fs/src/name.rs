@@ -284,6 +284,22 @@ impl Address {
     }
 }
 
+/// A namespace path made absolute and lexically normal: `.` and empty
+/// parts dropped, `..` stopping at `/`.
+pub fn normalize_namespace(raw: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in raw.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
 impl crate::store::Store {
     /// The address a namespace path spells: `/BUCKET[@BRANCH[@VERSION]]/PATH`,
     /// the one tree of every bucket that SFTP shows. `None` for `/` (the
@@ -291,16 +307,8 @@ impl crate::store::Store {
     /// `/b@feature/x/f` names the longest existing branch the path spells,
     /// `feature/x` if there is one, else `feature`. `..` stops at `/`.
     pub fn locate(&self, raw: &str) -> Result<Option<Address>> {
-        let mut parts: Vec<&str> = Vec::new();
-        for p in raw.split('/') {
-            match p {
-                "" | "." => {}
-                ".." => {
-                    parts.pop();
-                }
-                p => parts.push(p),
-            }
-        }
+        let norm = normalize_namespace(raw);
+        let parts: Vec<&str> = norm.split('/').filter(|p| !p.is_empty()).collect();
         let Some((&head, rest)) = parts.split_first() else {
             return Ok(None);
         };

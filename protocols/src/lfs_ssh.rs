@@ -551,17 +551,7 @@ impl Session {
         };
         let force = arg(args, "force").is_some_and(|f| f == "true");
         let (store, repo, who) = (self.forge.store().clone(), self.repo.clone(), self.who.clone());
-        let done = blocking(move || {
-            let may_force = force && who.level(&store, &repo).map_err(from_fs)? == Some(alknet_fs::Level::Admin);
-            if force && !may_force {
-                return Err(Refused(
-                    403,
-                    "only an admin of the repository may force an unlock".into(),
-                ));
-            }
-            store.unlock(&repo, id, &who.user, may_force).map_err(from_fs)
-        })
-        .await;
+        let done = blocking(move || store.unlock_as(&who, &repo, id, force).map_err(from_fs)).await;
         match done {
             Ok(lock) => wire.status(200, &lock_args(&lock), None).await,
             Err(r) => wire.refuse(r).await,

@@ -896,17 +896,7 @@ fn tree_prefix(raw: &str, path: &BucketPath) -> String {
 
 /// Makes an SFTP path absolute and lexically normal; `..` stops at `/`.
 pub(crate) fn normalize(raw: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for p in raw.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    alknet_fs::normalize_namespace(raw)
 }
 
 fn name_reply(id: u32, name: &str, attrs: Option<FileAttributes>) -> Packet {

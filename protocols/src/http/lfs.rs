@@ -519,17 +519,6 @@ async fn unlock(
         .parse()
         .map_err(|_| LfsError::new(StatusCode::NOT_FOUND, format!("lock {id:?} does not exist")))?;
     let store = app.store.clone();
-    let lock = blocking(move || {
-        // Forcing is for the repository's admins.
-        let may_force = req.force && who.level(&store, &repo)? == Some(alknet_fs::Level::Admin);
-        if req.force && !may_force {
-            return Ok(Err(LfsError::new(
-                StatusCode::FORBIDDEN,
-                "only an admin of the repository may force an unlock",
-            )));
-        }
-        Ok(store.unlock(&repo, id, &who.user, may_force).map_err(LfsError::from))
-    })
-    .await??;
+    let lock = blocking(move || Ok(store.unlock_as(&who, &repo, id, req.force))).await??;
     Ok(lfs_json(StatusCode::OK, &json!({"lock": lock_json(&lock)})))
 }
