@@ -176,6 +176,7 @@ impl Store {
             tx.execute("DELETE FROM grants WHERE user_id = ?1", [id])?;
             tx.execute("DELETE FROM tokens WHERE user_id = ?1", [id])?;
             tx.execute("DELETE FROM locks WHERE user_id = ?1", [id])?;
+            tx.execute("DELETE FROM shares WHERE user_id = ?1", [id])?;
             tx.execute("DELETE FROM user_keys WHERE user_id = ?1", [id])?;
             tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
             Ok(())

@@ -27,7 +27,8 @@ use crate::error::{Error, Result};
 ///   and grants on buckets that no longer exist are dropped; `corrupt_blobs`.
 /// - 7: `tokens` (API tokens: a SHA-256 of each, never the token).
 /// - 8: `locks` (Git LFS file locks: a path of a bucket, its owner).
-pub(crate) const SCHEMA_VERSION: i64 = 8;
+/// - 9: `shares` (share links: a hash of each link's secret, never the secret).
+pub(crate) const SCHEMA_VERSION: i64 = 9;
 
 /// Steps from each older schema to the next, applied in order.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -176,6 +177,22 @@ CREATE TABLE IF NOT EXISTS locks (
     locked_ms INTEGER NOT NULL,
     UNIQUE (bucket_id, path)
 );
+-- Share links (shares.rs): a path of a branch at one version, read-only.
+CREATE TABLE IF NOT EXISTS shares (
+    id         INTEGER PRIMARY KEY,
+    prefix     TEXT NOT NULL,
+    hash       BLOB NOT NULL,
+    user_id    INTEGER NOT NULL,
+    bucket_id  INTEGER NOT NULL,
+    branch     TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    path       TEXT NOT NULL,
+    password   BLOB,
+    salt       BLOB,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS shares_prefix ON shares (prefix);
 -- Blobs a verified read found corrupt (hex hash), for `stats` and the operator.
 CREATE TABLE IF NOT EXISTS corrupt_blobs (
     hash    TEXT PRIMARY KEY,

@@ -99,6 +99,12 @@ pub enum Error {
     NotLockOwner { path: String, owner: String },
     #[error("user {0:?} does not exist")]
     NoSuchUser(String),
+    /// A share link that does not exist or was revoked.
+    #[error("no such share link")]
+    NoSuchShare,
+    /// A share link past its expiry.
+    #[error("this share link expired")]
+    ShareExpired,
     #[error("user {0:?} already exists")]
     UserExists(String),
     #[error("that key already belongs to user {0:?}")]
@@ -186,7 +192,7 @@ impl Error {
 
     /// A word for the kind of error, for machine-readable output (`--json`):
     /// `not_found`, `exists`, `invalid`, `read_only`, `too_large`,
-    /// `no_space`, `corrupt`, `conflict`, `denied` or `internal`.
+    /// `no_space`, `corrupt`, `conflict`, `denied`, `expired` or `internal`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotFound(_)
@@ -194,6 +200,7 @@ impl Error {
             | Error::NoSuchBranch { .. }
             | Error::NoSuchVersion { .. }
             | Error::NoSuchUser(_)
+            | Error::NoSuchShare
             | Error::NoSuchKey(_)
             | Error::NoSuchGrant { .. }
             | Error::MissingBlob(_) => "not_found",
@@ -214,6 +221,7 @@ impl Error {
             | Error::BranchInUse { .. }
             | Error::LastKey(_) => "invalid",
             Error::ReadOnly(_) => "read_only",
+            Error::ShareExpired => "expired",
             Error::Denied { .. } => "denied",
             Error::TooLarge { .. } => "too_large",
             Error::NoSpace { .. } | Error::Quota { .. } => "no_space",

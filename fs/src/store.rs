@@ -340,6 +340,7 @@ impl Store {
             tx.execute("DELETE FROM refs WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM attachments WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM locks WHERE bucket_id = ?1", [id])?;
+            tx.execute("DELETE FROM shares WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM grants WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM buckets WHERE id = ?1", [id])?;
             let event = serde_json::json!({"op": "delete-bucket", "bucket": name});

@@ -1078,3 +1078,65 @@ fn namespace_paths_locate_the_longest_existing_branch() {
     assert!(matches!(store.locate("/b:x/f"), Err(Error::NoSuchBucket(_))));
     assert!(matches!(store.locate("/B A D/f"), Err(Error::InvalidName { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn share_links_read_one_version_until_revoked_or_expired() {
+    use crate::{Level, NewShare};
+    let (_d, store) = store();
+    store.add_user("ann", "ssh-ed25519 AAAA ann", false).expect("user");
+    store.grant("ann", "b", Level::Read).expect("grant");
+    let t = head(&store, "main");
+    t.mkdir(&p("/docs"), None).expect("mkdir");
+    put(&t, "/docs/a.txt", b"one").await;
+    let v = store.log(&t, 1).expect("log")[0].version;
+    fn link<'a>(
+        v: Version,
+        path: &'a BucketPath,
+        lifetime: Option<Duration>,
+        password: Option<&'a str>,
+    ) -> NewShare<'a> {
+        NewShare {
+            user: "ann",
+            bucket: "b",
+            branch: "main",
+            version: v,
+            path,
+            lifetime,
+            password,
+        }
+    }
+    let docs = p("/docs");
+    let (info, secret) = store.create_share(&link(v, &docs, None, None)).expect("share");
+    assert!(secret.starts_with(crate::SHARE_PREFIX) && !info.password);
+    // A later write does not move the link: it shows its version.
+    put(&t, "/docs/a.txt", b"two").await;
+    let share = store.open_share(&secret).expect("open");
+    assert!(share.unlocked_by(None));
+    assert_eq!(share.tree.read(&p("/docs/a.txt"), 0, 10).await.expect("read"), b"one");
+    // A wrong secret, a missing path and a revoked link.
+    let wrong = format!("{}{}", crate::SHARE_PREFIX, "0".repeat(64));
+    assert!(matches!(store.open_share(&wrong), Err(Error::NoSuchShare)));
+    let nope = p("/nope");
+    assert!(store.create_share(&link(v, &nope, None, None)).is_err());
+    store.revoke_share(&info.prefix, Some("ann")).expect("revoke");
+    assert!(matches!(store.open_share(&secret), Err(Error::NoSuchShare)));
+    // Expiry.
+    let (_, short) = store
+        .create_share(&link(v, &docs, Some(Duration::from_millis(1)), None))
+        .expect("share");
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(matches!(store.open_share(&short), Err(Error::ShareExpired)));
+    // A password: only its proof unlocks.
+    let (_, locked) = store.create_share(&link(v, &docs, None, Some("pw"))).expect("share");
+    let share = store.open_share(&locked).expect("open");
+    assert!(!share.unlocked_by(None) && !share.unlocked_by(Some("00")));
+    assert_eq!(store.unlock_share(&locked, "nope").expect("unlock"), None);
+    let proof = store
+        .unlock_share(&locked, "pw")
+        .expect("unlock")
+        .expect("right password");
+    assert!(share.unlocked_by(Some(&proof)));
+    // The maker losing access ends the link.
+    store.revoke("ann", "b").expect("revoke grant");
+    assert!(matches!(store.open_share(&locked), Err(Error::NoSuchShare)));
+}
