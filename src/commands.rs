@@ -22,6 +22,21 @@ const PROGRESS_MIN: u64 = 16 << 20;
 /// Runs the command line `cli`: through the node's socket when a node
 /// holds the data directory, else on the data directory itself. Returns
 /// the exit status.
+/// The one admin of a data directory, whom a local `share` acts as.
+fn only_admin(store: &Store) -> Result<String> {
+    let admins: Vec<String> = store
+        .list_users()?
+        .into_iter()
+        .filter(|u| u.admin)
+        .map(|u| u.name)
+        .collect();
+    match admins.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("there is no admin to make the link as: give --as USER"),
+        _ => anyhow::bail!("several admins: give --as USER (the link reads with that user's access)"),
+    }
+}
+
 pub(crate) async fn run(cli: Cli) -> Result<u8> {
     let json = cli.json;
     match cli.command {
@@ -422,6 +437,120 @@ async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Resul
                 } else {
                     format!("{} is private: a token with a grant is needed", info.name)
                 }
+            })?;
+        }
+        Command::Share {
+            addr,
+            expires,
+            password_file,
+            as_user,
+        } => {
+            let password = match &password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let answer: Value = match on {
+                On::Store(store) => {
+                    let user = match as_user {
+                        Some(u) => u,
+                        None => only_admin(store)?,
+                    };
+                    let a = Address::parse(&addr)?;
+                    let who = alknet_fs::Principal::user(&user);
+                    let tree = store.open_as(&who, &a.bucket, &a.branch, &a.at, alknet_fs::Level::Read)?;
+                    let version = match tree.at() {
+                        Some(v) => v,
+                        None => store
+                            .log(&tree, 1)?
+                            .first()
+                            .map_or(alknet_fs::Version(0), |c| c.version),
+                    };
+                    let lifetime = expires.as_deref().map(alknet_fs::parse_lifetime).transpose()?;
+                    let (info, secret) = store.create_share(&alknet_fs::NewShare {
+                        user: &user,
+                        bucket: tree.bucket(),
+                        branch: tree.branch(),
+                        version,
+                        path: &a.path,
+                        lifetime,
+                        password: password.as_deref(),
+                    })?;
+                    let config = crate::config::Config::load(store.dir())?;
+                    let base = config
+                        .http
+                        .url
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{}", config.http.listen));
+                    let mut v = serde_json::to_value(&info)?;
+                    v["secret"] = json!(secret);
+                    v["url"] = json!(format!("{}/-/s/{secret}/", base.trim_end_matches('/')));
+                    v
+                }
+                On::Node(node) => {
+                    let body = json!({"address": addr, "expires": expires, "password": password});
+                    let mut v: Value = node.json(M::POST, "/api/v1/shares", Some(&body)).await?;
+                    if v.get("url").is_none() {
+                        let path = v["link_path"].as_str().unwrap_or_default().to_owned();
+                        v["url"] = json!(format!("{}{path}", node.base_url()));
+                    }
+                    v
+                }
+            };
+            say(io, json, &answer, || {
+                format!(
+                    "share {} of {}@{}@{}:{}{} (shown once):\n{}",
+                    answer["id"],
+                    answer["bucket"].as_str().unwrap_or_default(),
+                    answer["branch"].as_str().unwrap_or_default(),
+                    answer["version"],
+                    answer["path"].as_str().unwrap_or_default(),
+                    answer["expires_ms"]
+                        .as_i64()
+                        .map(|e| format!(", expires {}", format_time(e)))
+                        .unwrap_or_default(),
+                    answer["url"].as_str().unwrap_or_default()
+                )
+            })?;
+        }
+        Command::Shares => {
+            let shares: Vec<alknet_fs::ShareInfo> = match on {
+                On::Store(store) => store.list_shares(None)?,
+                On::Node(node) => node.json(M::GET, "/api/v1/shares", None).await?,
+            };
+            print_list(io, json, &shares, |s| {
+                format!(
+                    "{}\tshr_{}…\t{}\t{}@{}@{}:{}\t{}{}",
+                    s.id,
+                    s.prefix,
+                    s.user,
+                    s.bucket,
+                    s.branch,
+                    s.version.0,
+                    s.path,
+                    s.expires_ms
+                        .map(|e| format!("expires {}", format_time(e)))
+                        .unwrap_or_else(|| "no expiry".into()),
+                    if s.password { "\tpassword" } else { "" }
+                )
+            })?;
+        }
+        Command::Unshare { share } => {
+            let s: alknet_fs::ShareInfo = match on {
+                On::Store(store) => store.revoke_share(&share, None)?,
+                On::Node(node) => {
+                    node.json(M::DELETE, &format!("/api/v1/shares/{}", enc(&share)), None)
+                        .await?
+                }
+            };
+            say(io, json, &s, || {
+                format!("revoked share {} of {}:{}", s.id, s.bucket, s.path)
             })?;
         }
         Command::Lfs(LfsCmd::Locks { repo }) => {

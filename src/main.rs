@@ -135,6 +135,27 @@ enum Command {
     /// Git LFS on the node's repositories.
     #[command(subcommand)]
     Lfs(LfsCmd),
+    /// Make a share link of a file or directory at a fixed version: anyone
+    /// with the link may read it (web pages under /-/s/), until it expires
+    /// or is revoked. Printed once.
+    Share {
+        /// BUCKET[@BRANCH[@VERSION|@SNAPSHOT]][:/PATH]; without a version, the head's.
+        addr: String,
+        /// How long it works: 90s, 30m, 12h, 7d, 2w (default: until revoked).
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+        /// Ask for the password in this file (its first line) before showing anything.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
+        /// The user whose access the link reads with (on a data directory;
+        /// default: the only admin). Against a node, the token's user.
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+    },
+    /// List share links (yours against a node; every one on a data directory).
+    Shares,
+    /// Revoke a share link by its id or prefix.
+    Unshare { share: String },
     /// Store a local file (or stdin with `-`, or a directory with -r) at an address.
     Put {
         /// Local file, `-` for standard input, or a directory with -r.

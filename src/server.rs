@@ -43,12 +43,6 @@ pub(crate) async fn run(
     let limits = config.limits.connections(raise_open_file_limit());
     // One set of counters for every frontend, served at /metrics.
     let metrics = std::sync::Arc::new(alknet_protocols::Metrics::default());
-    let http_server = alknet_protocols::HttpServer::new(
-        forge.clone(),
-        config.http.limits(),
-        metrics.clone(),
-        config.http.metrics_public,
-    );
     let tls = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => Some(alknet_protocols::load_tls(cert, key)?),
         (None, None) => None,
@@ -67,10 +61,8 @@ pub(crate) async fn run(
         Some(l) => Some(format!("{scheme}://{}", l.local_addr()?)),
         None => None,
     };
-    // What git-lfs-authenticate hands out: the URL clients use, if set.
+    // What git-lfs-authenticate and the web pages hand out: the URL clients use, if set.
     let public_url = config.http.url.clone().or_else(|| bound_url.clone());
-    let server = alknet_protocols::SshServer::new(forge, host_key, limits, metrics, public_url);
-
     let tcp = tokio::net::TcpListener::bind(ssh_addr)
         .await
         .with_context(|| format!("cannot listen on {ssh_addr} (ssh)"))?;
@@ -78,6 +70,19 @@ pub(crate) async fn run(
         Some(addr) => Some(alknet_protocols::bind_quic(node_key, addr).await?),
         None => None,
     };
+    let site = alknet_protocols::Site {
+        url: public_url.clone(),
+        ssh_port: Some(tcp.local_addr()?.port()),
+        quic: endpoint.as_ref().map(alknet_protocols::node_addrs).unwrap_or_default(),
+    };
+    let http_server = alknet_protocols::HttpServer::new(
+        forge.clone(),
+        config.http.limits(),
+        metrics.clone(),
+        config.http.metrics_public,
+        site,
+    );
+    let server = alknet_protocols::SshServer::new(forge, host_key, limits, metrics, public_url);
     // One write, and a reader that went away is no reason to stop serving.
     let mut banner = format!(
         "alknet serving {}\nsocket: {}\nssh: {}\n",

@@ -98,7 +98,8 @@ impl Repo {
         Ok(())
     }
 
-    fn tree_entries(
+    /// A tree's entries by name (names that are not UTF-8 are skipped).
+    pub(crate) fn tree_entries(
         &self,
         tree: Option<ObjectId>,
         buf: &mut Vec<u8>,
@@ -113,7 +114,7 @@ impl Repo {
             let Ok(name) = std::str::from_utf8(entry.filename) else {
                 tracing::warn!(
                     repo = self.name(),
-                    "not publishing {:?} in tree {tree}: not UTF-8",
+                    "skipping {:?} in tree {tree}: not UTF-8",
                     entry.filename
                 );
                 continue;

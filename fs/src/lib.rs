@@ -57,7 +57,7 @@ pub use name::{
     check_bucket_name, check_entry_name, check_symlink_target, normalize_namespace,
 };
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
-pub use shares::{NewShare, SHARE_PREFIX, Share, ShareInfo};
+pub use shares::{NewShare, SHARE_PREFIX, Share, ShareInfo, parse_lifetime};
 pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch, process_alive};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
 pub use tree::{EVENT_CHANNEL, FileReader, ReadStream, SetAttr, Tree, Walk};

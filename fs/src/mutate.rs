@@ -643,8 +643,13 @@ impl Tree {
         use n0_future::{BufferedStreamExt, StreamExt};
         // The blob store's actor hashes and stores on its own threads: keep
         // several imports in flight so small files do not wait on round trips.
-        let mut imports = n0_future::stream::iter(&files)
-            .map(|(_, local)| self.inner.blobs.import_file(local, &|_, _| {}))
+        // Owned paths: a stream over borrowed pairs makes this future lose
+        // `Send` (a higher-ranked lifetime rustc cannot prove), and servers
+        // spawn it.
+        let blobs = &self.inner.blobs;
+        let locals: Vec<std::path::PathBuf> = files.iter().map(|(_, local)| local.to_path_buf()).collect();
+        let mut imports = n0_future::stream::iter(locals)
+            .map(|local| async move { blobs.import_file(&local, &|_, _| {}).await })
             .buffered_ordered(IMPORTS_IN_FLIGHT);
         let mut blobs = Vec::with_capacity(files.len());
         while let Some(blob) = imports.next().await {

@@ -184,6 +184,16 @@ impl BucketPath {
         Some((BucketPath(parent.to_owned()), &self.0[idx + 1..]))
     }
 
+    /// The directory that holds this path; `None` for the root.
+    pub fn parent(&self) -> Option<BucketPath> {
+        self.split_last().map(|(p, _)| p)
+    }
+
+    /// The last component; `None` for the root.
+    pub fn file_name(&self) -> Option<&str> {
+        self.split_last().map(|(_, n)| n)
+    }
+
     /// This path with the entry `name` appended: a name from outside
     /// (a client, a git tree) passes [`check_entry_name`] first.
     pub fn child(&self, name: &str) -> Result<BucketPath> {

@@ -169,7 +169,9 @@ impl Store {
     /// The share links `user` made (every link for `None`), oldest first.
     pub fn list_shares(&self, user: Option<&str>) -> Result<Vec<ShareInfo>> {
         self.inner.db.read(|c| {
-            let mut stmt = c.prepare_cached(&format!("{COLUMNS} {FROM} WHERE ?1 IS NULL OR u.name = ?1 ORDER BY s.id"))?;
+            let mut stmt = c.prepare_cached(&format!(
+                "{COLUMNS} {FROM} WHERE ?1 IS NULL OR u.name = ?1 ORDER BY s.id"
+            ))?;
             let rows = stmt.query_map([user], share_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -269,6 +271,31 @@ impl Store {
             Err(Error::NoSuchShare)
         })
     }
+}
+
+/// `7d`, `12h`, `30m`, `2w`, `90s` (a bare number: days): how long a
+/// link lives; at most ten years.
+pub fn parse_lifetime(text: &str) -> Result<Duration> {
+    let bad = || Error::InvalidName {
+        what: "expiry",
+        value: text.to_owned(),
+        reason: "use a number and s, m, h, d or w (7d)",
+    };
+    let t = text.trim();
+    let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" | "" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    if n == 0 || n > 3650 * 86_400 / secs {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(n * secs))
 }
 
 fn digest(text: &str) -> [u8; 32] {

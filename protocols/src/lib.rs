@@ -27,6 +27,6 @@ pub use endpoint::{
     ALPN_SSH, AcceptBackoff, Error as EndpointError, HttpFront, bind_quic, node_addrs, parse_node_addr, proxy, serve,
 };
 pub use http::client::{NodeClient, RemoteError};
-pub use http::{ALPN_HTTP, HttpLimits, HttpServer, ROUTES, Route, client as http_client, load_tls};
+pub use http::{ALPN_HTTP, HttpLimits, HttpServer, ROUTES, Route, Site, client as http_client, load_tls};
 pub use metrics::Metrics;
 pub use ssh::{Limits, SshServer, mount_tree};

@@ -17,3 +17,4 @@ mod remote;
 mod remote_mount;
 mod sftp;
 mod util;
+mod web;

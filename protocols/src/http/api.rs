@@ -38,6 +38,7 @@ pub(super) struct App {
     pub(super) forge: Forge,
     pub(super) metrics: Arc<Metrics>,
     metrics_public: bool,
+    pub(super) site: Arc<super::Site>,
 }
 
 /// One route: what the router serves and what the document says.
@@ -329,6 +330,30 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "GET",
+        "/api/v1/shares",
+        "The caller's share links (never their secrets).",
+        "token",
+        None,
+        "json",
+    ),
+    r(
+        "POST",
+        "/api/v1/shares",
+        "Make a share link {address, expires?, password?} of a file or directory at a fixed version (the head's if the address has none); its secret and URL are in the answer only.",
+        "read",
+        Some("json"),
+        "json",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/shares/{share}",
+        "Revoke one of the caller's share links by id or prefix.",
+        "token",
+        None,
+        "json",
+    ),
+    r(
+        "GET",
         "/metrics",
         "Prometheus metrics (an admin token unless http.metrics_public).",
         "admin",
@@ -381,23 +406,34 @@ fn handler(i: usize) -> MethodRouter<App> {
         30 => on(f, list_tokens),
         31 => on(f, create_token),
         32 => on(f, revoke_token),
-        33 => on(f, metrics),
+        33 => on(f, list_shares),
+        34 => on(f, create_share),
+        35 => on(f, revoke_share),
+        36 => on(f, metrics),
         _ => unreachable!("one handler per route"),
     }
 }
 
-pub(crate) fn router(forge: Forge, metrics: Arc<Metrics>, metrics_public: bool) -> Router {
+pub(crate) fn router(forge: Forge, metrics: Arc<Metrics>, metrics_public: bool, site: super::Site) -> Router {
     let app = App {
         store: forge.store().clone(),
         forge,
         metrics: metrics.clone(),
         metrics_public,
+        site: Arc::new(site),
     };
     let routes = (0..ROUTES.len()).fold(Router::new(), |router, i| router.route(ROUTES[i].path, handler(i)));
     routes
         .merge(super::git::routes())
         .merge(super::lfs::routes())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such API route") })
+        .merge(super::web::routes())
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/api/") {
+                ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such API route").into_response()
+            } else {
+                super::web::not_found().into_response()
+            }
+        })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -426,9 +462,9 @@ pub(crate) struct Frontend(pub(crate) &'static str);
 /// An error answer: a status and `{"error": {"code", "message"}}`.
 #[derive(Debug)]
 pub(crate) struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+    pub(super) status: StatusCode,
+    pub(super) code: &'static str,
+    pub(super) message: String,
 }
 
 impl ApiError {
@@ -440,7 +476,7 @@ impl ApiError {
         }
     }
 
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(super) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
     }
 
@@ -490,6 +526,7 @@ impl From<alknet_fs::Error> for ApiError {
                 "exists" | "conflict" => StatusCode::CONFLICT,
                 "invalid" => StatusCode::BAD_REQUEST,
                 "read_only" => StatusCode::FORBIDDEN,
+                "expired" => StatusCode::GONE,
                 "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
                 "no_space" => StatusCode::INSUFFICIENT_STORAGE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -853,16 +890,29 @@ async fn watch(
     Query(q): Query<WatchQuery>,
 ) -> Answer<Response> {
     let who = caller(&app, &headers).await?;
+    let store = app.store.clone();
+    let tree = blocking(move || Ok(open_tree(&store, &who, &bucket, &branch, "", Level::Read)?.0)).await?;
+    watch_stream(&app, &headers, tree, q.from.map(Version)).await
+}
+
+/// The commits of `tree`'s branch as an SSE body, from `Last-Event-ID`,
+/// else `from`, else the branch's newest version (only what comes next).
+pub(super) async fn watch_stream(
+    app: &App,
+    headers: &HeaderMap,
+    tree: Tree,
+    from: Option<Version>,
+) -> Answer<Response> {
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Version);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let store = app.store.clone();
     let mut watch = blocking(move || {
-        let (tree, _) = open_tree(&store, &who, &bucket, &branch, "", Level::Read)?;
-        let from = match resume.or(q.from) {
-            Some(v) => Version(v),
+        let from = match resume.or(from) {
+            Some(v) => v,
             None => store.log(&tree, 1)?.first().map(|c| c.version).unwrap_or(Version(0)),
         };
         Ok(store.watch(tree.bucket(), tree.branch(), from)?)
@@ -1442,6 +1492,57 @@ async fn revoke_token(State(app): State<App>, headers: HeaderMap, Path(token): P
     .await
 }
 
+async fn list_shares(State(app): State<App>, headers: HeaderMap) -> Answer {
+    let who = caller(&app, &headers).await?;
+    blocking(move || Ok(to_json(&app.store.list_shares(Some(&who.user))?))).await
+}
+
+#[derive(Deserialize)]
+struct NewShareBody {
+    address: String,
+    #[serde(default)]
+    expires: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+async fn create_share(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Answer<Response> {
+    let who = caller(&app, &headers).await?;
+    let req: NewShareBody = parse(&body)?;
+    let base = app.site.url.clone();
+    blocking(move || {
+        let a = Address::parse(&req.address)?;
+        let tree = app.store.open_as(&who, &a.bucket, &a.branch, &a.at, Level::Read)?;
+        let version = match tree.at() {
+            Some(v) => v,
+            None => app.store.log(&tree, 1)?.first().map_or(Version(0), |c| c.version),
+        };
+        let lifetime = req.expires.as_deref().map(alknet_fs::parse_lifetime).transpose()?;
+        let (info, secret) = app.store.create_share(&alknet_fs::NewShare {
+            user: &who.user,
+            bucket: tree.bucket(),
+            branch: tree.branch(),
+            version,
+            path: &a.path,
+            lifetime,
+            password: req.password.as_deref(),
+        })?;
+        let mut v = serde_json::to_value(&info).unwrap_or(Value::Null);
+        v["secret"] = json!(secret);
+        v["link_path"] = json!(format!("/-/s/{secret}/"));
+        if let Some(base) = base {
+            v["url"] = json!(format!("{}/-/s/{secret}/", base.trim_end_matches('/')));
+        }
+        Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+    })
+    .await
+}
+
+async fn revoke_share(State(app): State<App>, headers: HeaderMap, Path(share): Path<String>) -> Answer {
+    let who = caller(&app, &headers).await?;
+    blocking(move || Ok(to_json(&app.store.revoke_share(&share, Some(&who.user))?))).await
+}
+
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Answer<Response> {
     if !app.metrics_public {
         admin(&app, &headers, true).await?;
@@ -1563,7 +1664,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let forge = Forge::new(store, alknet_forge::ForgeConfig::default());
-        (dir, router(forge, Arc::new(Metrics::default()), false))
+        (
+            dir,
+            router(
+                forge,
+                Arc::new(Metrics::default()),
+                false,
+                super::super::Site::default(),
+            ),
+        )
     }
 
     /// Every documented route is served (the router answers it with its

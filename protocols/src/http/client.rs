@@ -58,6 +58,16 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
+    /// The node's base URL for people (what a browser opens): the
+    /// `http(s)://HOST:PORT` connected to, or for QUIC a placeholder host.
+    pub fn base_url(&self) -> String {
+        match &self.target {
+            Target::Tcp { tls: None, .. } => format!("http://{}", self.authority),
+            Target::Tcp { tls: Some(_), .. } => format!("https://{}", self.authority),
+            Target::Quic { .. } => "http://NODE".to_owned(),
+        }
+    }
+
     /// `url`: `http://HOST:PORT`, `https://HOST:PORT` (checked against the
     /// system's roots and `SSL_CERT_FILE`), or `NODE_ID@HOST:PORT` (QUIC;
     /// the handshake proves the node's id). `token`: sent as a bearer token.

@@ -1,5 +1,6 @@
-//! The node's HTTP server: the REST API under `/api/v1` (`api.rs`) and
-//! Prometheus metrics at `/metrics` (`metrics.rs`), on a TCP listener
+//! The node's HTTP server: the REST API under `/api/v1` (`api.rs`),
+//! Prometheus metrics at `/metrics`, git's smart HTTP and Git LFS
+//! (`git.rs`, `lfs.rs`) and the web interface under `/` (`web/`), on a TCP listener
 //! (plain or TLS) and on the QUIC endpoint under ALPN `alknet/http`, one
 //! HTTP/1.1 connection per bi-stream.
 //!
@@ -14,6 +15,7 @@ mod api;
 pub mod client;
 mod git;
 mod lfs;
+mod web;
 
 use std::future::Future;
 use std::path::Path;
@@ -49,6 +51,18 @@ impl Default for HttpLimits {
     }
 }
 
+/// How clients reach this node, for the pages that say so (clone URLs,
+/// share links).
+#[derive(Clone, Debug, Default)]
+pub struct Site {
+    /// The public base URL of the HTTP listener (`http.url`, else the bound one).
+    pub url: Option<String>,
+    /// The SSH listener's port.
+    pub ssh_port: Option<u16>,
+    /// The QUIC endpoint's addresses, `NODE_ID@HOST:PORT`.
+    pub quic: Vec<String>,
+}
+
 /// The HTTP frontend of one store; cheap to clone.
 #[derive(Clone)]
 pub struct HttpServer {
@@ -61,8 +75,15 @@ pub struct HttpServer {
 impl HttpServer {
     /// `metrics`: the node's counters (shared with its other frontends);
     /// `metrics_public`: serve `/metrics` without a token.
-    pub fn new(forge: Forge, limits: HttpLimits, metrics: Arc<crate::Metrics>, metrics_public: bool) -> HttpServer {
-        let router = api::router(forge, metrics.clone(), metrics_public);
+    /// `site`: how clients reach the node, as pages show it.
+    pub fn new(
+        forge: Forge,
+        limits: HttpLimits,
+        metrics: Arc<crate::Metrics>,
+        metrics_public: bool,
+        site: Site,
+    ) -> HttpServer {
+        let router = api::router(forge, metrics.clone(), metrics_public, site);
         HttpServer {
             router,
             permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
