@@ -716,5 +716,22 @@ fn a_100000_entry_directory_pages_by_cursor() {
         "listing took {:?}",
         started.elapsed()
     );
+    // The web page of the same directory opens at once and pages; a sort by
+    // another key than the name scans the directory once per page.
+    let cookie = format!("alknet_session={admin}");
+    for (query, first, bound) in [
+        ("", "e000000", Duration::from_secs(2)),
+        ("?after=e099899", "e099900", Duration::from_secs(2)),
+        ("?sort=name&desc=1", "e099999", Duration::from_secs(10)),
+    ] {
+        let started = Instant::now();
+        let page = curl(None, &["-b", &cookie], &format!("{}/-/b/docs/many/{query}", server.http));
+        let took = started.elapsed();
+        assert_eq!(page.status, 200);
+        let text = page.text();
+        let at = text.find("<tbody>").expect("a listing");
+        assert!(text[at..].find(first) < text[at..].find("</tr>"), "{query}: {first} first");
+        assert!(took < bound, "{query}: the page took {took:?}");
+    }
     assert!(server.stop());
 }

@@ -242,6 +242,42 @@ fn names_and_contents_are_escaped_and_traversal_is_refused() {
 }
 
 #[test]
+fn a_directory_downloads_as_a_tar_that_tar_reads() {
+    let (node, server, admin, _bob) = setup();
+    let (cookie, _) = session(&server, &admin);
+    let out = node.work.join("docs.tar");
+    let r = curl(
+        None,
+        &["-b", &cookie, "-o", out.to_str().expect("utf-8")],
+        &format!("{}/-/b/docs/?archive=tar", server.http),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type").as_deref(), Some("application/x-tar"));
+    let into = node.work.join("untarred");
+    std::fs::create_dir_all(&into).expect("dir");
+    let tar = Command::new("tar")
+        .arg("-xf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&into)
+        .output()
+        .expect("run tar");
+    assert!(tar.status.success(), "{}", combined(&tar));
+    let root = into.join("docs");
+    assert_eq!(
+        std::fs::read(root.join("big.bin")).expect("big.bin"),
+        crate::util::pattern(100_000, 3)
+    );
+    assert_eq!(std::fs::read(root.join("readme.md")).expect("readme"), b"# Docs\n\nA second line.\n");
+    assert_eq!(std::fs::read_dir(root.join("many")).expect("many").count(), 1000);
+    assert_eq!(
+        std::fs::read_link(root.join("many/e0042")).expect("a symlink"),
+        std::path::PathBuf::from("t")
+    );
+    assert!(server.stop());
+}
+
+#[test]
 fn share_links_expire_with_410_and_revoked_ones_are_gone() {
     let (node, server, admin, _bob) = setup();
     let made = node.ok(&["share", "docs:/readme.md", "--expires", "1s"]);

@@ -116,6 +116,16 @@ try:
     except NoAlertPresentException:
         check(True, "no script from a file name ran")
 
+    # Live: another writer's commit shows up in the open listing, no reload.
+    admin.execute_script("document.body.dataset.before = 'yes'")
+    put = urllib.request.Request(BASE + "/api/v1/b/docs/main/live.txt", data=b"from elsewhere\n", method="PUT",
+                                 headers={"Authorization": "Bearer " + ADMIN})
+    urllib.request.urlopen(put).read()
+    wait(admin, lambda d: "live.txt" in names(d))
+    check(admin.execute_script("return document.body.dataset.before") == "yes",
+          "another writer's file appears in the open listing without a reload")
+    shot(admin, "live")
+
     # Page a large directory (1,000 entries, 200 a page), every name once, in order.
     admin.get(BASE + "/-/b/docs/many/")
     seen = []

@@ -478,3 +478,6 @@ pub(super) fn upath(p: &str) -> String {
 pub(super) fn not_found() -> WebError {
     WebError::not_found()
 }
+
+#[cfg(test)]
+mod tests;
