@@ -725,12 +725,19 @@ fn a_100000_entry_directory_pages_by_cursor() {
         ("?sort=name&desc=1", "e099999", Duration::from_secs(10)),
     ] {
         let started = Instant::now();
-        let page = curl(None, &["-b", &cookie], &format!("{}/-/b/docs/many/{query}", server.http));
+        let page = curl(
+            None,
+            &["-b", &cookie],
+            &format!("{}/-/b/docs/many/{query}", server.http),
+        );
         let took = started.elapsed();
         assert_eq!(page.status, 200);
         let text = page.text();
         let at = text.find("<tbody>").expect("a listing");
-        assert!(text[at..].find(first) < text[at..].find("</tr>"), "{query}: {first} first");
+        assert!(
+            text[at..].find(first) < text[at..].find("</tr>"),
+            "{query}: {first} first"
+        );
         assert!(took < bound, "{query}: the page took {took:?}");
     }
     assert!(server.stop());

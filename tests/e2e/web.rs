@@ -268,7 +268,10 @@ fn a_directory_downloads_as_a_tar_that_tar_reads() {
         std::fs::read(root.join("big.bin")).expect("big.bin"),
         crate::util::pattern(100_000, 3)
     );
-    assert_eq!(std::fs::read(root.join("readme.md")).expect("readme"), b"# Docs\n\nA second line.\n");
+    assert_eq!(
+        std::fs::read(root.join("readme.md")).expect("readme"),
+        b"# Docs\n\nA second line.\n"
+    );
     assert_eq!(std::fs::read_dir(root.join("many")).expect("many").count(), 1000);
     assert_eq!(
         std::fs::read_link(root.join("many/e0042")).expect("a symlink"),

@@ -180,13 +180,15 @@ try:
     with open(changed, "w") as f:
         f.write("# Docs\n\nA second line, changed on draft.\n")
     submit_upload(admin, changed, "readme.md")
-    Select(admin.find_element(By.ID, "compare")).select_by_visible_text("main")
+    check(Select(admin.find_element(By.ID, "compare")).first_selected_option.text == "main",
+          "the compare picker offers main")
     admin.find_element(By.ID, "compare").submit()
     wait(admin, EC.presence_of_element_located((By.CSS_SELECTOR, "ul.changes")))
     shot(admin, "diff")
     text = admin.find_element(By.CSS_SELECTOR, "ul.changes").text
     check("modified" in text and "readme.md" in text, "the diff lists readme.md as modified")
-    check("changed on draft" in text, "the diff shows the changed line")
+    added = [e.text for e in admin.find_elements(By.CSS_SELECTOR, "pre.diff .add")]
+    check(added == ["+A second line, changed on draft."], "the diff shows the line draft added: %r" % added)
 
     # History: the branch's log links each version's changes.
     admin.get(BASE + "/-/log/docs%40main")

@@ -157,12 +157,17 @@ struct DiffPage {
     branches: Vec<String>,
     from_href: String,
     to_href: String,
+    from_branch: String,
 }
 
 #[derive(Deserialize)]
 struct DiffQuery {
-    /// The other side: `BRANCH[@VERSION]` of the same bucket.
-    to: String,
+    /// The newer side: `BRANCH[@VERSION]` of the same bucket (the address
+    /// is the older one).
+    to: Option<String>,
+    /// Or the older side (the address is the newer one): what a "compare
+    /// with" picker sends.
+    base: Option<String>,
 }
 
 async fn diff(
@@ -173,12 +178,14 @@ async fn diff(
     Query(q): Query<DiffQuery>,
 ) -> Web {
     let v = signed_in(&app, &headers, &uri).await?;
-    let from = Spec::parse(&spec)?;
-    let to_spec = Spec::parse(&format!(
-        "{}@{}",
-        from.bucket,
-        q.to.trim_start_matches(&format!("{}@", from.bucket))
-    ))?;
+    let here = Spec::parse(&spec)?;
+    let bucket = here.bucket.clone();
+    let other = |side: &str| Spec::parse(&format!("{bucket}@{}", side.trim_start_matches(&format!("{bucket}@"))));
+    let (from, to_spec) = match (&q.to, &q.base) {
+        (Some(to), _) => (here, other(to)?),
+        (None, Some(base)) => (other(base)?, here),
+        (None, None) => return Err(super::WebError::bad("compare with what? (?to=BRANCH or ?base=BRANCH)")),
+    };
     let store = app.store.clone();
     let visitor = v.clone();
     let (a, b, changes, branches, sides) = blocking(move || {
@@ -210,6 +217,7 @@ async fn diff(
     })
     .await?;
     let (from, to) = (spec_of(&a), spec_of(&b));
+    let from_branch = a.branch().to_owned();
     let mut rows = Vec::with_capacity(changes.len());
     for c in changes {
         let (change, path, old, kind, modified) = match c {
@@ -251,6 +259,7 @@ async fn diff(
         to,
         changes: rows,
         branches,
+        from_branch,
     })
 }
 
