@@ -58,6 +58,14 @@ pub struct GitEntry {
     pub mode: u32,
 }
 
+/// A blob at a commit, as a page shows it.
+#[derive(Clone, Debug)]
+pub struct GitBlob {
+    pub size: u64,
+    /// Its bytes, if it is no larger than asked for.
+    pub bytes: Option<Vec<u8>>,
+}
+
 /// Most changes one commit lists.
 pub const MAX_CHANGES: usize = 5000;
 
@@ -286,17 +294,28 @@ impl Repo {
         Ok(Some(out))
     }
 
-    /// The first `max` bytes of the blob at `path` in commit `id`'s tree,
-    /// and its whole size; `None` if there is no blob there.
-    pub fn blob_at(&self, id: &ObjectId, path: &str, max: usize) -> Result<Option<(Vec<u8>, u64)>, Error> {
+    /// The blob at `path` in commit `id`'s tree: its size, and its bytes if
+    /// it is at most `max` bytes (nothing larger is ever read into memory);
+    /// `None` if there is no blob there.
+    pub fn blob_at(&self, id: &ObjectId, path: &str, max: u64) -> Result<Option<GitBlob>, Error> {
         let Some((_, blob)) = self.object_at(id, path)? else {
             return Ok(None);
         };
-        let mut buf = Vec::new();
-        match self.find(&blob, &mut buf)? {
-            Some(d) if d.kind == Kind::Blob => {
-                let size = d.data.len() as u64;
-                Ok(Some((d.data[..d.data.len().min(max)].to_vec(), size)))
+        let header = gix_object::FindHeader::try_header(&self.odb, &blob).map_err(Error::objects)?;
+        match header {
+            Some(h) if h.kind == Kind::Blob && h.size > max => Ok(Some(GitBlob {
+                size: h.size,
+                bytes: None,
+            })),
+            Some(h) if h.kind == Kind::Blob => {
+                let mut buf = Vec::new();
+                let data = self
+                    .find(&blob, &mut buf)?
+                    .ok_or_else(|| Error::Objects(format!("blob {blob} is missing")))?;
+                Ok(Some(GitBlob {
+                    size: h.size,
+                    bytes: Some(data.data.to_vec()),
+                }))
             }
             _ => Ok(None),
         }

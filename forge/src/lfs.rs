@@ -166,6 +166,15 @@ impl Forge {
         Ok(self.store().attachment(repo, &format!("{PREFIX}{oid}"))?)
     }
 
+    /// The oid of the LFS object of `repo` whose bytes are blob `hash` (what
+    /// a published file checked out from an LFS pointer holds), if any.
+    pub fn lfs_oid_of(&self, repo: &str, hash: &alknet_fs::BlobHash) -> Result<Option<String>, Error> {
+        Ok(self
+            .store()
+            .attachment_holding(repo, PREFIX, hash)?
+            .map(|name| name.trim_start_matches(PREFIX).to_owned()))
+    }
+
     /// What the repository's quota still lets its packs and LFS objects
     /// take; `None` without a quota.
     pub fn lfs_headroom(&self, repo: &str) -> Result<Option<u64>, Error> {

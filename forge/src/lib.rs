@@ -35,7 +35,7 @@ mod walk;
 
 pub use access::Refusal;
 pub use error::Error;
-pub use history::{GitCommit, GitEntry, GitRef, MAX_CHANGES, TreeChange};
+pub use history::{GitBlob, GitCommit, GitEntry, GitRef, MAX_CHANGES, TreeChange};
 pub use lfs::{LfsUpload, valid_oid};
 pub use receive::{PushOutcome, receive_pack};
 pub use repo::{Forge, ForgeConfig, Repo, RepoInfo, repo_name};

@@ -191,6 +191,20 @@ impl Store {
         Ok(Blob(self.inner.blobs.hold(hash, size).await?))
     }
 
+    /// The name of an attachment of the bucket that starts with `prefix` and
+    /// holds blob `hash`, if one does (a scan of the bucket's attachments).
+    pub fn attachment_holding(&self, bucket: &str, prefix: &str, hash: &BlobHash) -> Result<Option<String>> {
+        self.inner.db.read(|c| {
+            let id = Self::bucket_id(c, bucket)?;
+            Ok(c.prepare_cached(
+                "SELECT name FROM attachments
+                 WHERE bucket_id = ?1 AND hash = ?2 AND substr(name, 1, length(?3)) = ?3 LIMIT 1",
+            )?
+            .query_row(params![id, hash.0.to_vec(), prefix], |r| r.get(0))
+            .optional()?)
+        })
+    }
+
     /// The attachment `name` of the bucket, if there is one.
     pub fn attachment(&self, bucket: &str, name: &str) -> Result<Option<Attachment>> {
         Ok(self.attachments(bucket, name)?.into_iter().find(|a| a.name == name))

@@ -1140,3 +1140,15 @@ async fn share_links_read_one_version_until_revoked_or_expired() {
     store.revoke("ann", "b").expect("revoke grant");
     assert!(matches!(store.open_share(&locked), Err(Error::NoSuchShare)));
 }
+
+#[test]
+fn share_lifetimes_parse_with_units() {
+    use crate::parse_lifetime;
+    assert_eq!(parse_lifetime("90s").expect("s"), Duration::from_secs(90));
+    assert_eq!(parse_lifetime("7d").expect("d"), Duration::from_secs(7 * 86_400));
+    assert_eq!(parse_lifetime("2w").expect("w"), Duration::from_secs(14 * 86_400));
+    assert_eq!(parse_lifetime("3").expect("days"), Duration::from_secs(3 * 86_400));
+    for bad in ["", "0d", "d", "7y", "-1h", "99999w"] {
+        assert!(parse_lifetime(bad).is_err(), "{bad:?}");
+    }
+}

@@ -152,6 +152,20 @@ fn lfs_objects_push_clone_and_publish_as_real_files() {
         "SFTP reads the object, not the pointer"
     );
     assert_eq!(f.node.bytes(&["cat", "hello@main:/small/007.bin"]), b"small object 7\n");
+    // The web page of a published LFS file names its oid beside its BLAKE3.
+    let page = crate::http::curl(
+        None,
+        &["-b", &format!("alknet_session={}", f.token)],
+        &format!("{}/-/b/hello/small/007.bin", f.server.http),
+    );
+    assert_eq!(page.status, 200);
+    let oid = sha256_hex(b"small object 7\n");
+    assert!(
+        page.text()
+            .contains(&format!("<code class=\"hash\" id=\"lfs-oid\">{oid}</code>")),
+        "{}",
+        page.text()
+    );
     let repos = f.node.json(&["repo", "list"]);
     assert_eq!(repos[0]["lfs_objects"], 301, "{repos}");
     assert!(repos[0]["lfs_bytes"].as_u64().expect("bytes") > 200 << 20);

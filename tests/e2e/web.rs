@@ -338,3 +338,27 @@ fn share_links_expire_with_410_and_revoked_ones_are_gone() {
     let _ = admin;
     assert!(server.stop());
 }
+
+#[test]
+fn repository_pages_show_refs_log_trees_and_hide_from_who_may_not_fetch() {
+    let (_node, server, admin, bob) = setup();
+    let (cookie, _) = session(&server, &admin);
+    let get = |path: &str, cookie: &str| curl(None, &["-b", cookie], &format!("{}{path}", server.http));
+    let page = get("/-/r/proj", &cookie).text();
+    assert!(page.contains("refs/heads/main") && page.contains("/proj.git"), "{page}");
+    let log = get("/-/r/proj/log?rev=main", &cookie).text();
+    let (second, first) = (log.find("Second commit"), log.find("First commit"));
+    assert!(second.is_some() && second < first, "newest first: {log}");
+    let tree = get("/-/r/proj/tree/main/", &cookie).text();
+    assert!(tree.contains(">README<") && tree.contains(">src/<"), "{tree}");
+    let blob = get("/-/r/proj/tree/main/src/lib.rs", &cookie);
+    assert_eq!(blob.status, 200);
+    assert!(blob.text().contains("<span class=\"k\">pub</span>"), "{}", blob.text());
+    assert_eq!(get("/-/r/proj/tree/main/nope", &cookie).status, 404);
+    // Bob has no grant on proj: it is not there for him.
+    let (bobs, _) = session(&server, &bob);
+    let hidden = get("/-/r/proj", &bobs);
+    assert_eq!(hidden.status, 404);
+    assert!(!hidden.text().contains("refs/heads"));
+    assert!(server.stop());
+}

@@ -173,8 +173,6 @@ struct BucketForm {
     op: String,
     name: String,
     #[serde(default)]
-    kind: String,
-    #[serde(default)]
     quota: String,
     #[serde(default)]
     confirm: String,
@@ -193,7 +191,8 @@ async fn bucket_action(State(app): State<App>, headers: HeaderMap, uri: Uri, For
     let store = app.store.clone();
     blocking(move || {
         match f.op.as_str() {
-            "create" => store.create_bucket(&f.name, if f.kind.is_empty() { "drive" } else { &f.kind })?,
+            // Repositories are made with their git side (`alknet repo create`).
+            "create" => store.create_bucket(&f.name, "drive")?,
             "delete" if f.confirm == f.name => store.delete_bucket(&f.name)?,
             "delete" => {
                 return Err(ApiError::bad("type the bucket's name to confirm its deletion"));
@@ -391,6 +390,8 @@ struct FilePage {
     mode: String,
     mtime: String,
     hash: String,
+    /// The Git LFS object id, for a file checked out from an LFS pointer.
+    lfs_oid: Option<String>,
     version: u64,
     raw: String,
     download: String,
@@ -435,11 +436,16 @@ async fn browse_at(app: App, headers: HeaderMap, uri: Uri, spec: String, path: S
     let spec = Spec::parse(&spec)?;
     let store = app.store.clone();
     let visitor = v.clone();
-    let (tree, path, entry, level) = blocking(move || {
+    let forge = app.forge.clone();
+    let (tree, path, entry, level, lfs_oid) = blocking(move || {
         let (tree, path) = spec.open(&store, &visitor, &path, Level::Read)?;
         let (path, entry) = tree.follow(&path, true)?;
         let level = visitor.who.level(&store, tree.bucket())?.unwrap_or(Level::Read);
-        Ok((tree, path, entry, level))
+        let lfs_oid = match entry.hash {
+            Some(h) if !entry.is_dir() => forge.lfs_oid_of(tree.bucket(), &h)?,
+            _ => None,
+        };
+        Ok((tree, path, entry, level, lfs_oid))
     })
     .await?;
     let writable = level >= Level::Write && !tree.is_read_only();
@@ -471,6 +477,7 @@ async fn browse_at(app: App, headers: HeaderMap, uri: Uri, spec: String, path: S
         mode: alknet_fs::display::mode_string(entry.kind, entry.mode),
         mtime: when(entry.mtime_ns / 1_000_000),
         hash: entry.hash.map(|h| h.to_hex()).unwrap_or_default(),
+        lfs_oid,
         version: entry.version.0,
         path: path.as_str().to_owned(),
         preview,
@@ -732,11 +739,15 @@ async fn upload(
     {
         match field.name() {
             Some("path") => {
-                let text = field.text().await.map_err(|e| WebError::bad(e.to_string()))?;
-                if text.len() > 4096 {
-                    return Err(WebError::bad("a path in the upload is longer than 4096 bytes"));
+                // Read a chunk at a time: a name is never more than 4096 bytes.
+                let mut text = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(|e| WebError::bad(e.to_string()))? {
+                    text.extend_from_slice(&chunk);
+                    if text.len() > 4096 {
+                        return Err(WebError::bad("a path in the upload is longer than 4096 bytes"));
+                    }
                 }
-                named = Some(text);
+                named = Some(String::from_utf8(text).map_err(|_| WebError::bad("a path in the upload is not UTF-8"))?);
             }
             Some("file") => {
                 let rel = named

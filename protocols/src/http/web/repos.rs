@@ -18,7 +18,7 @@ use crate::http::api::{App, blocking};
 
 const LOG_PAGE: usize = 50;
 /// The most bytes of a blob a page shows.
-const BLOB_MAX: usize = 512 * 1024;
+const BLOB_MAX: u64 = 512 * 1024;
 
 pub(super) fn routes() -> Router<App> {
     Router::new()
@@ -373,17 +373,17 @@ async fn tree_at(app: App, headers: HeaderMap, uri: Uri, name: String, rev: Stri
             name: e.name,
         })
         .collect();
-    let blob = blob.map(|(bytes, total)| {
-        let text = if bytes.contains(&0) {
-            None
-        } else {
-            std::str::from_utf8(&bytes).ok()
-        };
+    let blob = blob.map(|b| {
+        let text = b
+            .bytes
+            .as_deref()
+            .filter(|b| !b.contains(&0))
+            .and_then(|b| std::str::from_utf8(b).ok());
         let shown = match text {
             Some(t) => super::highlight::highlight(&path, t),
             None => String::new(),
         };
-        (shown, size(total))
+        (shown, size(b.size))
     });
     render(&TreePage {
         title: format!("{name} at {short}: /{path}"),
