@@ -699,6 +699,34 @@ impl Tree {
         Ok(version)
     }
 
+    /// Stores blobs already imported (`Store::import_stream`) as files below
+    /// `root` in one commit — all or none become visible — with parents
+    /// created: what a frontend that streams several files into the blob
+    /// store at once (a web form) commits. Limits and the quota are checked
+    /// on the blobs' sizes; the commit records only `root` as its path.
+    pub async fn put_blobs(&self, root: &BucketPath, files: &[(BucketPath, crate::refs::Blob)]) -> Result<Version> {
+        self.check_writable(root.as_str())?;
+        let mut total = 0u64;
+        for (path, blob) in files {
+            self.inner.limits.check_size(path.as_str(), blob.size())?;
+            total = total.saturating_add(blob.size());
+        }
+        self.check_quota(root.as_str(), total)?;
+        self.inner.blobs.sync().await?;
+        let (version, ()) = self.commit("write", &[root], |rows| {
+            self.mkdir_all_in(rows, root)?;
+            for (path, blob) in files {
+                let place = Place {
+                    create_parents: true,
+                    ..Place::default()
+                };
+                self.place_file(rows, path, &blob.0, place)?;
+            }
+            Ok(())
+        })?;
+        Ok(version)
+    }
+
     /// Stores the local file at `local` as `path`, streaming it into the blob
     /// store; missing parent directories are created. `progress(done, total)`
     /// is called as the import goes.

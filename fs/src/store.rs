@@ -212,6 +212,12 @@ impl Store {
         self.inner.limits.check(&self.inner.dir, what, old_len, new_len)
     }
 
+    /// Checks that the disk can take `bytes` more (what an upload of several
+    /// files declares) and keep its reserve: [`Error::NoSpace`] if not.
+    pub fn check_room(&self, what: &str, bytes: u64) -> Result<()> {
+        self.inner.limits.check_disk(&self.inner.dir, what, bytes)
+    }
+
     /// Flushes and closes the blob store. Call before the process exits.
     pub async fn close(&self) -> Result<()> {
         self.inner.blobs.close().await

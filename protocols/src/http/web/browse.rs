@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use alknet_fs::{Address, BucketPath, Entry, Kind, Level, LocalEntry, Store, Tree};
+use alknet_fs::{Address, BucketPath, Entry, Kind, Level, Store, Tree};
 use askama::Template;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Form, Multipart, Path, Query, State};
@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 
 use super::{Nav, Visitor, Web, WebError, back, check_csrf, render, seg, signed_in, size, upath, when};
 use crate::http::api::{ApiError, App, blocking, download};
@@ -705,11 +704,13 @@ struct UploadQuery {
 }
 
 /// Files (and folders, with their relative paths) from a form, as one
-/// commit. Each part streams to a staging file under the store's `tmp/`
-/// (never held in memory), within the size limit; then all of them go in
-/// with `Tree::put_files`. A `path` field before a `file` part names where
+/// commit. Each part streams straight into the blob store (hashed as it
+/// comes, a few chunks in memory), within the size limit, after the whole
+/// body's `Content-Length` passed the disk check; then all of them go in
+/// with `Tree::put_blobs`. A `path` field before a `file` part names where
 /// it goes below `dir` (what the page's script sends for folders);
-/// otherwise the file's own name.
+/// otherwise the file's own name. A part that breaks off aborts its import
+/// and the commit never happens.
 async fn upload(
     State(app): State<App>,
     headers: HeaderMap,
@@ -724,13 +725,20 @@ async fn upload(
     let store = app.store.clone();
     let visitor = v.clone();
     let dir = q.dir.clone();
-    let (tree, dir) = blocking(move || spec.open(&store, &visitor, &dir, Level::Write)).await?;
-    let staging = tempfile::Builder::new()
-        .prefix("web-upload-")
-        .tempdir_in(app.store.dir().join("tmp"))
-        .map_err(|e| WebError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("staging an upload: {e}")))?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (tree, dir) = blocking(move || {
+        let opened = spec.open(&store, &visitor, &dir, Level::Write)?;
+        if let Some(len) = declared {
+            store.check_room(opened.1.as_str(), len)?;
+        }
+        Ok(opened)
+    })
+    .await?;
     let max = app.store.limits().max_file_size;
-    let mut files: Vec<(BucketPath, LocalEntry)> = Vec::new();
+    let mut files: Vec<(BucketPath, alknet_fs::Blob)> = Vec::new();
     let mut named: Option<String> = None;
     while let Some(mut field) = form
         .next_field()
@@ -764,39 +772,43 @@ async fn upload(
                     )));
                 }
                 let target = relative(&dir, &rel)?;
-                let local = staging.path().join(files.len().to_string());
-                let mut out = tokio::fs::File::create(&local)
-                    .await
-                    .map_err(|e| WebError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let store = app.store.clone();
+                let import = tokio::spawn(async move { store.import_stream(rx).await });
                 let mut written = 0u64;
-                while let Some(chunk) = field
-                    .chunk()
-                    .await
-                    .map_err(|e| WebError::bad(format!("the upload broke off: {e}")))?
-                {
-                    written += chunk.len() as u64;
-                    if max.is_some_and(|m| written > m) {
-                        return Err(WebError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!("{target}: larger than this node's file size limit"),
-                        ));
-                    }
-                    out.write_all(&chunk)
+                let fed: Result<(), WebError> = async {
+                    while let Some(chunk) = field
+                        .chunk()
                         .await
-                        .map_err(|e| WebError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-                    app.metrics.bytes_in(chunk.len() as u64);
+                        .map_err(|e| WebError::bad(format!("the upload broke off: {e}")))?
+                    {
+                        written += chunk.len() as u64;
+                        if max.is_some_and(|m| written > m) {
+                            return Err(WebError::new(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                format!("{target}: larger than this node's file size limit"),
+                            ));
+                        }
+                        app.metrics.bytes_in(chunk.len() as u64);
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(())
                 }
-                out.flush()
+                .await;
+                if let Err(e) = fed {
+                    // The import sees the error and keeps nothing.
+                    tx.send(Err(std::io::Error::other("the upload was refused"))).await.ok();
+                    drop(tx);
+                    import.await.ok();
+                    return Err(e);
+                }
+                drop(tx);
+                let blob = import
                     .await
-                    .map_err(|e| WebError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-                files.push((
-                    target,
-                    LocalEntry::File {
-                        local,
-                        mode: alknet_fs::DEFAULT_FILE_MODE,
-                        mtime_ns: now_ns(),
-                    },
-                ));
+                    .map_err(|e| WebError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+                files.push((target, blob));
             }
             _ => {}
         }
@@ -805,9 +817,8 @@ async fn upload(
         return Err(WebError::bad("choose at least one file to upload"));
     }
     let started = std::time::Instant::now();
-    let version = tree.put_files(&dir, &files, &|_, _| {}).await?;
+    let version = tree.put_blobs(&dir, &files).await?;
     app.metrics.commit(started.elapsed());
-    drop(staging);
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -818,12 +829,6 @@ async fn upload(
     }
     let spec = spec_of(&tree);
     Ok(back(&format!("{}/", href(&spec, dir.as_str()).trim_end_matches('/'))))
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// `rel` below `dir`, by the store's path rule (no `..`, no empty names).

@@ -170,3 +170,75 @@ async fn paths_that_climb_out_are_refused() {
         );
     }
 }
+
+fn multipart(cookie: &str, uri: &str, parts: &[(&str, Option<&str>, &[u8])]) -> Request<Body> {
+    let mut body = Vec::new();
+    for (name, file, data) in parts {
+        body.extend_from_slice(b"--XyZ\r\n");
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\r\n").as_bytes(),
+            ),
+            None => {
+                body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes())
+            }
+        }
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"--XyZ--\r\n");
+    Request::post(uri)
+        .header(header::HOST, "127.0.0.1:1")
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "multipart/form-data; boundary=XyZ")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Body::from(body))
+        .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_of_several_files_is_one_commit_and_a_refused_one_commits_nothing() {
+    let app = app().await;
+    let (_, _, page) = send(&app, get("/-/b/b/", Some(&app.cookie))).await;
+    let csrf = csrf_of(&page);
+    let tree = app.store.tree("b", "main", &At::Head).expect("tree");
+    let before = app.store.log(&tree, 1).expect("log")[0].version;
+    let uri = format!("/-/upload/b?dir=/in&csrf={csrf}");
+    let parts: &[(&str, Option<&str>, &[u8])] = &[
+        ("file", Some("a.txt"), b"alpha"),
+        ("path", None, b"deep/er/b.txt"),
+        ("file", Some("b.txt"), b"beta"),
+    ];
+    let (status, _, page) = send(&app, multipart(&app.cookie, &uri, parts)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    let log = app.store.log(&tree, 5).expect("log");
+    assert_eq!(log[1].version, before, "one commit for both files");
+    assert_eq!(log[0].op, "write");
+    let read = |p: &str| {
+        let tree = tree.clone();
+        let p = BucketPath::parse(p).expect("path");
+        async move { tree.read(&p, 0, 100).await.expect("read") }
+    };
+    assert_eq!(read("/in/a.txt").await, b"alpha");
+    assert_eq!(read("/in/deep/er/b.txt").await, b"beta");
+    // Past the size limit: 413, and the file that came before it is not committed either.
+    let mut limits = alknet_fs::Limits::default();
+    limits.max_file_size = Some(8);
+    app.store.set_limits(limits);
+    let parts: &[(&str, Option<&str>, &[u8])] = &[
+        ("file", Some("small.txt"), b"ok"),
+        ("file", Some("big.txt"), b"far too many bytes"),
+    ];
+    let (status, _, _) = send(&app, multipart(&app.cookie, &uri, parts)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(app.store.log(&tree, 1).expect("log")[0].version, log[0].version);
+    assert!(
+        tree.try_stat(&BucketPath::parse("/in/small.txt").expect("path"))
+            .expect("stat")
+            .is_none()
+    );
+    // A path that climbs out is refused.
+    let parts: &[(&str, Option<&str>, &[u8])] = &[("path", None, b"../../x"), ("file", Some("x"), b"x")];
+    let (status, _, _) = send(&app, multipart(&app.cookie, &uri, parts)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
