@@ -362,3 +362,42 @@ fn repository_pages_show_refs_log_trees_and_hide_from_who_may_not_fetch() {
     assert!(!hidden.text().contains("refs/heads"));
     assert!(server.stop());
 }
+
+/// `alknet share` against a node's API: the link is the token user's, it
+/// works, it lists, and a user who may not read the bucket cannot make one.
+#[test]
+fn share_links_made_through_a_remote_node_act_as_the_tokens_user() {
+    let (node, server, admin, bob) = setup();
+    let remote = |token: &str, args: &[&str]| {
+        let mut all = vec!["--node", server.http.as_str(), "--json"];
+        all.extend_from_slice(args);
+        node.cmd(&all).env("ALKNET_TOKEN", token).output().expect("run alknet")
+    };
+    let out = remote(&bob, &["share", "docs:/readme.md", "--expires", "2h"]);
+    assert!(out.status.success(), "{}", combined(&out));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(made["user"], "bob");
+    let url = made["url"].as_str().expect("url");
+    assert!(url.starts_with(&format!("{}/-/s/shr_", server.http)), "{url}");
+    let page = curl(None, &[], url);
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("A second line."));
+    // Bob's list has it; the admin's does not (each sees their own).
+    let list = |token: &str| {
+        let out = remote(token, &["shares"]);
+        assert!(out.status.success(), "{}", combined(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    assert_eq!(list(&bob).as_array().expect("list").len(), 1);
+    assert_eq!(list(&admin).as_array().expect("list").len(), 0);
+    // Bob cannot share what he cannot read; nobody revokes another's link.
+    node.ok(&["bucket", "create", "secret"]);
+    let refused = remote(&bob, &["share", "secret:/"]);
+    assert!(!refused.status.success());
+    assert!(combined(&refused).contains("does not exist"), "{}", combined(&refused));
+    let id = made["id"].to_string();
+    assert!(!remote(&admin, &["unshare", &id]).status.success());
+    assert!(remote(&bob, &["unshare", &id]).status.success());
+    assert_eq!(curl(None, &[], url).status, 404);
+    assert!(server.stop());
+}
