@@ -462,23 +462,10 @@ async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Resul
                         Some(u) => u,
                         None => only_admin(store)?,
                     };
-                    let a = Address::parse(&addr)?;
-                    let who = alknet_fs::Principal::user(&user);
-                    let tree = store.open_as(&who, &a.bucket, &a.branch, &a.at, alknet_fs::Level::Read)?;
-                    let version = match tree.at() {
-                        Some(v) => v,
-                        None => store
-                            .log(&tree, 1)?
-                            .first()
-                            .map_or(alknet_fs::Version(0), |c| c.version),
-                    };
                     let lifetime = expires.as_deref().map(alknet_fs::parse_lifetime).transpose()?;
                     let (info, secret) = store.create_share(&alknet_fs::NewShare {
                         user: &user,
-                        bucket: tree.bucket(),
-                        branch: tree.branch(),
-                        version,
-                        path: &a.path,
+                        address: &Address::parse(&addr)?,
                         lifetime,
                         password: password.as_deref(),
                     })?;

@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::access::{Level, Principal};
 use crate::db::now_ms;
 use crate::error::{Error, Result};
-use crate::name::{At, BucketPath};
+use crate::name::{Address, At};
 use crate::store::Store;
-use crate::tokens::same;
+use crate::tokens::{digest, same};
 use crate::tree::Tree;
 use crate::types::Version;
 
@@ -46,11 +45,11 @@ pub struct ShareInfo {
 
 /// What [`Store::create_share`] makes.
 pub struct NewShare<'a> {
+    /// The maker: the link reads with this user's access.
     pub user: &'a str,
-    pub bucket: &'a str,
-    pub branch: &'a str,
-    pub version: Version,
-    pub path: &'a BucketPath,
+    /// What it shows: the address's version or snapshot, or, for a branch's
+    /// head, the newest version at the moment the link is made.
+    pub address: &'a Address,
     pub lifetime: Option<Duration>,
     pub password: Option<&'a str>,
 }
@@ -96,13 +95,18 @@ fn share_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ShareInfo> {
 }
 
 impl Store {
-    /// Makes a share link of `new.path` at `new.version`; the maker must be
-    /// able to read the bucket, and the path must exist at that version.
+    /// Makes a share link of `new.address`, pinned to one version; the maker
+    /// must be able to read the bucket, and the path must exist there.
     /// Returns the link as listed and its secret, which is not kept.
     pub fn create_share(&self, new: &NewShare<'_>) -> Result<(ShareInfo, String)> {
         let maker = Principal::user(new.user);
-        let tree = self.open_as(&maker, new.bucket, new.branch, &At::Version(new.version.0), Level::Read)?;
-        tree.stat(new.path)?;
+        let a = new.address;
+        let tree = self.open_as(&maker, &a.bucket, &a.branch, &a.at, Level::Read)?;
+        let version = match tree.at() {
+            Some(v) => v,
+            None => self.log(&tree, 1)?.first().map_or(Version(0), |c| c.version),
+        };
+        tree.stat(&a.path)?;
         if let Some(p) = new.password
             && (p.is_empty() || p.len() > 1024)
         {
@@ -131,7 +135,7 @@ impl Store {
                 .query_row("SELECT id FROM users WHERE name = ?1", [new.user], |r| r.get(0))
                 .optional()?
                 .ok_or_else(|| Error::NoSuchUser(new.user.to_owned()))?;
-            let bid = Self::bucket_id(tx, new.bucket)?;
+            let bid = Self::bucket_id(tx, tree.bucket())?;
             tx.execute(
                 "INSERT INTO shares (prefix, hash, user_id, bucket_id, branch, version, path, password, salt,
                      created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -141,8 +145,8 @@ impl Store {
                     uid,
                     bid,
                     tree.branch(),
-                    new.version.0 as i64,
-                    new.path.as_str(),
+                    version.0 as i64,
+                    a.path.as_str(),
                     password.as_ref().map(|p| p.as_slice()),
                     salt.as_ref().map(|s| s.as_slice()),
                     created_ms,
@@ -155,10 +159,10 @@ impl Store {
             id,
             prefix,
             user: new.user.to_owned(),
-            bucket: new.bucket.to_owned(),
+            bucket: tree.bucket().to_owned(),
             branch: tree.branch().to_owned(),
-            version: new.version,
-            path: new.path.as_str().to_owned(),
+            version,
+            path: a.path.as_str().to_owned(),
             password: password.is_some(),
             created_ms,
             expires_ms,
@@ -296,10 +300,6 @@ pub fn parse_lifetime(text: &str) -> Result<Duration> {
         return Err(bad());
     }
     Ok(Duration::from_secs(n * secs))
-}
-
-fn digest(text: &str) -> [u8; 32] {
-    Sha256::digest(text.as_bytes()).into()
 }
 
 /// Argon2id of a password (the crate's default cost: 19 MiB, 2 passes).

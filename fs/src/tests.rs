@@ -1089,25 +1089,20 @@ async fn share_links_read_one_version_until_revoked_or_expired() {
     t.mkdir(&p("/docs"), None).expect("mkdir");
     put(&t, "/docs/a.txt", b"one").await;
     let v = store.log(&t, 1).expect("log")[0].version;
-    fn link<'a>(
-        v: Version,
-        path: &'a BucketPath,
-        lifetime: Option<Duration>,
-        password: Option<&'a str>,
-    ) -> NewShare<'a> {
+    fn link<'a>(address: &'a crate::Address, lifetime: Option<Duration>, password: Option<&'a str>) -> NewShare<'a> {
         NewShare {
             user: "ann",
-            bucket: "b",
-            branch: "main",
-            version: v,
-            path,
+            address,
             lifetime,
             password,
         }
     }
-    let docs = p("/docs");
-    let (info, secret) = store.create_share(&link(v, &docs, None, None)).expect("share");
+    let addr = |a: &str| crate::Address::parse(a).expect("address");
+    // The head's address pins the newest version.
+    let docs = addr("b:/docs");
+    let (info, secret) = store.create_share(&link(&docs, None, None)).expect("share");
     assert!(secret.starts_with(crate::SHARE_PREFIX) && !info.password);
+    assert_eq!(info.version, v);
     // A later write does not move the link: it shows its version.
     put(&t, "/docs/a.txt", b"two").await;
     let share = store.open_share(&secret).expect("open");
@@ -1116,18 +1111,20 @@ async fn share_links_read_one_version_until_revoked_or_expired() {
     // A wrong secret, a missing path and a revoked link.
     let wrong = format!("{}{}", crate::SHARE_PREFIX, "0".repeat(64));
     assert!(matches!(store.open_share(&wrong), Err(Error::NoSuchShare)));
-    let nope = p("/nope");
-    assert!(store.create_share(&link(v, &nope, None, None)).is_err());
+    assert!(store.create_share(&link(&addr("b:/nope"), None, None)).is_err());
     store.revoke_share(&info.prefix, Some("ann")).expect("revoke");
     assert!(matches!(store.open_share(&secret), Err(Error::NoSuchShare)));
-    // Expiry.
+    // An address with a version pins that one; a link whose lifetime is
+    // over is expired (a zero lifetime ends as it is made).
+    let at_v = addr(&format!("b@main@{}:/docs", v.0));
     let (_, short) = store
-        .create_share(&link(v, &docs, Some(Duration::from_millis(1)), None))
+        .create_share(&link(&at_v, Some(Duration::ZERO), None))
         .expect("share");
-    std::thread::sleep(Duration::from_millis(5));
     assert!(matches!(store.open_share(&short), Err(Error::ShareExpired)));
+    let (pinned, _) = store.create_share(&link(&at_v, None, None)).expect("share");
+    assert_eq!(pinned.version, v);
     // A password: only its proof unlocks.
-    let (_, locked) = store.create_share(&link(v, &docs, None, Some("pw"))).expect("share");
+    let (_, locked) = store.create_share(&link(&docs, None, Some("pw"))).expect("share");
     let share = store.open_share(&locked).expect("open");
     assert!(!share.unlocked_by(None) && !share.unlocked_by(Some("00")));
     assert_eq!(store.unlock_share(&locked, "nope").expect("unlock"), None);

@@ -209,7 +209,8 @@ impl Store {
     }
 }
 
-fn digest(text: &str) -> [u8; 32] {
+/// The SHA-256 a secret is kept as (tokens, share links).
+pub(crate) fn digest(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 

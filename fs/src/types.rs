@@ -140,7 +140,7 @@ pub struct Entry {
 
 impl Entry {
     /// The root directory, as seen before anything is written.
-    pub(crate) fn root() -> Entry {
+    pub fn root() -> Entry {
         Entry {
             id: EntryId::ROOT,
             parent: EntryId::ROOT,

@@ -280,24 +280,29 @@ fn a_directory_downloads_as_a_tar_that_tar_reads() {
     assert!(server.stop());
 }
 
-#[test]
-fn share_links_expire_with_410_and_revoked_ones_are_gone() {
-    let (node, server, admin, _bob) = setup();
-    let made = node.ok(&["share", "docs:/readme.md", "--expires", "1s"]);
-    let link = made
+/// The share link `alknet share` printed, on `server` (whatever base URL
+/// the node's configuration gave it).
+fn link_on(server: &Server, printed: &str) -> String {
+    let link = printed
         .lines()
         .find(|l| l.contains("/-/s/shr_"))
         .expect("a link")
-        .trim()
-        .to_owned();
-    let path = &link[link.find("/-/s/").expect("path")..];
-    let url = format!("{}{path}", server.http);
+        .trim();
+    format!("{}{}", server.http, &link[link.find("/-/s/").expect("path")..])
+}
+
+#[test]
+fn share_links_expire_with_410_and_revoked_ones_are_gone() {
+    let (node, server, admin, _bob) = setup();
+    // Long enough to be opened once on a loaded machine, short enough to wait out.
+    let made = node.ok(&["share", "docs:/readme.md", "--expires", "3s"]);
+    let url = link_on(&server, &made);
     let open = curl(None, &[], &url);
     assert_eq!(open.status, 200, "{}", open.text());
     assert!(open.text().contains("A second line."));
     assert_eq!(open.header("referrer-policy").as_deref(), Some("no-referrer"));
     // Expiry: poll until the second has passed (the store's clock decides).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let gone = loop {
         let r = curl(None, &[], &url);
         if r.status != 200 || std::time::Instant::now() > deadline {
@@ -309,13 +314,7 @@ fn share_links_expire_with_410_and_revoked_ones_are_gone() {
     // A password, then revocation.
     let pw = node.write_local("pw", b"sesame\n");
     let made = node.ok(&["share", "docs:/", "--password-file", pw.to_str().expect("utf-8")]);
-    let link = made
-        .lines()
-        .find(|l| l.contains("/-/s/shr_"))
-        .expect("a link")
-        .trim()
-        .to_owned();
-    let base = format!("{}{}", server.http, &link[link.find("/-/s/").expect("path")..]);
+    let base = link_on(&server, &made);
     let locked = curl(None, &[], &base);
     assert_eq!(locked.status, 401);
     assert!(!locked.text().contains("readme.md"), "a locked link showed its files");

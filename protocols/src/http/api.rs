@@ -1511,19 +1511,10 @@ async fn create_share(State(app): State<App>, headers: HeaderMap, body: Bytes) -
     let req: NewShareBody = parse(&body)?;
     let base = app.site.url.clone();
     blocking(move || {
-        let a = Address::parse(&req.address)?;
-        let tree = app.store.open_as(&who, &a.bucket, &a.branch, &a.at, Level::Read)?;
-        let version = match tree.at() {
-            Some(v) => v,
-            None => app.store.log(&tree, 1)?.first().map_or(Version(0), |c| c.version),
-        };
         let lifetime = req.expires.as_deref().map(alknet_fs::parse_lifetime).transpose()?;
         let (info, secret) = app.store.create_share(&alknet_fs::NewShare {
             user: &who.user,
-            bucket: tree.bucket(),
-            branch: tree.branch(),
-            version,
-            path: &a.path,
+            address: &Address::parse(&req.address)?,
             lifetime,
             password: req.password.as_deref(),
         })?;

@@ -36,7 +36,7 @@ pub(super) fn tar(tree: Tree, dir: BucketPath) -> Response {
     let top_name = top.clone();
     tokio::spawn(async move {
         let fail = |e: alknet_fs::Error| Err(std::io::Error::other(e.to_string()));
-        if tx.send(Ok(header(&top_name, &dir_entry(), None))).await.is_err() {
+        if tx.send(Ok(header(&top_name, &Entry::root(), None))).await.is_err() {
             return;
         }
         while let Some(item) = entries_rx.recv().await {
@@ -105,22 +105,6 @@ pub(super) fn tar(tree: Tree, dir: BucketPath) -> Response {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     r
-}
-
-fn dir_entry() -> Entry {
-    Entry {
-        id: alknet_fs::EntryId(0),
-        parent: alknet_fs::EntryId(0),
-        name: String::new(),
-        kind: Kind::Dir,
-        hash: None,
-        size: 0,
-        mode: 0o755,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        target: None,
-        version: alknet_fs::Version(0),
-    }
 }
 
 /// The header block(s) of one entry: a PAX record first when the name,

@@ -53,6 +53,12 @@ impl Spec {
         })
     }
 
+    /// `path` in this tree, as an address.
+    pub(super) fn address(&self, path: &str) -> Result<Address, ApiError> {
+        let path = path.trim_start_matches('/');
+        Ok(Address::parse(&format!("{}@{}:/{path}", self.bucket, self.branch))?)
+    }
+
     /// Opens `path` in this tree for `who`, needing `need`.
     pub(super) fn open(
         &self,
@@ -61,12 +67,7 @@ impl Spec {
         path: &str,
         need: Level,
     ) -> Result<(Tree, BucketPath), ApiError> {
-        let a = Address::parse(&format!(
-            "{}@{}:/{}",
-            self.bucket,
-            self.branch,
-            path.trim_start_matches('/')
-        ))?;
+        let a = self.address(path)?;
         let tree = store.open_as(&v.who, &a.bucket, &a.branch, &a.at, need)?;
         Ok((tree, a.path))
     }
@@ -925,27 +926,15 @@ async fn action(
                 )
             }
             "share" => {
-                let (tree, _) = spec.open(&store, &v, "/", Level::Read)?;
-                let version = match tree.at() {
-                    Some(v) => v,
-                    None => store
-                        .log(&tree, 1)?
-                        .first()
-                        .map_or(alknet_fs::Version(0), |c| c.version),
-                };
                 let lifetime = match f.expires.trim() {
                     "" | "never" => None,
                     e => Some(alknet_fs::parse_lifetime(e)?),
                 };
-                let password = Some(f.password.as_str()).filter(|p| !p.is_empty());
                 let (info, secret) = store.create_share(&alknet_fs::NewShare {
                     user: &v.who.user,
-                    bucket: tree.bucket(),
-                    branch: tree.branch(),
-                    version,
-                    path: &path,
+                    address: &spec.address(path.as_str())?,
                     lifetime,
-                    password,
+                    password: Some(f.password.as_str()).filter(|p| !p.is_empty()),
                 })?;
                 return Ok(Done::Shared(info, secret));
             }

@@ -118,6 +118,16 @@ async fn revoke(State(app): State<App>, headers: HeaderMap, uri: Uri, Form(f): F
 
 // ---- visiting a link ----------------------------------------------------------
 
+/// How a link that does not open answers: 410 once expired, else 404 (an
+/// unknown, revoked or broken link tells a visitor nothing more).
+fn refused(e: crate::http::api::ApiError) -> WebError {
+    if e.status == StatusCode::GONE {
+        WebError::new(StatusCode::GONE, "This share link has expired.")
+    } else {
+        WebError::not_found()
+    }
+}
+
 fn unlock_cookie(info: &ShareInfo) -> String {
     format!("alknet_unlock_{}", info.prefix)
 }
@@ -182,14 +192,7 @@ async fn open(
 async fn open_at(app: App, headers: HeaderMap, secret: String, sub: String, q: BrowseQuery) -> Web {
     let store = app.store.clone();
     let text = secret.clone();
-    let share = blocking(move || Ok(store.open_share(&text)?)).await;
-    let share = match share {
-        Ok(s) => s,
-        Err(e) if e.status == StatusCode::GONE => {
-            return Err(WebError::new(StatusCode::GONE, "This share link has expired."));
-        }
-        Err(_) => return Err(WebError::not_found()),
-    };
+    let share = blocking(move || Ok(store.open_share(&text)?)).await.map_err(refused)?;
     let mut response = share_page(&app, &headers, &secret, share, sub, q).await?;
     // The secret is in the address: never hand it on to another site.
     response.headers_mut().insert(
@@ -331,13 +334,7 @@ async fn unlock(
         Ok((share.info, proof))
     })
     .await
-    .map_err(|e| {
-        if e.status == StatusCode::GONE {
-            WebError::new(StatusCode::GONE, "This share link has expired.")
-        } else {
-            WebError::not_found()
-        }
-    })?;
+    .map_err(refused)?;
     let base = format!("/-/s/{secret}");
     let Some(proof) = proof else {
         let mut r = render(&PasswordPage {
