@@ -28,7 +28,10 @@ use crate::error::{Error, Result};
 /// - 7: `tokens` (API tokens: a SHA-256 of each, never the token).
 /// - 8: `locks` (Git LFS file locks: a path of a bucket, its owner).
 /// - 9: `shares` (share links: a hash of each link's secret, never the secret).
-pub(crate) const SCHEMA_VERSION: i64 = 9;
+/// - 10: `sync_commits`, `sync_ops`, `sync_heads`, `sync_seeded`
+///   (replication, replica.rs). Entries from before are seeded as ops when
+///   their branch first replicates.
+pub(crate) const SCHEMA_VERSION: i64 = 10;
 
 /// Steps from each older schema to the next, applied in order.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -197,6 +200,49 @@ CREATE INDEX IF NOT EXISTS shares_prefix ON shares (prefix);
 CREATE TABLE IF NOT EXISTS corrupt_blobs (
     hash    TEXT PRIMARY KEY,
     seen_ms INTEGER NOT NULL
+);
+-- Replication (replica.rs): each commit's origin stamp, made here or
+-- received; per entry the state a commit left and the registers it set
+-- (flags: 1 location, 2 content, 4 attributes; kind 0: deleted) and the
+-- content op it superseded; each entry's head here; branches whose older
+-- entries became ops.
+CREATE TABLE IF NOT EXISTS sync_commits (
+    branch_id INTEGER NOT NULL,
+    origin    INTEGER NOT NULL,
+    oseq      INTEGER NOT NULL,
+    hlc       INTEGER NOT NULL,
+    op        TEXT NOT NULL,
+    PRIMARY KEY (branch_id, origin, oseq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sync_ops (
+    branch_id   INTEGER NOT NULL,
+    eid         INTEGER NOT NULL,
+    origin      INTEGER NOT NULL,
+    oseq        INTEGER NOT NULL,
+    hlc         INTEGER NOT NULL,
+    prev_origin INTEGER,
+    prev_oseq   INTEGER,
+    flags       INTEGER NOT NULL,
+    parent      INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    kind        INTEGER NOT NULL,
+    hash        BLOB,
+    size        INTEGER NOT NULL,
+    mode        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    target      TEXT,
+    PRIMARY KEY (branch_id, eid, origin, oseq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sync_ops_by_commit ON sync_ops (branch_id, origin, oseq);
+CREATE TABLE IF NOT EXISTS sync_heads (
+    branch_id INTEGER NOT NULL,
+    eid       INTEGER NOT NULL,
+    origin    INTEGER NOT NULL,
+    oseq      INTEGER NOT NULL,
+    PRIMARY KEY (branch_id, eid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sync_seeded (
+    branch_id INTEGER PRIMARY KEY
 );
 CREATE TABLE IF NOT EXISTS write_sessions (
     id         INTEGER PRIMARY KEY,

@@ -39,6 +39,7 @@ mod mutate;
 mod name;
 mod quota;
 mod refs;
+mod replica;
 mod shares;
 mod store;
 mod tokens;
@@ -57,6 +58,10 @@ pub use name::{
     check_bucket_name, check_entry_name, check_symlink_target, normalize_namespace,
 };
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
+pub use replica::{
+    ApplyReport, OpId, SET_ATTRS, SET_CONTENT, SET_LOCATION, SyncCommit, SyncOp, Vector, conflict_copy_id,
+    conflict_name,
+};
 pub use shares::{NewShare, SHARE_PREFIX, Share, ShareInfo, parse_lifetime};
 pub use store::{FsckReport, GC_QUEUE, GcReport, PruneReport, REPO_KIND, Space, Stats, Store, Watch, process_alive};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};

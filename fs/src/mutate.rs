@@ -28,6 +28,9 @@ pub(crate) struct Rows<'a> {
     count: Counter,
     /// Directories already given a new mtime in this commit.
     touched: std::cell::RefCell<Vec<EntryId>>,
+    /// Entries this commit wrote rows for, as they were before it: what
+    /// its replication ops are made of (replica.rs).
+    noted: crate::replica::Touched,
 }
 
 impl Rows<'_> {
@@ -35,7 +38,9 @@ impl Rows<'_> {
     /// this commit; its ctime becomes the commit's time.
     pub(crate) fn put(&self, e: &mut Entry) -> Result<()> {
         e.ctime_ns = now_ns();
-        self.count.change(self.tree.by_id(self.tx, e.id)?.as_ref(), Some(e));
+        let before = self.tree.by_id(self.tx, e.id)?;
+        self.noted.note(e.id, before.as_ref());
+        self.count.change(before.as_ref(), Some(e));
         self.tx
             .prepare_cached(
                 "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, hash, size, mode, mtime_ns, target, ctime_ns)
@@ -75,7 +80,9 @@ impl Rows<'_> {
 
     /// Records that `e` is gone from its current place.
     pub(crate) fn tombstone(&self, e: &Entry) -> Result<()> {
-        self.count.change(self.tree.by_id(self.tx, e.id)?.as_ref(), None);
+        let before = self.tree.by_id(self.tx, e.id)?;
+        self.noted.note(e.id, before.as_ref());
+        self.count.change(before.as_ref(), None);
         self.tx
             .prepare_cached(
                 "INSERT INTO nodes (branch_id, parent, name, version, eid, kind, size, mode, mtime_ns)
@@ -94,6 +101,24 @@ impl Rows<'_> {
 
     pub(crate) fn version(&self) -> Version {
         self.version
+    }
+
+    /// The id of a new directory `name` in `parent`: derived from the two
+    /// (so two nodes that make the same directory make one, replica.rs),
+    /// unless the branch ever used that id; then a random one.
+    pub(crate) fn new_dir_id(&self, parent: EntryId, name: &str) -> Result<EntryId> {
+        let id = crate::replica::dir_id(parent, name);
+        let mut used = self
+            .tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM sync_ops WHERE branch_id = ?1 AND eid = ?2)")?
+            .query_row(params![self.branch_id, id.0], |r| r.get::<_, bool>(0))?;
+        let mut seen = self
+            .tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM nodes WHERE branch_id = ?1 AND eid = ?2)")?;
+        for (branch, _) in self.tree.levels.iter() {
+            used = used || seen.query_row(params![branch, id.0], |r| r.get::<_, bool>(0))?;
+        }
+        Ok(if used { EntryId::random() } else { id })
     }
 }
 
@@ -159,6 +184,19 @@ impl Tree {
         &self,
         op: &str,
         paths: &[&BucketPath],
+        f: impl FnMut(&Rows<'_>) -> Result<T>,
+    ) -> Result<(Version, T)> {
+        self.commit_as(op, paths, true, f)
+    }
+
+    /// [`Tree::commit`]; `local`: a change made here, recorded as this
+    /// node's replication ops. Received changes (`sync_apply`) are not
+    /// local: their ops came with them.
+    pub(crate) fn commit_as<T>(
+        &self,
+        op: &str,
+        paths: &[&BucketPath],
+        local: bool,
         mut f: impl FnMut(&Rows<'_>) -> Result<T>,
     ) -> Result<(Version, T)> {
         self.check_writable(paths.first().map(|p| p.as_str()).unwrap_or("/"))?;
@@ -171,15 +209,23 @@ impl Tree {
                 params![self.branch_id, now_ms(), op, paths_json],
                 |r| r.get(0),
             )?;
-            let rows = Rows {
+            let mut rows = Rows {
                 tx,
                 tree: self,
                 branch_id: self.branch_id,
                 version: Version(version as u64),
                 count: Counter::default(),
                 touched: Default::default(),
+                noted: Default::default(),
             };
             let out = f(&rows)?;
+            if local {
+                crate::replica::record_local(tx, self, op, std::mem::take(&mut rows.noted))?;
+                // Another node's ops may change how this change shows.
+                if crate::replica::is_replicated(tx, self.branch_id, self.inner.clock.origin())? {
+                    crate::replica::present_into(&rows, self)?;
+                }
+            }
             rows.count.record(tx, before, version)?;
             notify(
                 tx,
@@ -217,6 +263,7 @@ impl Tree {
                 None => {
                     check_entry_name(name)?;
                     let mut e = new_entry(cur.id, name, Kind::Dir, DEFAULT_DIR_MODE, rows.version());
+                    e.id = rows.new_dir_id(cur.id, name)?;
                     rows.put(&mut e)?;
                     rows.touch(self, cur.id)?;
                     e
@@ -240,6 +287,7 @@ impl Tree {
                 mode.unwrap_or(DEFAULT_DIR_MODE),
                 rows.version(),
             );
+            e.id = rows.new_dir_id(parent.id, name)?;
             rows.put(&mut e)?;
             rows.touch(self, parent.id)?;
             Ok(e)

@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     pub(crate) blobs: Blobs,
     /// Staging files of write sessions. Same filesystem as `blobs/`.
     pub(crate) tmp: PathBuf,
+    /// This node's origin id and hybrid logical clock (replica.rs).
+    pub(crate) clock: crate::replica::Clock,
     /// What a write may take of the disk.
     pub(crate) limits: crate::limits::Active,
     /// Growth open write sessions hold against their bucket's quota.
@@ -158,6 +160,7 @@ impl Store {
                 .map_err(|e| Error::io(&db_path, e))?;
         }
         let db = Db::open(&db_path)?;
+        let clock = crate::replica::Clock::load(&db)?;
         for suffix in ["", "-wal", "-shm"] {
             let path = PathBuf::from(format!("{}{suffix}", db_path.display()));
             tighten(&path, 0o600)?;
@@ -168,6 +171,7 @@ impl Store {
                 db,
                 blobs: Blobs::new(dir.join("blobs")),
                 tmp,
+                clock,
                 limits: Default::default(),
                 reserved: Default::default(),
             }),
@@ -340,6 +344,7 @@ impl Store {
             tx.execute(&format!("DELETE FROM nodes WHERE branch_id IN {branches}"), [id])?;
             tx.execute(&format!("DELETE FROM versions WHERE branch_id IN {branches}"), [id])?;
             tx.execute(&format!("DELETE FROM snapshots WHERE branch_id IN {branches}"), [id])?;
+            crate::replica::forget(tx, branches, id)?;
             // Children first: parent_id references must not dangle mid-delete.
             tx.execute("UPDATE branches SET parent_id = NULL WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM branches WHERE bucket_id = ?1", [id])?;
@@ -363,7 +368,7 @@ impl Store {
             .ok_or_else(|| Error::NoSuchBucket(bucket.to_owned()))
     }
 
-    fn branch_id(c: &Connection, bucket: &str, branch: &str) -> Result<i64> {
+    pub(crate) fn branch_id(c: &Connection, bucket: &str, branch: &str) -> Result<i64> {
         let bucket_id = Self::bucket_id(c, bucket)?;
         c.query_row(
             "SELECT id FROM branches WHERE bucket_id = ?1 AND name = ?2",
@@ -586,6 +591,7 @@ impl Store {
             tx.execute("DELETE FROM nodes WHERE branch_id = ?1", [id])?;
             tx.execute("DELETE FROM versions WHERE branch_id = ?1", [id])?;
             tx.execute("DELETE FROM snapshots WHERE branch_id = ?1", [id])?;
+            crate::replica::forget(tx, "(?1)", id)?;
             tx.execute("DELETE FROM branches WHERE id = ?1", [id])?;
             let event = serde_json::json!({"op": "delete-branch", "bucket": bucket, "branch": branch});
             freed(tx, &event)?;
