@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::remote;
 use crate::stdio::Stdio;
-use crate::{BranchCmd, BucketCmd, Cli, Command, KeyCmd, LfsCmd, RepoCmd, TokenCmd, UserCmd};
+use crate::{BranchCmd, BucketCmd, Cli, Command, KeyCmd, LfsCmd, PeerCmd, RepoCmd, SyncCmd, TokenCmd, UserCmd};
 
 /// Transfers smaller than this get no progress bar.
 const PROGRESS_MIN: u64 = 16 << 20;
@@ -243,12 +243,28 @@ async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Resul
             on.store("user remove")?.remove_user(&name)?;
             say(io, json, &json!({"removed": name}), || format!("removed user {name}"))?;
         }
-        Command::Grant { user, bucket, level } => {
+        Command::Grant { peer: Some(peer), args } => {
+            let [bucket, level] = &args[..] else {
+                bail!("grant --peer NAME takes BUCKET LEVEL");
+            };
+            let parsed: alknet_fs::Level = level.parse()?;
+            on.store("grant --peer")?.grant_peer(&peer, bucket, parsed)?;
+            say(
+                io,
+                json,
+                &json!({"peer": peer, "bucket": bucket, "level": level}),
+                || format!("peer {peer} has {level} access to {bucket}"),
+            )?;
+        }
+        Command::Grant { peer: None, args } => {
+            let [user, bucket, level] = &args[..] else {
+                bail!("grant takes USER BUCKET LEVEL (or --peer NAME BUCKET LEVEL)");
+            };
             let parsed: alknet_fs::Level = level.parse()?;
             match on {
-                On::Store(store) => store.grant(&user, &bucket, parsed)?,
+                On::Store(store) => store.grant(user, bucket, parsed)?,
                 On::Node(node) => {
-                    let url = format!("/api/v1/users/{}/grants/{}", enc(&user), enc(&bucket));
+                    let url = format!("/api/v1/users/{}/grants/{}", enc(user), enc(bucket));
                     node.json::<Value>(M::PUT, &url, Some(&json!({"level": level}))).await?;
                 }
             }
@@ -259,17 +275,112 @@ async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Resul
                 || format!("{user} has {level} access to {bucket}"),
             )?;
         }
-        Command::Revoke { user, bucket } => {
+        Command::Revoke { peer: Some(peer), args } => {
+            let [bucket] = &args[..] else {
+                bail!("revoke --peer NAME takes BUCKET");
+            };
+            on.store("revoke --peer")?.revoke_peer(&peer, bucket)?;
+            say(io, json, &json!({"peer": peer, "bucket": bucket}), || {
+                format!("revoked peer {peer} on {bucket}")
+            })?;
+        }
+        Command::Revoke { peer: None, args } => {
+            let [user, bucket] = &args[..] else {
+                bail!("revoke takes USER BUCKET (or --peer NAME BUCKET)");
+            };
             match on {
-                On::Store(store) => store.revoke(&user, &bucket)?,
+                On::Store(store) => store.revoke(user, bucket)?,
                 On::Node(node) => {
-                    let url = format!("/api/v1/users/{}/grants/{}", enc(&user), enc(&bucket));
+                    let url = format!("/api/v1/users/{}/grants/{}", enc(user), enc(bucket));
                     node.json::<Value>(M::DELETE, &url, None).await?;
                 }
             }
             say(io, json, &json!({"user": user, "bucket": bucket}), || {
                 format!("revoked {user} on {bucket}")
             })?;
+        }
+        Command::Peer(PeerCmd::Add { name, node }) => {
+            let (id, host_port) = alknet_protocols::parse_node_addr(&node)?;
+            on.store("peer add")?.add_peer(&name, &id.to_string(), host_port)?;
+            say(
+                io,
+                json,
+                &json!({"peer": name, "node_id": id.to_string(), "addr": host_port}),
+                || format!("added peer {name}; grant it buckets with `alknet grant --peer {name} BUCKET read|write`"),
+            )?;
+        }
+        Command::Peer(PeerCmd::List) => {
+            let peers = on.store("peer list")?.list_peers()?;
+            print_list(io, json, &peers, |p| {
+                let grants: Vec<String> = p.grants.iter().map(|(b, l)| format!("{b}:{}", l.as_str())).collect();
+                format!(
+                    "{}\t{}@{}\tgrants: {}\tsyncs: {}",
+                    p.name,
+                    p.node_id,
+                    p.addr,
+                    if grants.is_empty() {
+                        "none".into()
+                    } else {
+                        grants.join(" ")
+                    },
+                    if p.syncs.is_empty() {
+                        "none".into()
+                    } else {
+                        p.syncs.join(" ")
+                    }
+                )
+            })?;
+        }
+        Command::Peer(PeerCmd::Remove { name }) => {
+            on.store("peer remove")?.remove_peer(&name)?;
+            say(io, json, &json!({"removed": name}), || format!("removed peer {name}"))?;
+        }
+        Command::Sync(SyncCmd::Add { bucket, peer, branches }) => {
+            for b in &branches {
+                alknet_fs::check_branch_name("branch name", b)?;
+            }
+            let only = (!branches.is_empty()).then_some(&branches[..]);
+            on.store("sync add")?.add_sync(&bucket, &peer, only)?;
+            say(
+                io,
+                json,
+                &json!({"bucket": bucket, "peer": peer, "branches": branches}),
+                || format!("{bucket} syncs with {peer} while the node runs"),
+            )?;
+        }
+        Command::Sync(SyncCmd::Remove { bucket, peer }) => {
+            on.store("sync remove")?.remove_sync(&bucket, &peer)?;
+            say(io, json, &json!({"bucket": bucket, "peer": peer}), || {
+                format!("{bucket} no longer syncs with {peer}")
+            })?;
+        }
+        Command::Sync(SyncCmd::Status) => {
+            let store = on.store("sync status")?;
+            let mut status = store.sync_status()?;
+            // What is still to fetch, as of now.
+            for s in &mut status {
+                let missing = store.missing_in(&s.bucket).await?;
+                s.blobs_missing = missing.len() as u64;
+                s.bytes_to_fetch = missing.iter().map(|(_, size)| size).sum();
+            }
+            print_list(io, json, &status, |s| {
+                format!(
+                    "{}\t{}\t{}\tbehind {}\tblobs missing {} ({})\t{}",
+                    s.peer,
+                    s.bucket,
+                    if s.connected { "connected" } else { "not connected" },
+                    s.versions_behind,
+                    s.blobs_missing,
+                    alknet_fs::format_size(s.bytes_to_fetch),
+                    s.last_error.as_deref().unwrap_or("")
+                )
+            })?;
+        }
+        Command::NodeId => {
+            let store = on.store("node-id")?;
+            let key = crate::keys::node_secret(&store.dir().join("keys").join("node.key"))?;
+            let id = key.public().to_string();
+            say(io, json, &json!({"node_id": id}), || id.clone())?;
         }
         Command::Token(TokenCmd::Create {
             user,

@@ -86,14 +86,33 @@ enum Command {
     /// Add, list or remove users.
     #[command(subcommand)]
     User(UserCmd),
-    /// Give a user read, write or admin access to a bucket.
+    /// Give a user read, write or admin access to a bucket: USER BUCKET
+    /// LEVEL; or a peer (--peer NAME BUCKET LEVEL) read (it is sent this
+    /// node's changes) or write (its changes are applied here too).
     Grant {
-        user: String,
-        bucket: String,
-        level: String,
+        /// The peer to grant to, instead of a user.
+        #[arg(long, value_name = "NAME")]
+        peer: Option<String>,
+        /// USER BUCKET LEVEL, or BUCKET LEVEL with --peer.
+        #[arg(num_args = 2..=3, value_names = ["USER", "BUCKET", "LEVEL"], required = true)]
+        args: Vec<String>,
     },
-    /// Take a user's access to a bucket away.
-    Revoke { user: String, bucket: String },
+    /// Take a user's (or with --peer, a peer's) access to a bucket away.
+    Revoke {
+        #[arg(long, value_name = "NAME")]
+        peer: Option<String>,
+        /// USER BUCKET, or BUCKET with --peer.
+        #[arg(num_args = 1..=2, value_names = ["USER", "BUCKET"], required = true)]
+        args: Vec<String>,
+    },
+    /// Add, list or remove peers: other nodes this one syncs with.
+    #[command(subcommand)]
+    Peer(PeerCmd),
+    /// Keep buckets in sync with peers, and see how that stands.
+    #[command(subcommand)]
+    Sync(SyncCmd),
+    /// Print this node's id: what other nodes' `peer add` names it by.
+    NodeId,
     /// Create, list or revoke API tokens (HTTP API, git over HTTP).
     #[command(subcommand)]
     Token(TokenCmd),
@@ -276,6 +295,37 @@ struct AtArg {
     /// Read at this version or snapshot instead of the address's.
     #[arg(long = "at", value_name = "VERSION")]
     at: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    /// Add a peer: NODE_ID@HOST:PORT as its `alknet serve` prints it (quic: …).
+    Add { name: String, node: String },
+    /// List peers, their grants and the buckets synced with them.
+    List,
+    /// Remove a peer with its grants and sync links.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum SyncCmd {
+    /// Keep BUCKET in sync with a peer, continuously, both ways where grants allow.
+    Add {
+        bucket: String,
+        #[arg(long, value_name = "NAME")]
+        peer: String,
+        /// Only these branches (default: all).
+        #[arg(long = "branch", value_name = "BRANCH")]
+        branches: Vec<String>,
+    },
+    /// Stop syncing BUCKET with a peer.
+    Remove {
+        bucket: String,
+        #[arg(long, value_name = "NAME")]
+        peer: String,
+    },
+    /// Per peer and bucket: connected, versions behind, blobs missing, last error.
+    Status,
 }
 
 #[derive(Subcommand)]

@@ -109,7 +109,14 @@ pub(crate) async fn run(
         server: http_server,
         tcp: http_tcp.map(|l| (l, tls)),
     };
-    alknet_protocols::serve(server, Some(tcp), endpoint, Some(http), shutdown_signal()).await;
+    let quic = match endpoint {
+        Some(ep) => {
+            let sync = alknet_protocols::SyncFront::new(store.clone(), ep.clone()).await?;
+            Some((ep, Some(sync)))
+        }
+        None => None,
+    };
+    alknet_protocols::serve(server, Some(tcp), quic, Some(http), shutdown_signal()).await;
     gc.abort();
     // Commands in progress get a moment to finish; a watch or mount is cut.
     socket.close(Some(SOCKET_GRACE)).await;

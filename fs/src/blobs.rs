@@ -436,6 +436,30 @@ impl Blobs {
         self.gate.clone().try_write_owned().ok()
     }
 
+    /// Serves this store's blobs on iroh-blobs' protocol, asking `events`
+    /// before each connection and request (the caller's access rule).
+    pub(crate) async fn provider(
+        &self,
+        events: iroh_blobs::provider::events::EventSender,
+    ) -> Result<iroh_blobs::BlobsProtocol> {
+        Ok(iroh_blobs::BlobsProtocol::new(self.store().await?, Some(events)))
+    }
+
+    /// Fetches blob `hash` from a peer over `conn` (iroh-blobs' protocol),
+    /// verified as it arrives; what is here already is not fetched again,
+    /// and a fetch cut off resumes where it stopped.
+    pub(crate) async fn fetch(&self, conn: impl iroh_blobs::api::remote::GetStreamPair, hash: &BlobHash) -> Result<()> {
+        let _gate = self.gate.clone().read_owned().await;
+        self.store()
+            .await?
+            .remote()
+            .fetch(conn, HashAndFormat::raw(Hash::from_bytes(hash.0)))
+            .complete()
+            .await
+            .map_err(|e| Error::blobs(format!("fetching {hash}: {e}")))?;
+        Ok(())
+    }
+
     /// Flushes and closes the blob store if this process opened it.
     pub(crate) async fn close(&self) -> Result<()> {
         if let Some(opened) = self.store.get() {

@@ -29,7 +29,8 @@ use crate::error::{Error, Result};
 /// - 8: `locks` (Git LFS file locks: a path of a bucket, its owner).
 /// - 9: `shares` (share links: a hash of each link's secret, never the secret).
 /// - 10: `sync_commits`, `sync_ops`, `sync_heads`, `sync_seeded`
-///   (replication, replica.rs). Entries from before are seeded as ops when
+///   (replication, replica.rs); `peers`, `peer_grants`, `sync_links`
+///   (peers.rs). Entries from before are seeded as ops when
 ///   their branch first replicates.
 pub(crate) const SCHEMA_VERSION: i64 = 10;
 
@@ -243,6 +244,37 @@ CREATE TABLE IF NOT EXISTS sync_heads (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sync_seeded (
     branch_id INTEGER PRIMARY KEY
+);
+-- What a peer asking for a blob must hold a read grant on (peers.rs).
+CREATE INDEX IF NOT EXISTS sync_ops_by_hash ON sync_ops (hash) WHERE hash IS NOT NULL;
+-- Other nodes (peers.rs): a name, the node id that authenticates it on the
+-- QUIC endpoint, where to reach it; per bucket what it may do here, and
+-- which buckets this node keeps in sync with it (branches NULL: all).
+CREATE TABLE IF NOT EXISTS peers (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    node_id    TEXT NOT NULL UNIQUE,
+    addr       TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peer_grants (
+    peer_id   INTEGER NOT NULL,
+    bucket_id INTEGER NOT NULL,
+    level     TEXT NOT NULL,
+    PRIMARY KEY (peer_id, bucket_id)
+);
+-- The state of each sync session, as its node last saw it (peers.rs).
+CREATE TABLE IF NOT EXISTS sync_status (
+    peer       TEXT NOT NULL,
+    bucket     TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    PRIMARY KEY (peer, bucket)
+);
+CREATE TABLE IF NOT EXISTS sync_links (
+    peer_id   INTEGER NOT NULL,
+    bucket_id INTEGER NOT NULL,
+    branches  TEXT,
+    PRIMARY KEY (peer_id, bucket_id)
 );
 CREATE TABLE IF NOT EXISTS write_sessions (
     id         INTEGER PRIMARY KEY,

@@ -107,6 +107,13 @@ pub enum Error {
     ShareExpired,
     #[error("user {0:?} already exists")]
     UserExists(String),
+    #[error("peer {0:?} does not exist")]
+    NoSuchPeer(String),
+    /// A peer of that name or node id is there already.
+    #[error("peer {0} already exists")]
+    PeerExists(String),
+    #[error("{peer} does not sync bucket {bucket:?}")]
+    NoSuchSync { peer: String, bucket: String },
     #[error("that key already belongs to user {0:?}")]
     KeyTaken(String),
     #[error("user {0:?} has no such key")]
@@ -203,12 +210,15 @@ impl Error {
             | Error::NoSuchShare
             | Error::NoSuchKey(_)
             | Error::NoSuchGrant { .. }
+            | Error::NoSuchPeer(_)
+            | Error::NoSuchSync { .. }
             | Error::MissingBlob(_) => "not_found",
             Error::Exists(_)
             | Error::BucketExists(_)
             | Error::BranchExists { .. }
             | Error::SnapshotExists(_)
             | Error::UserExists(_)
+            | Error::PeerExists(_)
             | Error::KeyTaken(_) => "exists",
             Error::InvalidName { .. }
             | Error::InvalidPath { .. }

@@ -37,6 +37,7 @@ mod limits;
 mod locks;
 mod mutate;
 mod name;
+mod peers;
 mod quota;
 mod refs;
 mod replica;
@@ -57,6 +58,7 @@ pub use name::{
     Address, At, BucketPath, DEFAULT_BRANCH, MAX_COMPONENT, MAX_PATH, MAX_SYMLINK_TARGET, check_branch_name,
     check_bucket_name, check_entry_name, check_symlink_target, normalize_namespace,
 };
+pub use peers::{LinkStatus, Peer, SyncLink, check_peer_name};
 pub use refs::{Attachment, Blob, Edit, RefUpdate};
 pub use replica::{
     ApplyReport, OpId, SET_ATTRS, SET_CONTENT, SET_LOCATION, SyncCommit, SyncOp, Vector, conflict_copy_id,

@@ -453,6 +453,50 @@ impl Store {
         Ok(out)
     }
 
+    /// A handler that serves this store's blobs to other nodes on
+    /// iroh-blobs' protocol; `events` decides who may fetch what.
+    pub async fn blob_provider(
+        &self,
+        events: iroh_blobs::provider::events::EventSender,
+    ) -> Result<iroh_blobs::BlobsProtocol> {
+        self.inner.blobs.provider(events).await
+    }
+
+    /// Fetches blob `hash` from a peer (iroh-blobs' protocol over `conn`),
+    /// verified against its hash as it arrives; resumes a cut-off fetch.
+    pub async fn fetch_blob(&self, conn: impl iroh_blobs::api::remote::GetStreamPair, hash: &BlobHash) -> Result<()> {
+        self.inner.blobs.fetch(conn, hash).await
+    }
+
+    /// The file blobs `bucket`'s history names (every version, not only
+    /// the heads) that are not here whole, with their sizes: what is still
+    /// to fetch.
+    pub async fn missing_in(&self, bucket: &str) -> Result<Vec<(BlobHash, u64)>> {
+        let named: Vec<(BlobHash, u64)> = self.inner.db.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT o.hash, max(o.size) FROM sync_ops o JOIN branches b ON b.id = o.branch_id
+                 JOIN buckets k ON k.id = b.bucket_id WHERE k.name = ?1 AND o.hash IS NOT NULL AND o.kind = 1
+                 GROUP BY o.hash",
+            )?;
+            let rows = stmt.query_map([bucket], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (h, size) = row?;
+                if let Ok(h) = <[u8; 32]>::try_from(h) {
+                    out.push((BlobHash(h), size as u64));
+                }
+            }
+            Ok(out)
+        })?;
+        let mut out = Vec::new();
+        for (h, size) in named {
+            if self.inner.blobs.complete_size(&h).await?.is_none() {
+                out.push((h, size));
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes the entries of `bucket@branch` that no op describes (written
     /// before this store recorded ops, or inherited from the branch it was
     /// forked from) one local `seed` commit, once per branch.

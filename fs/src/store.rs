@@ -353,6 +353,8 @@ impl Store {
             tx.execute("DELETE FROM locks WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM shares WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM grants WHERE bucket_id = ?1", [id])?;
+            tx.execute("DELETE FROM peer_grants WHERE bucket_id = ?1", [id])?;
+            tx.execute("DELETE FROM sync_links WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM buckets WHERE id = ?1", [id])?;
             let event = serde_json::json!({"op": "delete-bucket", "bucket": name});
             freed(tx, &event)?;

@@ -147,24 +147,30 @@ pub struct HttpFront {
     pub tcp: Option<(TcpListener, Option<std::sync::Arc<rustls::ServerConfig>>)>,
 }
 
-/// Serves SSH (and HTTP, if given) on every listener given until `shutdown`
+/// Serves SSH (and HTTP, if given; and sync, with the QUIC endpoint) on every listener given until `shutdown`
 /// resolves. SSH connections in flight are dropped with the runtime; their
 /// open writes abort (the old files stay) and nothing committed is lost.
 /// HTTP connections finish the request in progress first, for a while.
 pub async fn serve(
     server: SshServer,
     tcp: Option<TcpListener>,
-    quic: Option<Endpoint>,
+    quic: Option<(Endpoint, Option<crate::sync::SyncFront>)>,
     http: Option<HttpFront>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let router = quic.map(|ep| {
-        let builder = Router::builder(ep).accept(ALPN_SSH, SshOverQuic(server.clone()));
-        match &http {
-            Some(h) => builder.accept(ALPN_HTTP, HttpOverQuic(h.server.clone())),
-            None => builder,
+    let mut links = None;
+    let router = quic.map(|(ep, sync)| {
+        let mut builder = Router::builder(ep).accept(ALPN_SSH, SshOverQuic(server.clone()));
+        if let Some(h) = &http {
+            builder = builder.accept(ALPN_HTTP, HttpOverQuic(h.server.clone()));
         }
-        .spawn()
+        if let Some(sync) = sync {
+            links = Some(AbortOnDrop(tokio::spawn(sync.service.clone().run_links())));
+            builder = builder
+                .accept(crate::sync::ALPN_SYNC, sync.service)
+                .accept(iroh_blobs::ALPN, sync.blobs);
+        }
+        builder.spawn()
     });
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let http_task = http
@@ -204,8 +210,17 @@ pub async fn serve(
     if let Some(task) = http_task {
         task.await.ok();
     }
+    drop(links);
     if let Some(router) = router {
         router.shutdown().await.ok();
+    }
+}
+
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -20,6 +20,7 @@ mod lfs_ssh;
 mod metrics;
 mod sftp;
 mod ssh;
+mod sync;
 
 pub use access::{Error as KeyError, key_text, parse_key};
 pub use client::{Channel, Link, default_identity, open_subsystem};
@@ -30,3 +31,4 @@ pub use http::client::{NodeClient, RemoteError};
 pub use http::{ALPN_HTTP, HttpLimits, HttpServer, ROUTES, Route, Site, client as http_client, load_tls};
 pub use metrics::Metrics;
 pub use ssh::{Limits, SshServer, mount_tree};
+pub use sync::{ALPN_SYNC, BlobsHandler, SyncFront, SyncService};

@@ -17,7 +17,7 @@
 //! batch is answered with the new vector, which asks for the next batch and
 //! acknowledges this one. Quiet when both vectors are equal.
 
-use alknet_fs::{Error, Result, Store, SyncCommit, Vector};
+use alknet_fs::{BlobHash, Error, Result, Store, SyncCommit, Vector};
 use serde::{Deserialize, Serialize};
 
 /// Ops one [`Msg::Commits`] carries at most (a commit is never split).
@@ -39,6 +39,15 @@ pub struct Allowed {
     pub read: bool,
     /// This node applies the peer's commits.
     pub write: bool,
+}
+
+/// What handling one message came to.
+#[derive(Debug, Default)]
+pub struct Handled {
+    /// The messages to send back.
+    pub replies: Vec<Msg>,
+    /// Blobs the applied commits name (fetch those not here).
+    pub blobs: Vec<BlobHash>,
 }
 
 /// One bucket of a store, as it syncs with peers. Blocking: every call
@@ -80,9 +89,19 @@ impl Replica {
         Ok(out)
     }
 
-    /// Handles one message from a peer; returns the messages to send it.
-    pub fn handle(&self, msg: Msg, allowed: Allowed) -> Result<Vec<Msg>> {
-        let mut out = Vec::new();
+    /// How many commits of `branch` a peer holding `theirs` has that this
+    /// side lacks.
+    pub fn behind(&self, branch: &str, theirs: &Vector) -> Result<u64> {
+        let ours = self.store.sync_vector(&self.bucket, branch)?;
+        Ok(theirs
+            .iter()
+            .map(|(o, s)| s.saturating_sub(ours.get(o).copied().unwrap_or(0)))
+            .sum())
+    }
+
+    /// Handles one message from a peer: what to send back, and what to fetch.
+    pub fn handle(&self, msg: Msg, allowed: Allowed) -> Result<Handled> {
+        let mut out = Handled::default();
         match msg {
             Msg::Have { branch, vector } => {
                 if !self.synced(&branch) {
@@ -91,13 +110,13 @@ impl Replica {
                 let ours = self.store.sync_vector(&self.bucket, &branch)?;
                 if allowed.read && ours.iter().any(|(o, s)| vector.get(o).is_none_or(|t| t < s)) {
                     let commits = self.store.sync_export(&self.bucket, &branch, &vector, BATCH_OPS)?;
-                    out.push(Msg::Commits {
+                    out.replies.push(Msg::Commits {
                         branch: branch.clone(),
                         commits,
                     });
                 }
                 if allowed.write && vector.iter().any(|(o, s)| ours.get(o).is_none_or(|t| t < s)) {
-                    out.push(Msg::Have { branch, vector: ours });
+                    out.replies.push(Msg::Have { branch, vector: ours });
                 }
             }
             Msg::Commits { branch, commits } => {
@@ -105,9 +124,10 @@ impl Replica {
                     return Ok(out);
                 }
                 let report = self.store.sync_apply(&self.bucket, &branch, &commits)?;
+                out.blobs = report.blobs;
                 if report.applied > 0 || report.out_of_order > 0 {
                     let vector = self.store.sync_vector(&self.bucket, &branch)?;
-                    out.push(Msg::Have { branch, vector });
+                    out.replies.push(Msg::Have { branch, vector });
                 }
             }
         }

@@ -274,7 +274,7 @@ impl Sim {
         if !self.up[from][to] {
             return true;
         }
-        let replies = self.node(to).replica.handle(msg, ALL).expect("handle");
+        let replies = self.node(to).replica.handle(msg, ALL).expect("handle").replies;
         self.send(to, from, replies);
         true
     }
@@ -546,11 +546,11 @@ fn exchange(a: &Node, b: &Node) {
         }
         let mut next_a = Vec::new();
         for m in to_b.drain(..) {
-            next_a.extend(b.replica.handle(m, ALL).expect("b handles"));
+            next_a.extend(b.replica.handle(m, ALL).expect("b handles").replies);
         }
         let mut next_b = Vec::new();
         for m in to_a.drain(..) {
-            next_b.extend(a.replica.handle(m, ALL).expect("a handles"));
+            next_b.extend(a.replica.handle(m, ALL).expect("a handles").replies);
         }
         to_a = next_a;
         to_b = next_b;

@@ -16,5 +16,6 @@ mod node;
 mod remote;
 mod remote_mount;
 mod sftp;
+mod sync;
 mod util;
 mod web;

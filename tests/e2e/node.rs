@@ -271,12 +271,8 @@ fn a_client_that_goes_away_ends_its_command() {
     assert!(server.stop(), "the node stops cleanly");
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    crate::util::wait_until(what, Duration::from_secs(10), done);
 }
 
 /// Two local mounts of two branches at once with no server started by

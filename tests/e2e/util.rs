@@ -420,3 +420,15 @@ pub(crate) fn wait_for_line(child: &mut std::process::Child, line: &str) {
         .expect("read the child's stdout");
     assert_eq!(got.trim(), line, "the child's first line");
 }
+
+/// Polls `done` every 50 ms until it holds; fails the test after `limit`.
+pub(crate) fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
