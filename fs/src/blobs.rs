@@ -48,7 +48,15 @@ pub(crate) struct Blobs {
     /// An import failed since the last sweep of `blobs/temp/`.
     temp_dirty: std::sync::atomic::AtomicBool,
     gc: Arc<Mutex<GcState>>,
+    /// Blobs sync is fetching from a peer: a read of one waits for it
+    /// (up to [`ARRIVAL_WAIT`]) instead of failing at once.
+    expected: Mutex<HashSet<BlobHash>>,
+    /// Told each time a fetched blob is complete.
+    arrived: tokio::sync::Notify,
 }
+
+/// How long a read waits for a blob still on its way from a peer.
+const ARRIVAL_WAIT: Duration = Duration::from_secs(20);
 
 struct Opened {
     store: FsStore,
@@ -85,6 +93,8 @@ impl Blobs {
             gate: Arc::new(RwLock::new(())),
             temp_dirty: std::sync::atomic::AtomicBool::new(false),
             gc: Arc::new(Mutex::new(GcState::default())),
+            expected: Mutex::new(HashSet::new()),
+            arrived: tokio::sync::Notify::new(),
         }
     }
 
@@ -231,6 +241,7 @@ impl Blobs {
     /// The bytes of `range` of the blob, in order, each checked against the
     /// blob's BLAKE3 tree first (see [`Verified`]).
     pub(crate) async fn read_verified(&self, hash: &BlobHash, range: std::ops::Range<u64>) -> Result<Verified> {
+        self.arrival(hash).await?;
         if let Some(disk) = self.on_disk(hash).await? {
             let end = range.end.min(disk.size);
             let start = range.start.min(end);
@@ -445,6 +456,29 @@ impl Blobs {
         Ok(iroh_blobs::BlobsProtocol::new(self.store().await?, Some(events)))
     }
 
+    /// Marks blobs as on their way from a peer (see [`Blobs::arrival`]).
+    pub(crate) fn expect(&self, hashes: &[BlobHash]) {
+        let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        expected.extend(hashes.iter().copied());
+    }
+
+    /// Waits while `hash` is on its way from a peer; an error if it does
+    /// not arrive in time. Any other blob passes at once.
+    async fn arrival(&self, hash: &BlobHash) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + ARRIVAL_WAIT;
+        loop {
+            let arrived = self.arrived.notified();
+            if !self.expected.lock().unwrap_or_else(|e| e.into_inner()).contains(hash)
+                || self.complete_size(hash).await?.is_some()
+            {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(Error::NotArrived(hash.to_hex()));
+            }
+        }
+    }
+
     /// Fetches blob `hash` from a peer over `conn` (iroh-blobs' protocol),
     /// verified as it arrives; what is here already is not fetched again,
     /// and a fetch cut off resumes where it stopped.
@@ -457,6 +491,8 @@ impl Blobs {
             .complete()
             .await
             .map_err(|e| Error::blobs(format!("fetching {hash}: {e}")))?;
+        self.expected.lock().unwrap_or_else(|e| e.into_inner()).remove(hash);
+        self.arrived.notify_waiters();
         Ok(())
     }
 

@@ -72,6 +72,9 @@ pub enum Error {
     /// A blob referenced by the tree is not in the blob store.
     #[error("blob {0} is missing from the blob store")]
     MissingBlob(String),
+    /// A blob a peer's commits named that sync has not fetched yet.
+    #[error("the bytes of blob {0} have not arrived from a peer yet (`alknet sync status` shows what is missing)")]
+    NotArrived(String),
     /// A blob's bytes do not match its hash: the read is refused (never
     /// wrong bytes); the store records the blob for `stats` and `fsck`.
     #[error("blob {0} is corrupt: its bytes on disk do not match their BLAKE3 hash (run alknet fsck)")]
@@ -199,7 +202,8 @@ impl Error {
 
     /// A word for the kind of error, for machine-readable output (`--json`):
     /// `not_found`, `exists`, `invalid`, `read_only`, `too_large`,
-    /// `no_space`, `corrupt`, `conflict`, `denied`, `expired` or `internal`.
+    /// `no_space`, `corrupt`, `conflict`, `denied`, `expired`, `unavailable`
+    /// (bytes still on their way from a peer) or `internal`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotFound(_)
@@ -213,6 +217,7 @@ impl Error {
             | Error::NoSuchPeer(_)
             | Error::NoSuchSync { .. }
             | Error::MissingBlob(_) => "not_found",
+            Error::NotArrived(_) => "unavailable",
             Error::Exists(_)
             | Error::BucketExists(_)
             | Error::BranchExists { .. }

@@ -12,8 +12,10 @@
 //! ancestors), `mutate.rs` (one commit per mutation), `write.rs` (write
 //! sessions: stream or stage, then publish on close), `blobs.rs` (the blob
 //! store, its lock and GC), `store.rs` (buckets, branches, history, prune,
-//! gc, fsck). `name.rs` parses addresses and paths; `display` formats
-//! listings. The design and its alternatives are argued in `fs/DESIGN.md`.
+//! gc, fsck), `replica.rs` (replication: origin stamps, ops, and the one
+//! view of a branch several nodes wrote to), `peers.rs` (other nodes and
+//! what they may do). `name.rs` parses addresses and paths; `display`
+//! formats listings. The design and its alternatives are argued in `fs/DESIGN.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> alknet_fs::Result<()> {

@@ -462,6 +462,12 @@ impl Store {
         self.inner.blobs.provider(events).await
     }
 
+    /// Marks blobs as on their way from a peer: a read of one waits for it
+    /// a while rather than failing at once.
+    pub fn expect_blobs(&self, hashes: &[BlobHash]) {
+        self.inner.blobs.expect(hashes);
+    }
+
     /// Fetches blob `hash` from a peer (iroh-blobs' protocol over `conn`),
     /// verified against its hash as it arrives; resumes a cut-off fetch.
     pub async fn fetch_blob(&self, conn: impl iroh_blobs::api::remote::GetStreamPair, hash: &BlobHash) -> Result<()> {

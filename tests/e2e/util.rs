@@ -175,20 +175,17 @@ impl Server {
 
     /// A server on free loopback ports, run by `wrapper` (`prlimit …`).
     pub(crate) fn start_under(node: &Node, wrapper: &[&str]) -> Server {
+        Self::start_under_at(node, wrapper, "127.0.0.1:0")
+    }
+
+    /// The same with QUIC at `quic` (inside a network namespace, say).
+    pub(crate) fn start_under_at(node: &Node, wrapper: &[&str], quic: &str) -> Server {
         let mut cmd = Command::new(wrapper[0]);
         cmd.args(&wrapper[1..])
             .arg(bin())
             .arg("--data")
             .arg(&node.data)
-            .args([
-                "serve",
-                "--ssh",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--ssh", "127.0.0.1:0", "--quic", quic, "--http", "127.0.0.1:0"])
             .current_dir(&node.work)
             .env_remove("ALKNET_DATA");
         Self::spawn(node, cmd)

@@ -529,6 +529,7 @@ impl From<alknet_fs::Error> for ApiError {
                 "expired" => StatusCode::GONE,
                 "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
                 "no_space" => StatusCode::INSUFFICIENT_STORAGE,
+                "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
         };

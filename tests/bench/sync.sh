@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Sync between two nodes on loopback vs rsync over OpenSSH (issue 13):
+#  1. initial sync of 10,000 files / 1 GiB;
+#  2. then a 1 % change (100 files rewritten).
+# Ours: node A holds the bucket; the clock runs from `sync add` (1) or from
+# the last of the change's commits on A (2) until node B shows every file with
+# its bytes (`sync status`: nothing missing). Reference: `rsync -a` over
+# ssh to an sshd of our own, then again after the same change.
+# RUNS (default 3) medians. Needs root (sshd); installs rsync, openssh-server, bc.
+source "$(dirname "$0")/lib.sh"
+need_pkg rsync rsync
+need_pkg sshd openssh-server
+need_pkg bc bc
+build_alknet
+FILES="${FILES:-10000}"
+SIZE="${SIZE:-107374}" # bytes per file: 10,000 x ~105 KiB = 1 GiB
+W="$BENCH_DIR/sync"
+mkdir -p "$W"
+SRC="$W/src-$FILES-$SIZE"
+if [ ! -d "$SRC" ]; then
+  echo "making $FILES files of $SIZE bytes in $SRC (once)" >&2
+  python3 - "$SRC" "$FILES" "$SIZE" <<'PY'
+import os, sys
+src, files, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(files):
+    d = os.path.join(src, f"d{i // 100:03d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05d}.bin"), "wb") as f:
+        f.write(os.urandom(size))
+PY
+fi
+change() { # change DIR: rewrites every 100th file (1 %)
+  python3 - "$1" "$FILES" "$SIZE" <<'PY'
+import os, sys
+src, files, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(0, files, 100):
+    with open(os.path.join(src, f"d{i // 100:03d}", f"f{i:05d}.bin"), "wb") as f:
+        f.write(os.urandom(size))
+PY
+}
+
+# --- reference: rsync over OpenSSH -------------------------------------------
+[ -f "$W/key" ] || ssh-keygen -q -t ed25519 -N '' -f "$W/key"
+start_sshd "$W"
+trap 'stop $SSHD_PID ${A_PID:-} ${B_PID:-}' EXIT
+sleep 0.5
+RSH="ssh -p $SSHD_PORT -i $W/key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+ref_init=() ref_change=()
+for _ in $(seq "$RUNS"); do
+  rm -rf "$W/rsrc" "$W/rdst"; cp -a "$SRC" "$W/rsrc"; drop_caches
+  t0=$(date +%s.%N); rsync -a -e "$RSH" "$W/rsrc/" "127.0.0.1:$W/rdst/"; t1=$(date +%s.%N)
+  ref_init+=("$(echo "$t1 - $t0" | bc -l)")
+  change "$W/rsrc"
+  t0=$(date +%s.%N); rsync -a -e "$RSH" "$W/rsrc/" "127.0.0.1:$W/rdst/"; t1=$(date +%s.%N)
+  ref_change+=("$(echo "$t1 - $t0" | bc -l)")
+done
+
+# --- ours: two nodes ---------------------------------------------------------
+start_node() { # start_node DIR: sets NODE_PID, NODE_QUIC
+  "$ALKNET" --data "$1/data" serve --ssh 127.0.0.1:0 --quic 127.0.0.1:0 --no-http > "$1/serve.out" 2> "$1/serve.log" &
+  NODE_PID=$!
+  for _ in $(seq 100); do grep -q '^quic:' "$1/serve.out" 2>/dev/null && break; sleep 0.1; done
+  NODE_QUIC=$(grep '^quic:' "$1/serve.out" | sed 's/^quic: //')
+}
+converged() { # converged B_DIR: every file listed and no blob missing on B
+  local n
+  n=$("$ALKNET" --data "$1/data" ls -R bench 2>/dev/null | grep -c '\.bin$' || true)
+  [ "$n" = "$FILES" ] || return 1
+  "$ALKNET" --data "$1/data" --json sync status | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if s and all(l["blobs_missing"] == 0 for l in s) else 1)'
+}
+ours_init=() ours_change=()
+for _ in $(seq "$RUNS"); do
+  stop ${A_PID:-} ${B_PID:-}; wait 2>/dev/null || true
+  rm -rf "$W/a" "$W/b"; mkdir -p "$W/a" "$W/b"
+  for n in a b; do "$ALKNET" --data "$W/$n/data" init --admin-key "$W/key.pub" > /dev/null; done
+  start_node "$W/a"; A_PID=$NODE_PID; A_QUIC=$NODE_QUIC
+  start_node "$W/b"; B_PID=$NODE_PID; B_QUIC=$NODE_QUIC
+  A=("$ALKNET" --data "$W/a/data"); B=("$ALKNET" --data "$W/b/data")
+  "${A[@]}" bucket create bench > /dev/null; "${B[@]}" bucket create bench > /dev/null
+  "${A[@]}" put -r "$SRC" bench:/data > /dev/null
+  "${A[@]}" peer add b "$B_QUIC" > /dev/null; "${B[@]}" peer add a "$A_QUIC" > /dev/null
+  "${A[@]}" grant --peer b bench write > /dev/null; "${B[@]}" grant --peer a bench write > /dev/null
+  drop_caches
+  t0=$(date +%s.%N)
+  "${A[@]}" sync add bench --peer b > /dev/null
+  until converged "$W/b"; do sleep 0.1; done
+  t1=$(date +%s.%N)
+  ours_init+=("$(echo "$t1 - $t0" | bc -l)")
+  cp -a "$SRC" "$W/osrc"; change "$W/osrc"
+  changed=()
+  for i in $(seq 0 100 $((FILES - 1))); do
+    changed+=("$(printf 'd%03d/f%05d.bin' $((i / 100)) "$i")")
+  done
+  # The change lands on A as 100 commits (as a user's edits would); the
+  # clock starts when the last is committed, as rsync's starts after the
+  # last local change.
+  for f in "${changed[@]}"; do "${A[@]}" put "$W/osrc/$f" "bench:/data/$f" > /dev/null; done
+  t0=$(date +%s.%N)
+  last="${changed[${#changed[@]}-1]}"
+  want=$(b3sum --no-names "$W/osrc/$last")
+  until [ "$("${B[@]}" stat "bench:/data/$last" 2>/dev/null | sed -n 's/^hash: //p')" = "$want" ] && converged "$W/b"; do sleep 0.05; done
+  t1=$(date +%s.%N)
+  ours_change+=("$(echo "$t1 - $t0" | bc -l)")
+  rm -rf "$W/osrc"
+done
+med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.3f\n", a[int((NR+1)/2)]}'; }
+row "initial sync, $FILES files / $((FILES * SIZE >> 20)) MiB (time; lower is better)" "$(med "${ours_init[@]}")" "$(med "${ref_init[@]}")"
+row "after a 1 % change (100 files)" "$(med "${ours_change[@]}")" "$(med "${ref_change[@]}")"
