@@ -468,9 +468,11 @@ impl Blobs {
         let deadline = tokio::time::Instant::now() + ARRIVAL_WAIT;
         loop {
             let arrived = self.arrived.notified();
-            if !self.expected.lock().unwrap_or_else(|e| e.into_inner()).contains(hash)
-                || self.complete_size(hash).await?.is_some()
-            {
+            if !self.expected.lock().unwrap_or_else(|e| e.into_inner()).contains(hash) {
+                return Ok(());
+            }
+            if self.complete_size(hash).await?.is_some() {
+                self.expected.lock().unwrap_or_else(|e| e.into_inner()).remove(hash);
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {

@@ -434,6 +434,8 @@ impl Store {
             present_into(rows, &tree)
         });
         let mut report = report.into_inner();
+        // Reads of what the new rows name wait for it while sync fetches it.
+        self.inner.blobs.expect(&report.blobs);
         match result {
             Ok((version, ())) => report.version = Some(version),
             Err(Error::Internal(m)) if m == NOTHING_NEW => {}

@@ -43,6 +43,8 @@ fn two_nodes_converge_both_ways_with_the_bytes() {
             && listing(&a, "docs").contains("from-b.txt")
     });
     assert_eq!(listing(&a, "docs"), listing(&b, "docs"));
+    // A read on b while the bytes may still be on their way waits for them.
+    assert_eq!(b.ok(&["cat", "docs:/tree/d9/f99.txt"]), "file 9/99\n");
     // The bytes came along, verified: every file reads back on b.
     wait_until("b holds every blob", SYNC_WAIT, || {
         let status = b.json(&["sync", "status"]);
