@@ -310,7 +310,10 @@ async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Resul
             )?;
         }
         Command::Peer(PeerCmd::List) => {
-            let peers = on.store("peer list")?.list_peers()?;
+            let peers: Vec<alknet_fs::Peer> = match on {
+                On::Store(store) => store.list_peers()?,
+                On::Node(node) => node.json(M::GET, "/api/v1/peers", None).await?,
+            };
             print_list(io, json, &peers, |p| {
                 let grants: Vec<String> = p.grants.iter().map(|(b, l)| format!("{b}:{}", l.as_str())).collect();
                 format!(
@@ -355,14 +358,10 @@ async fn dispatch(on: On<'_>, command: Command, json: bool, io: &Stdio) -> Resul
             })?;
         }
         Command::Sync(SyncCmd::Status) => {
-            let store = on.store("sync status")?;
-            let mut status = store.sync_status()?;
-            // What is still to fetch, as of now.
-            for s in &mut status {
-                let missing = store.missing_in(&s.bucket).await?;
-                s.blobs_missing = missing.len() as u64;
-                s.bytes_to_fetch = missing.iter().map(|(_, size)| size).sum();
-            }
+            let status: Vec<alknet_fs::LinkStatus> = match on {
+                On::Store(store) => store.sync_report().await?,
+                On::Node(node) => node.json(M::GET, "/api/v1/sync", None).await?,
+            };
             print_list(io, json, &status, |s| {
                 format!(
                     "{}\t{}\t{}\tbehind {}\tblobs missing {} ({})\t{}",

@@ -480,7 +480,37 @@ impl Store {
     /// the heads) that are not here whole, with their sizes: what is still
     /// to fetch.
     pub async fn missing_in(&self, bucket: &str) -> Result<Vec<(BlobHash, u64)>> {
-        let named: Vec<(BlobHash, u64)> = self.inner.db.read(|c| {
+        let (store, bucket) = (self.clone(), bucket.to_owned());
+        let named = tokio::task::spawn_blocking(move || store.blobs_named(&bucket))
+            .await
+            .map_err(|e| Error::Internal(format!("listing blobs: {e}")))??;
+        let mut out = Vec::new();
+        for (h, size) in named {
+            if self.inner.blobs.complete_size(&h).await?.is_none() {
+                out.push((h, size));
+            }
+        }
+        Ok(out)
+    }
+
+    /// How every sync session stands ([`Store::sync_status`]), with what is
+    /// still to fetch as of now.
+    pub async fn sync_report(&self) -> Result<Vec<crate::LinkStatus>> {
+        let store = self.clone();
+        let mut status = tokio::task::spawn_blocking(move || store.sync_status())
+            .await
+            .map_err(|e| Error::Internal(format!("sync status: {e}")))??;
+        for s in &mut status {
+            let missing = self.missing_in(&s.bucket).await?;
+            s.blobs_missing = missing.len() as u64;
+            s.bytes_to_fetch = missing.iter().map(|(_, size)| size).sum();
+        }
+        Ok(status)
+    }
+
+    /// Every file blob `bucket`'s ops name, with its size.
+    fn blobs_named(&self, bucket: &str) -> Result<Vec<(BlobHash, u64)>> {
+        self.inner.db.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT o.hash, max(o.size) FROM sync_ops o JOIN branches b ON b.id = o.branch_id
                  JOIN buckets k ON k.id = b.bucket_id WHERE k.name = ?1 AND o.hash IS NOT NULL AND o.kind = 1
@@ -495,14 +525,7 @@ impl Store {
                 }
             }
             Ok(out)
-        })?;
-        let mut out = Vec::new();
-        for (h, size) in named {
-            if self.inner.blobs.complete_size(&h).await?.is_none() {
-                out.push((h, size));
-            }
-        }
-        Ok(out)
+        })
     }
 
     /// Makes the entries of `bucket@branch` that no op describes (written
@@ -706,14 +729,18 @@ fn heads(ops: &[Op]) -> Vec<&Op> {
 }
 
 /// The losing live heads of an entry that show as conflict copies (files,
-/// symlinks and special files; two live versions of a directory are one
-/// directory).
+/// symlinks and special files whose content differs from the winner's;
+/// two live versions of a directory are one directory).
 fn losers(ops: &[Op]) -> Vec<Op> {
     let mut live: Vec<&Op> = heads(ops).into_iter().filter(|o| o.op.kind.is_some()).collect();
     live.sort_by_key(|o| std::cmp::Reverse(o.stamp()));
+    let Some(winner) = live.first() else { return Vec::new() };
+    let content = |o: &Op| (o.op.kind, o.op.hash, o.op.size, o.op.target.clone());
+    let shown = content(winner);
+    // The same bytes written on two nodes are one version, not a conflict.
     live.iter()
         .skip(1)
-        .filter(|o| o.op.kind != Some(Kind::Dir))
+        .filter(|o| o.op.kind != Some(Kind::Dir) && content(o) != shown)
         .map(|o| (*o).clone())
         .collect()
 }

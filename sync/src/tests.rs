@@ -612,6 +612,19 @@ fn edit_edit_keeps_the_loser_as_a_conflict_copy() {
 }
 
 #[test]
+fn the_same_bytes_written_on_both_sides_are_no_conflict() {
+    runtime().block_on(async {
+        let (a, b) = pair();
+        write(&a, "/same.txt", "v1").await;
+        exchange(&a, &b);
+        write(&a, "/same.txt", "v2 on both").await;
+        write(&b, "/same.txt", "v2 on both").await;
+        exchange(&a, &b);
+        assert_eq!(shown(&a, &b), vec![("/same.txt".into(), h("v2 on both"))]);
+    });
+}
+
+#[test]
 fn an_edit_beats_a_concurrent_delete_and_brings_its_directory_back() {
     runtime().block_on(async {
         let (a, b) = pair();

@@ -64,6 +64,24 @@ fn two_nodes_converge_both_ways_with_the_bytes() {
     assert_eq!(status[0]["bucket"], "docs");
     assert_eq!(status[0]["connected"], true, "{status}");
     assert_eq!(status[0]["versions_behind"], 0, "{status}");
+    // The same, and the peers, over the HTTP API with an admin token.
+    crate::http::add_admin(&a);
+    let token = crate::http::token(&a, "admin", &[]);
+    let remote = |args: &[&str]| {
+        let out = a
+            .cmd(args)
+            .env("ALKNET_NODE", &sa.http)
+            .env("ALKNET_TOKEN", &token)
+            .output()
+            .expect("run alknet");
+        assert!(out.status.success(), "{}", crate::util::combined(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let over_http = remote(&["--json", "sync", "status"]);
+    for field in ["peer", "bucket", "connected", "versions_behind", "blobs_missing"] {
+        assert_eq!(over_http[0][field], status[0][field], "{field}: {over_http}");
+    }
+    assert_eq!(remote(&["--json", "peer", "list"]), a.json(&["peer", "list"]));
 }
 
 /// Edits on both sides while the link is down become one tree with both

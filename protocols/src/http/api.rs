@@ -354,6 +354,22 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "GET",
+        "/api/v1/peers",
+        "Peers (other nodes this one syncs with), their grants and synced buckets.",
+        "admin",
+        None,
+        "json",
+    ),
+    r(
+        "GET",
+        "/api/v1/sync",
+        "Per peer and bucket: connected, commits behind, blobs missing and their bytes, the last error.",
+        "admin",
+        None,
+        "json",
+    ),
+    r(
+        "GET",
         "/metrics",
         "Prometheus metrics (an admin token unless http.metrics_public).",
         "admin",
@@ -409,7 +425,9 @@ fn handler(i: usize) -> MethodRouter<App> {
         33 => on(f, list_shares),
         34 => on(f, create_share),
         35 => on(f, revoke_share),
-        36 => on(f, metrics),
+        36 => on(f, list_peers),
+        37 => on(f, sync_status),
+        38 => on(f, metrics),
         _ => unreachable!("one handler per route"),
     }
 }
@@ -1405,6 +1423,16 @@ async fn fsck(State(app): State<App>, headers: HeaderMap) -> Answer {
 async fn stats(State(app): State<App>, headers: HeaderMap) -> Answer {
     admin(&app, &headers, true).await?;
     Ok(to_json(&app.store.stats().await?))
+}
+
+async fn list_peers(State(app): State<App>, headers: HeaderMap) -> Answer {
+    admin(&app, &headers, true).await?;
+    blocking(move || Ok(to_json(&app.store.list_peers()?))).await
+}
+
+async fn sync_status(State(app): State<App>, headers: HeaderMap) -> Answer {
+    admin(&app, &headers, true).await?;
+    Ok(to_json(&app.store.sync_report().await?))
 }
 
 async fn list_users(State(app): State<App>, headers: HeaderMap) -> Answer {
