@@ -103,6 +103,11 @@ impl Rows<'_> {
         self.version
     }
 
+    /// Whether this commit wrote any row yet.
+    pub(crate) fn wrote_any(&self) -> bool {
+        !self.noted.0.borrow().is_empty()
+    }
+
     /// The id of a new directory `name` in `parent`: derived from the two
     /// (so two nodes that make the same directory make one, replica.rs),
     /// unless the branch ever used that id; then a random one.
@@ -220,9 +225,12 @@ impl Tree {
             };
             let out = f(&rows)?;
             if local {
-                crate::replica::record_local(tx, self, op, std::mem::take(&mut rows.noted))?;
-                // Another node's ops may change how this change shows.
-                if crate::replica::is_replicated(tx, self.branch_id, self.inner.clock.origin())? {
+                let reach = crate::replica::record_local(tx, self, op, std::mem::take(&mut rows.noted))?;
+                // With another node's ops here, a delete or a move may change
+                // how other entries show.
+                if reach == crate::replica::Reach::Others
+                    && crate::replica::is_replicated(tx, self.branch_id, self.inner.clock.origin())?
+                {
                     crate::replica::present_into(&rows, self)?;
                 }
             }

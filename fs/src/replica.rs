@@ -159,7 +159,7 @@ impl Clock {
 
 /// The entries a commit wrote rows for, with their state before it.
 #[derive(Default)]
-pub(crate) struct Touched(std::cell::RefCell<BTreeMap<EntryId, Option<Entry>>>);
+pub(crate) struct Touched(pub(crate) std::cell::RefCell<BTreeMap<EntryId, Option<Entry>>>);
 
 impl Touched {
     pub(crate) fn note(&self, id: EntryId, before: Option<&Entry>) {
@@ -173,14 +173,21 @@ fn i(v: u64) -> i64 {
 
 /// Writes the local commit `version` made: its stamp and one op per entry
 /// whose state changed. Called inside the commit's transaction.
-pub(crate) fn record_local(tx: &Transaction<'_>, tree: &Tree, op: &str, touched: Touched) -> Result<()> {
+///
+/// Returns whether the commit may change how entries it did not write show
+/// (see [`Reach`]).
+pub(crate) fn record_local(tx: &Transaction<'_>, tree: &Tree, op: &str, touched: Touched) -> Result<Reach> {
     let touched = touched.0.into_inner();
     let mut ops = Vec::new();
+    let mut reach = Reach::OwnRows;
     for (id, before) in touched {
         let after = tree.by_id(tx, id)?;
         let flags = changed(before.as_ref(), after.as_ref());
         if flags == 0 {
             continue;
+        }
+        if before.is_some() && (after.is_none() || flags & SET_LOCATION != 0) {
+            reach = Reach::Others;
         }
         let state = after.as_ref().or(before.as_ref()).expect("one side holds the entry");
         ops.push(SyncOp {
@@ -198,7 +205,7 @@ pub(crate) fn record_local(tx: &Transaction<'_>, tree: &Tree, op: &str, touched:
         });
     }
     if ops.is_empty() {
-        return Ok(());
+        return Ok(Reach::OwnRows);
     }
     let clock = &tree.inner.clock;
     let oseq: i64 = tx.query_row(
@@ -213,7 +220,27 @@ pub(crate) fn record_local(tx: &Transaction<'_>, tree: &Tree, op: &str, touched:
         op: op.to_owned(),
         ops,
     };
-    insert_commit(tx, tree.branch_id, &commit, true)
+    insert_commit(tx, tree.branch_id, &commit, true)?;
+    Ok(reach)
+}
+
+/// How far a local commit on a replicated branch can change the view.
+///
+/// A local change is made on the view, and its ops are the newest there
+/// are. Creating an entry at a name the view shows free, or changing an
+/// entry's content or attributes in place, changes only the rows the
+/// commit wrote: no other entry wanted that free name, the edit supersedes
+/// the head that showed (its conflict copies stay as they were), and the
+/// newest stamp wins every last-writer register. A delete or a move can
+/// change others: a freed name goes back to an entry under a conflict name,
+/// a directory kept only for a child goes, a skipped move may now fit. Only
+/// those pay for [`present`]. The simulation checks the claim: its nodes
+/// skip `present` this way, and must show what a fresh store that
+/// presents everything shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reach {
+    OwnRows,
+    Others,
 }
 
 /// Which registers differ between two states of one entry.
@@ -388,6 +415,10 @@ impl Store {
     /// origin is missing is left for later. Applying a batch twice, or
     /// batches in another order, ends in the same tree. Blocking (SQLite).
     pub fn sync_apply(&self, bucket: &str, branch: &str, commits: &[SyncCommit]) -> Result<ApplyReport> {
+        crate::name::check_branch_name("branch name", branch)?;
+        for c in commits {
+            self.check_commit(c)?;
+        }
         if let Err(Error::NoSuchBranch { .. }) = self.inner.db.read(|c| Self::branch_id(c, bucket, branch)) {
             match self.create_empty_branch(bucket, branch) {
                 // Made meanwhile by another apply: fine.
@@ -410,6 +441,14 @@ impl Store {
                 if c.oseq <= held {
                     report.duplicates += 1;
                     continue;
+                }
+                if c.origin == self.origin() {
+                    // This node has every commit it made.
+                    return Err(Error::InvalidName {
+                        what: "sync commit",
+                        value: format!("{:016x}/{}", c.origin, c.oseq),
+                        reason: "it claims to come from this node, which never made it",
+                    });
                 }
                 if c.oseq != held + 1 {
                     report.out_of_order += 1;
@@ -442,6 +481,49 @@ impl Store {
             Err(e) => return Err(e),
         }
         Ok(report)
+    }
+
+    /// Refuses a commit no node of ours could have made: a stamp of zeros, an op on the root,
+    /// a name or symlink target the store would refuse, a file without
+    /// content. A peer that sends one is broken or hostile; its batch is
+    /// refused whole and nothing of it is applied.
+    fn check_commit(&self, c: &SyncCommit) -> Result<()> {
+        let stamp = format!("{:016x}/{}", c.origin, c.oseq);
+        let bad = |reason: &'static str, value: String| Error::InvalidName {
+            what: "sync commit",
+            value,
+            reason,
+        };
+        if c.origin == 0 || c.origin > i64::MAX as u64 || c.oseq == 0 || c.oseq > i64::MAX as u64 {
+            return Err(bad("its origin or sequence number is out of range", stamp));
+        }
+        for op in &c.ops {
+            let at = || format!("{stamp} entry {}", op.eid.0);
+            if op.eid.0 <= 0 || op.parent.0 < 0 || op.flags & !SET_ALL != 0 || op.flags == 0 {
+                return Err(bad("an op has an impossible entry id, parent or flags", at()));
+            }
+            crate::name::check_entry_name(&op.name)?;
+            match op.kind {
+                Some(Kind::File) if op.hash.is_none() => return Err(bad("a file has no content hash", at())),
+                Some(Kind::Symlink) => crate::name::check_symlink_target(op.target.as_deref().unwrap_or(""))?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Derives the view of `bucket@branch` from its ops again and writes
+    /// what differs from its rows (nothing, unless a bug or a hand edit put
+    /// them apart): what every applied batch does, on demand.
+    pub fn sync_refresh(&self, bucket: &str, branch: &str) -> Result<Option<Version>> {
+        let mut tree = self.tree(bucket, branch, &crate::At::Head)?;
+        tree.published = false;
+        let root = BucketPath::root();
+        let (version, wrote) = tree.commit_as("sync", &[&root], false, |rows| {
+            present_into(rows, &tree)?;
+            Ok(rows.wrote_any())
+        })?;
+        Ok(wrote.then_some(version))
     }
 
     /// Those of `hashes` the local blob store does not hold whole.

@@ -217,6 +217,13 @@ impl Sim {
         {
             panic!("local change {r} on node {i} failed: {e}");
         }
+        // After every commit the rows are the view its ops give.
+        let shown = dump(self.node(i));
+        let again = self.node(i).store.sync_refresh(BUCKET, "main").expect("refresh");
+        assert!(
+            again.is_none() && dump(self.node(i)) == shown,
+            "local change {r} on node {i} left rows that are not the view"
+        );
         self.record(i, &before);
     }
 
@@ -379,6 +386,18 @@ impl Sim {
                     "node {i} shows another tree than node 0:\n{:#?}\nvs\n{:#?}",
                     dumps[i], dumps[0]
                 ));
+            }
+        }
+        // What each node shows is what its ops give: deriving the view
+        // again changes nothing (local changes that skip it are right to).
+        for i in 0..NODES {
+            let again = self
+                .node(i)
+                .store
+                .sync_refresh(BUCKET, "main")
+                .map_err(|e| e.to_string())?;
+            if again.is_some() || dump(self.node(i)) != dumps[i] {
+                return Err(format!("node {i}'s rows were not its view; re-deriving changed them"));
             }
         }
         // Names are unique and every entry hangs off the root.
@@ -771,5 +790,73 @@ fn a_branch_made_on_one_node_replicates_with_its_inherited_entries() {
             .collect();
         assert_eq!(names, ["/base.txt", "/trip.txt"]);
         assert_eq!(shown(&a, &b), vec![("/base.txt".into(), h("base"))]);
+    });
+}
+
+#[test]
+fn a_batch_no_node_could_have_made_is_refused_whole() {
+    runtime().block_on(async {
+        let (a, b) = pair();
+        write(&a, "/good.txt", "fine").await;
+        let good = a
+            .store
+            .sync_export(BUCKET, "main", &Vector::new(), usize::MAX)
+            .expect("export");
+        let before = dump(&b);
+        let mut cases: Vec<(&str, Vec<SyncCommit>)> = Vec::new();
+        let mut bad_name = good.clone();
+        bad_name[0].ops[0].name = "../escape".into();
+        cases.push(("a name the store refuses", bad_name));
+        let mut mine = good.clone();
+        mine[0].origin = b.store.origin();
+        mine[0].oseq = 1000;
+        cases.push(("a commit in the receiver's own name", mine));
+        let mut root = good.clone();
+        root[0].ops[0].eid = EntryId::ROOT;
+        cases.push(("an op on the root", root));
+        let mut hashless = good.clone();
+        if let Some(op) = hashless[0].ops.iter_mut().find(|o| o.kind == Some(Kind::File)) {
+            op.hash = None;
+        }
+        cases.push(("a file without content", hashless));
+        for (what, batch) in cases {
+            let mut with_good = good.clone();
+            with_good.extend(batch);
+            let err = b.store.sync_apply(BUCKET, "main", &with_good).expect_err(what);
+            assert!(matches!(err, Error::InvalidName { .. }), "{what}: {err}");
+            assert_eq!(dump(&b), before, "{what}: nothing of the batch was applied");
+        }
+        // The good commits alone still apply.
+        assert_eq!(
+            b.store.sync_apply(BUCKET, "main", &good).expect("apply").applied,
+            good.len()
+        );
+    });
+}
+
+#[test]
+fn deleting_the_entry_that_kept_a_name_gives_the_name_back() {
+    runtime().block_on(async {
+        let (a, b) = pair();
+        write(&a, "/x.txt", "a's").await;
+        write(&b, "/x.txt", "b's").await;
+        exchange(&a, &b);
+        let tree = shown(&a, &b);
+        assert_eq!(tree.len(), 2, "{tree:?}");
+        // Whichever node holds the plain name, that node deletes it.
+        let keeper = tree.iter().find(|(p, _)| p == "/x.txt").expect("the plain name").1;
+        let other = tree.iter().find(|(p, _)| p != "/x.txt").expect("the conflict name");
+        a.main().remove(&p("/x.txt")).expect("remove");
+        // At once on the node that deleted it, before any exchange.
+        let here = dump(&a);
+        assert_eq!(here.len(), 1, "{here:?}");
+        assert_eq!(
+            (here[0].0.as_str(), here[0].3),
+            ("/x.txt", other.1),
+            "the other file takes the name"
+        );
+        assert_ne!(Some(keeper), None);
+        exchange(&a, &b);
+        assert_eq!(shown(&a, &b), vec![("/x.txt".into(), other.1)]);
     });
 }
