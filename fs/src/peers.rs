@@ -62,6 +62,22 @@ pub fn check_peer_name(name: &str) -> Result<()> {
     })
 }
 
+/// Git repositories do not sync yet: their refs and packs live outside
+/// the tree, and a replicated tree would part from them.
+pub(crate) fn refuse_repo(c: &Connection, bucket: &str) -> Result<()> {
+    let kind: Option<String> = c
+        .query_row("SELECT kind FROM buckets WHERE name = ?1", [bucket], |r| r.get(0))
+        .optional()?;
+    if kind.as_deref() == Some(crate::store::REPO_KIND) {
+        return Err(Error::InvalidName {
+            what: "bucket to sync",
+            value: bucket.to_owned(),
+            reason: "it is a git repository, and repositories do not sync yet",
+        });
+    }
+    Ok(())
+}
+
 fn peer_id(c: &Connection, name: &str) -> Result<i64> {
     c.query_row("SELECT id FROM peers WHERE name = ?1", [name], |r| r.get(0))
         .optional()?
@@ -222,6 +238,7 @@ impl Store {
         self.inner.db.write(|tx| {
             let pid = peer_id(tx, peer)?;
             let bid = Self::bucket_id(tx, bucket)?;
+            refuse_repo(tx, bucket)?;
             tx.execute(
                 "INSERT INTO sync_links (peer_id, bucket_id, branches) VALUES (?1, ?2, ?3)
                  ON CONFLICT (peer_id, bucket_id) DO UPDATE SET branches = excluded.branches",

@@ -416,6 +416,7 @@ impl Store {
     /// batches in another order, ends in the same tree. Blocking (SQLite).
     pub fn sync_apply(&self, bucket: &str, branch: &str, commits: &[SyncCommit]) -> Result<ApplyReport> {
         crate::name::check_branch_name("branch name", branch)?;
+        self.inner.db.read(|c| crate::peers::refuse_repo(c, bucket))?;
         for c in commits {
             self.check_commit(c)?;
         }

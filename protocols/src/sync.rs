@@ -44,7 +44,9 @@ const TICK: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 /// Blob fetches in flight per session.
-const FETCHES: usize = 8;
+const FETCHES: usize = 32;
+/// The pause before fetching again after a fetch failed.
+const FETCH_RETRY: Duration = Duration::from_secs(2);
 /// How long a dial may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -454,11 +456,18 @@ async fn fetch_blobs(
             .buffered_unordered(FETCHES)
             .collect()
             .await;
+        let mut failed = false;
         for (h, r) in results {
             if let Err(e) = r {
                 tracing::info!("sync {bucket}: fetching {h}: {e}");
-                first = true;
+                failed = true;
             }
+        }
+        if failed {
+            // Try the whole list again, after a pause (a peer refusing or
+            // losing a blob must not make this a busy loop).
+            first = true;
+            tokio::time::sleep(FETCH_RETRY).await;
         }
     }
 }

@@ -11,6 +11,7 @@ source "$(dirname "$0")/lib.sh"
 need_pkg rsync rsync
 need_pkg sshd openssh-server
 need_pkg bc bc
+need_pkg b3sum b3sum
 build_alknet
 FILES="${FILES:-10000}"
 SIZE="${SIZE:-107374}" # bytes per file: 10,000 x ~105 KiB = 1 GiB
@@ -62,18 +63,16 @@ start_node() { # start_node DIR: sets NODE_PID, NODE_QUIC
   for _ in $(seq 100); do grep -q '^quic:' "$1/serve.out" 2>/dev/null && break; sleep 0.1; done
   NODE_QUIC=$(grep '^quic:' "$1/serve.out" | sed 's/^quic: //')
 }
-converged() { # converged B_DIR: every file listed and no blob missing on B
-  local n
-  n=$("$ALKNET" --data "$1/data" ls -R bench 2>/dev/null | grep -c '\.bin$' || true)
-  [ "$n" = "$FILES" ] || return 1
+converged() { # converged B_DIR: the last file is there and nothing is missing or behind on B
+  "$ALKNET" --data "$1/data" stat "bench:/data/$(printf 'd%03d/f%05d.bin' $(((FILES - 1) / 100)) $((FILES - 1)))" > /dev/null 2>&1 || return 1
   "$ALKNET" --data "$1/data" --json sync status | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-sys.exit(0 if s and all(l["blobs_missing"] == 0 for l in s) else 1)'
+sys.exit(0 if s and all(l["blobs_missing"] == 0 and l["versions_behind"] == 0 for l in s) else 1)'
 }
 ours_init=() ours_change=()
 for _ in $(seq "$RUNS"); do
-  stop ${A_PID:-} ${B_PID:-}; wait 2>/dev/null || true
+  if [ -n "${A_PID:-}" ]; then stop "$A_PID" "$B_PID"; wait "$A_PID" "$B_PID" 2>/dev/null || true; fi
   rm -rf "$W/a" "$W/b"; mkdir -p "$W/a" "$W/b"
   for n in a b; do "$ALKNET" --data "$W/$n/data" init --admin-key "$W/key.pub" > /dev/null; done
   start_node "$W/a"; A_PID=$NODE_PID; A_QUIC=$NODE_QUIC
@@ -86,7 +85,7 @@ for _ in $(seq "$RUNS"); do
   drop_caches
   t0=$(date +%s.%N)
   "${A[@]}" sync add bench --peer b > /dev/null
-  until converged "$W/b"; do sleep 0.1; done
+  until converged "$W/b"; do sleep 0.2; done
   t1=$(date +%s.%N)
   ours_init+=("$(echo "$t1 - $t0" | bc -l)")
   cp -a "$SRC" "$W/osrc"; change "$W/osrc"
@@ -101,7 +100,7 @@ for _ in $(seq "$RUNS"); do
   t0=$(date +%s.%N)
   last="${changed[${#changed[@]}-1]}"
   want=$(b3sum --no-names "$W/osrc/$last")
-  until [ "$("${B[@]}" stat "bench:/data/$last" 2>/dev/null | sed -n 's/^hash: //p')" = "$want" ] && converged "$W/b"; do sleep 0.05; done
+  until [ "$("${B[@]}" stat "bench:/data/$last" 2>/dev/null | sed -n 's/^hash: //p')" = "$want" ] && converged "$W/b"; do sleep 0.1; done
   t1=$(date +%s.%N)
   ours_change+=("$(echo "$t1 - $t0" | bc -l)")
   rm -rf "$W/osrc"

@@ -165,6 +165,10 @@ fn grants_decide_what_a_peer_may_do() {
         !listing(&a, "docs").contains("by-b.txt"),
         "a read-only peer's change was applied"
     );
+    // Git repositories do not sync yet: said plainly.
+    a.ok(&["repo", "create", "code"]);
+    let refused = a.fails(&["sync", "add", "code", "--peer", "b"]);
+    assert!(refused.contains("repositories do not sync yet"), "{refused}");
     let peers = a.json(&["peer", "list"]);
     assert_eq!(peers[0]["name"], "b");
     assert_eq!(peers[0]["grants"][0][1], "read");
@@ -416,14 +420,30 @@ fn three_nodes_in_namespaces_converge_through_a_partition_and_a_crash() {
         "one photos directory: {paths:?}"
     );
 
-    // n2 killed and back: it catches up with what it missed, and every
+    // n2 killed in the middle of fetching a large file, and back: the fetch
+    // resumes, it catches up with what it missed while down, and every
     // node's store checks clean.
+    let big = crate::util::pattern(192 << 20, 7);
+    let big_hash = blake3::hash(&big).to_hex().to_string();
+    nodes[0].ok_stdin(&["put", "-", "docs:/big.bin"], &big);
+    wait_until("n2 has the large file's entry", Duration::from_secs(60), || {
+        shown(&nodes[1], "docs").iter().any(|r| r.starts_with("/big.bin "))
+    });
     crate::util::sigkill(servers[1].pid());
     nodes[0].ok_stdin(&["put", "-", "docs:/after-crash.txt"], b"while n2 was down\n");
     servers[1] = net.serve(&nodes[1], 2, ports[1]);
     wait_until("n2 catches up after its restart", Duration::from_secs(120), || {
         settled(&all, "docs") && shown(&nodes[1], "docs").iter().any(|r| r.contains("after-crash"))
     });
+    let stat = nodes[1].ok(&["stat", "docs:/big.bin"]);
+    assert!(stat.contains(&format!("hash: {big_hash}")), "{stat}");
+    assert_eq!(
+        blake3::hash(&nodes[1].bytes(&["cat", "docs:/big.bin"]))
+            .to_hex()
+            .to_string(),
+        big_hash,
+        "the resumed fetch holds the right bytes"
+    );
     for node in &nodes {
         node.ok(&["fsck"]);
     }
