@@ -368,7 +368,7 @@ impl Store {
     /// it first replicated (older data directories, entries inherited from
     /// the branch it was forked from) become one `seed` commit first.
     pub fn sync_export(&self, bucket: &str, branch: &str, have: &Vector, max_ops: usize) -> Result<Vec<SyncCommit>> {
-        self.seed(bucket, branch)?;
+        self.sync_seed(bucket, branch)?;
         self.inner.db.read(|c| {
             let id = Self::branch_id(c, bucket, branch)?;
             let mut out = Vec::new();
@@ -427,7 +427,7 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        self.seed(bucket, branch)?;
+        self.sync_seed(bucket, branch)?;
         let mut tree = self.tree(bucket, branch, &crate::At::Head)?;
         tree.published = false;
         let root = BucketPath::root();
@@ -613,8 +613,10 @@ impl Store {
 
     /// Makes the entries of `bucket@branch` that no op describes (written
     /// before this store recorded ops, or inherited from the branch it was
-    /// forked from) one local `seed` commit, once per branch.
-    fn seed(&self, bucket: &str, branch: &str) -> Result<()> {
+    /// forked from) one local `seed` commit, once per branch. A replica
+    /// calls it before it says what a branch holds, so a branch forked here
+    /// and not written since still has something to send.
+    pub fn sync_seed(&self, bucket: &str, branch: &str) -> Result<()> {
         let seeded = self.inner.db.read(|c| {
             let id = Self::branch_id(c, bucket, branch)?;
             Ok(c.query_row(

@@ -82,6 +82,7 @@ impl Replica {
         let mut out = Vec::new();
         for b in self.store.list_branches(&self.bucket)? {
             if self.synced(&b.name) {
+                self.store.sync_seed(&self.bucket, &b.name)?;
                 let vector = self.store.sync_vector(&self.bucket, &b.name)?;
                 out.push(Msg::Have { branch: b.name, vector });
             }

@@ -790,6 +790,13 @@ fn a_branch_made_on_one_node_replicates_with_its_inherited_entries() {
             .collect();
         assert_eq!(names, ["/base.txt", "/trip.txt"]);
         assert_eq!(shown(&a, &b), vec![("/base.txt".into(), h("base"))]);
+        // A fork not written since it was made replicates too.
+        a.store
+            .create_branch(BUCKET, "untouched", "main", &At::Head)
+            .expect("fork");
+        exchange(&a, &b);
+        let tu = b.store.tree(BUCKET, "untouched", &At::Head).expect("replicated");
+        assert_eq!(tu.walk(&BucketPath::root()).expect("walk").len(), 1);
     });
 }
 
