@@ -462,6 +462,16 @@ impl Blobs {
         expected.extend(hashes.iter().copied());
     }
 
+    /// Whether the store holds `hash` whole; one found whole is no longer
+    /// expected from a peer.
+    pub(crate) async fn is_whole(&self, hash: &BlobHash) -> Result<bool> {
+        let whole = self.complete_size(hash).await?.is_some();
+        if whole {
+            self.expected.lock().unwrap_or_else(|e| e.into_inner()).remove(hash);
+        }
+        Ok(whole)
+    }
+
     /// Waits while `hash` is on its way from a peer; an error if it does
     /// not arrive in time. Any other blob passes at once.
     async fn arrival(&self, hash: &BlobHash) -> Result<()> {
@@ -471,8 +481,7 @@ impl Blobs {
             if !self.expected.lock().unwrap_or_else(|e| e.into_inner()).contains(hash) {
                 return Ok(());
             }
-            if self.complete_size(hash).await?.is_some() {
-                self.expected.lock().unwrap_or_else(|e| e.into_inner()).remove(hash);
+            if self.is_whole(hash).await? {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {

@@ -420,12 +420,13 @@ impl Store {
         for c in commits {
             self.check_commit(c)?;
         }
-        if let Err(Error::NoSuchBranch { .. }) = self.inner.db.read(|c| Self::branch_id(c, bucket, branch)) {
-            match self.create_empty_branch(bucket, branch) {
-                // Made meanwhile by another apply: fine.
-                Ok(_) | Err(Error::Db(_)) => {}
-                Err(e) => return Err(e),
-            }
+        let exists = |s: &Store| s.inner.db.read(|c| Self::branch_id(c, bucket, branch)).is_ok();
+        // A failed create is fine if another apply made the branch meanwhile.
+        if !exists(self)
+            && let Err(e) = self.create_empty_branch(bucket, branch)
+            && !exists(self)
+        {
+            return Err(e);
         }
         self.sync_seed(bucket, branch)?;
         let mut tree = self.tree(bucket, branch, &crate::At::Head)?;
@@ -531,7 +532,7 @@ impl Store {
     pub async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
         let mut out = Vec::new();
         for h in hashes {
-            if self.inner.blobs.complete_size(h).await?.is_none() {
+            if !self.inner.blobs.is_whole(h).await? {
                 out.push(*h);
             }
         }
@@ -569,7 +570,7 @@ impl Store {
             .map_err(|e| Error::Internal(format!("listing blobs: {e}")))??;
         let mut out = Vec::new();
         for (h, size) in named {
-            if self.inner.blobs.complete_size(&h).await?.is_none() {
+            if !self.inner.blobs.is_whole(&h).await? {
                 out.push((h, size));
             }
         }

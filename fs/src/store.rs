@@ -355,6 +355,7 @@ impl Store {
             tx.execute("DELETE FROM grants WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM peer_grants WHERE bucket_id = ?1", [id])?;
             tx.execute("DELETE FROM sync_links WHERE bucket_id = ?1", [id])?;
+            tx.execute("DELETE FROM sync_status WHERE bucket = ?1", [name])?;
             tx.execute("DELETE FROM buckets WHERE id = ?1", [id])?;
             let event = serde_json::json!({"op": "delete-bucket", "bucket": name});
             freed(tx, &event)?;

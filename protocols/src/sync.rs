@@ -411,27 +411,30 @@ async fn fetch_blobs(
     let mut conn: Option<Connection> = None;
     let mut first = true;
     loop {
-        let wanted: Vec<BlobHash> = if first {
+        let wanted = if first {
             first = false;
-            match store.missing_in(&bucket).await {
-                Ok(m) => m.into_iter().map(|(h, _)| h).collect(),
-                Err(e) => {
-                    tracing::warn!("sync {bucket}: {e}");
-                    Vec::new()
-                }
-            }
+            store
+                .missing_in(&bucket)
+                .await
+                .map(|m| m.into_iter().map(|(h, _)| h).collect())
         } else {
             match named.recv().await {
-                Some(h) => h,
+                Some(h) => store.missing_blobs(&h).await,
                 None => return,
             }
         };
-        let Ok(wanted) = store.missing_blobs(&wanted).await else {
-            continue;
+        let wanted = match wanted {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("sync {bucket}: {e}");
+                continue;
+            }
         };
         if wanted.is_empty() {
             continue;
         }
+        // Reads of these wait for them (after a restart, too).
+        store.expect_blobs(&wanted);
         let c = match &conn {
             Some(c) if c.close_reason().is_none() => c.clone(),
             _ => match endpoint.connect(peer.clone(), iroh_blobs::ALPN).await {
